@@ -1,0 +1,361 @@
+/*
+ * mms_run.c — the engine's command-line front end: loads a GGUF file
+ * (mmap), then generates, tokenizes or scores each INPUT. All inputs of one
+ * call run as one batch. Owns argument parsing and printing only.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "generate.h"
+#include "gguf.h"
+#include "ops.h"
+#include "t5.h"
+#include "t5_meta.h"
+#include "tokenizer.h"
+
+static const char usage[] =
+"usage: mms-run --model FILE [--max-new-tokens N] [--min-new-tokens N] [--num-beams K]\n"
+"               [--length-penalty X] [--early-stopping true|false|never]\n"
+"               [--temperature T] [--top-k K] [--top-p P] [--seed S] [--sample]\n"
+"               [--repetition-penalty R] [--threads N] [--ids] [--input-ids \"i j k\"]\n"
+"               [--tokenize] [--score TARGET] INPUT...\n"
+"Prints one line per INPUT: the generated text (--ids: token ids; --tokenize:\n"
+"the input's token ids; --score: log P(TARGET | INPUT)). Sampling is on when\n"
+"--sample, --temperature, --top-k or --top-p is given (temperature 0 = greedy).\n";
+
+static void
+die(int code, const char *fmt,...)
+{
+	va_list		ap;
+
+	fputs("mms-run: error: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(code);
+}
+
+static long long
+parse_int(const char *opt, const char *s, long long lo, long long hi)
+{
+	char	   *end;
+	long long	v;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || end == s || *end != '\0' || v < lo || v > hi)
+		die(2, "%s expects an integer between %lld and %lld, got \"%s\"", opt, lo, hi, s);
+	return v;
+}
+
+static double
+parse_float(const char *opt, const char *s)
+{
+	char	   *end;
+	double		v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end != '\0' || !isfinite(v))
+		die(2, "%s expects a number, got \"%s\"", opt, s);
+	return v;
+}
+
+/* Space-separated ids, as given to --input-ids. */
+static int32_t *
+parse_ids(const char *s, int32_t *n)
+{
+	size_t		cap = 16;
+	int32_t    *ids = malloc(cap * sizeof(int32_t));
+	char	   *copy = strdup(s);
+	char	   *save = NULL;
+
+	*n = 0;
+	if (ids == NULL || copy == NULL)
+		die(1, "out of memory");
+	for (char *tok = strtok_r(copy, " \t,", &save); tok; tok = strtok_r(NULL, " \t,", &save))
+	{
+		if ((size_t) *n == cap)
+		{
+			cap *= 2;
+			ids = realloc(ids, cap * sizeof(int32_t));
+			if (ids == NULL)
+				die(1, "out of memory");
+		}
+		ids[(*n)++] = (int32_t) parse_int("--input-ids", tok, 0, INT32_MAX);
+	}
+	free(copy);
+	if (*n == 0)
+		die(2, "--input-ids needs at least one id");
+	return ids;
+}
+
+static void
+print_ids(const int32_t *ids, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		printf(i ? " %d" : "%d", ids[i]);
+	putchar('\n');
+}
+
+int
+main(int argc, char **argv)
+{
+	enum
+	{
+		O_MAXNEW = 256, O_MINNEW, O_BEAMS, O_LP, O_ES, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_SAMPLE,
+		O_REP, O_THREADS, O_IDS, O_INIDS, O_TOK, O_SCORE, O_HELP
+	};
+	static const struct option longopts[] = {
+		{"model", required_argument, NULL, 'm'},
+		{"max-new-tokens", required_argument, NULL, O_MAXNEW},
+		{"min-new-tokens", required_argument, NULL, O_MINNEW},
+		{"num-beams", required_argument, NULL, O_BEAMS},
+		{"length-penalty", required_argument, NULL, O_LP},
+		{"early-stopping", required_argument, NULL, O_ES},
+		{"temperature", required_argument, NULL, O_TEMP},
+		{"top-k", required_argument, NULL, O_TOPK},
+		{"top-p", required_argument, NULL, O_TOPP},
+		{"seed", required_argument, NULL, O_SEED},
+		{"sample", no_argument, NULL, O_SAMPLE},
+		{"repetition-penalty", required_argument, NULL, O_REP},
+		{"threads", required_argument, NULL, O_THREADS},
+		{"ids", no_argument, NULL, O_IDS},
+		{"input-ids", required_argument, NULL, O_INIDS},
+		{"tokenize", no_argument, NULL, O_TOK},
+		{"score", required_argument, NULL, O_SCORE},
+		{"help", no_argument, NULL, O_HELP},
+		{NULL, 0, NULL, 0}
+	};
+	const char *model_path = NULL,
+			   *input_ids = NULL,
+			   *score_target = NULL;
+	int			want_ids = 0,
+				want_tok = 0,
+				threads = 0,
+				opt,
+				n_inputs;
+	int			sample_requested = 0;
+	double		temperature = 1.0;
+	MmsGenOptions gopt;
+	MmsError	err;
+	int			fd;
+	struct stat sb;
+	void	   *map;
+	MmsGguf		g;
+	MmsTokenizer *tok = NULL;
+	MmsT5	   *model = NULL;
+	MmsT5Work  *work;
+	MmsGenRequest **reqs;
+	int			exit_code = 0;
+
+	mms_gen_options_default(&gopt);
+	while ((opt = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1)
+	{
+		switch (opt)
+		{
+			case 'm':
+				model_path = optarg;
+				break;
+			case O_MAXNEW:
+				gopt.max_new_tokens = (int32_t) parse_int("--max-new-tokens", optarg, 1, MMS_GEN_MAX_NEW_TOKENS);
+				break;
+			case O_MINNEW:
+				gopt.min_new_tokens = (int32_t) parse_int("--min-new-tokens", optarg, 0, MMS_GEN_MAX_NEW_TOKENS);
+				break;
+			case O_BEAMS:
+				gopt.num_beams = (int32_t) parse_int("--num-beams", optarg, 1, MMS_GEN_MAX_BEAMS);
+				break;
+			case O_LP:
+				gopt.length_penalty = (float) parse_float("--length-penalty", optarg);
+				break;
+			case O_ES:
+				if (strcmp(optarg, "true") == 0 || strcmp(optarg, "1") == 0)
+					gopt.early_stopping = MMS_EARLY_STOP_TRUE;
+				else if (strcmp(optarg, "false") == 0 || strcmp(optarg, "0") == 0)
+					gopt.early_stopping = MMS_EARLY_STOP_FALSE;
+				else if (strcmp(optarg, "never") == 0)
+					gopt.early_stopping = MMS_EARLY_STOP_NEVER;
+				else
+					die(2, "--early-stopping expects true, false or never, got \"%s\"", optarg);
+				break;
+			case O_TEMP:
+				temperature = parse_float("--temperature", optarg);
+				if (temperature < 0)
+					die(2, "--temperature must not be negative");
+				sample_requested = 1;
+				break;
+			case O_TOPK:
+				gopt.top_k = (int32_t) parse_int("--top-k", optarg, 0, INT32_MAX);
+				sample_requested = 1;
+				break;
+			case O_TOPP:
+				gopt.top_p = (float) parse_float("--top-p", optarg);
+				sample_requested = 1;
+				break;
+			case O_SEED:
+				gopt.seed = (uint64_t) parse_int("--seed", optarg, 0, LLONG_MAX);
+				break;
+			case O_SAMPLE:
+				sample_requested = 1;
+				break;
+			case O_REP:
+				gopt.repetition_penalty = (float) parse_float("--repetition-penalty", optarg);
+				break;
+			case O_THREADS:
+				threads = (int) parse_int("--threads", optarg, 1, 1024);
+				break;
+			case O_IDS:
+				want_ids = 1;
+				break;
+			case O_INIDS:
+				input_ids = optarg;
+				break;
+			case O_TOK:
+				want_tok = 1;
+				break;
+			case O_SCORE:
+				score_target = optarg;
+				break;
+			case 'h':
+			case O_HELP:
+				fputs(usage, stdout);
+				return 0;
+			default:
+				fputs(usage, stderr);
+				return 2;
+		}
+	}
+	if (model_path == NULL)
+		die(2, "--model FILE is required (see --help)");
+	n_inputs = input_ids ? 1 : argc - optind;
+	if (input_ids && argc - optind > 0)
+		die(2, "give either --input-ids or INPUT arguments, not both");
+	if (n_inputs == 0)
+		die(2, "no INPUT given (see --help)");
+	/* temperature 0 means greedy, as most serving APIs read it */
+	gopt.do_sample = sample_requested && temperature > 0.0;
+	gopt.temperature = temperature > 0.0 ? (float) temperature : 1.0f;
+	if (mms_gen_options_validate(&gopt, &err) != MMS_OK)
+		die(2, "%s", err.msg);
+
+	fd = open(model_path, O_RDONLY);
+	if (fd < 0 || fstat(fd, &sb) != 0)
+		die(1, "cannot open model \"%s\": %s", model_path, strerror(errno));
+	if (sb.st_size == 0)
+		die(1, "model \"%s\": file is empty", model_path);
+	map = mmap(NULL, (size_t) sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	if (map == MAP_FAILED)
+		die(1, "cannot map model \"%s\": %s", model_path, strerror(errno));
+	close(fd);
+	if (mms_gguf_parse(map, (size_t) sb.st_size, &g, &err) != MMS_OK ||
+		mms_t5_validate(&g, NULL, &err) != MMS_OK ||
+		mms_tok_load_gguf(&g, &tok, &err) != MMS_OK)
+		die(1, "model \"%s\": %s", model_path, err.msg);
+
+	if (want_tok)
+	{
+		for (int i = 0; i < n_inputs; i++)
+		{
+			int32_t    *ids;
+			size_t		n;
+
+			if (input_ids)
+				die(2, "--tokenize takes INPUT text, not --input-ids");
+			if (mms_tok_encode(tok, argv[optind + i], strlen(argv[optind + i]), 1, &ids, &n, &err) != MMS_OK)
+				die(1, "%s", err.msg);
+			print_ids(ids, n);
+			free(ids);
+		}
+		mms_tok_free(tok);
+		mms_gguf_free(&g);
+		return 0;
+	}
+
+	if (mms_t5_load(&g, &model, &err) != MMS_OK)
+		die(1, "model \"%s\": %s", model_path, err.msg);
+	if (threads > 0)
+		mms_blas_set_threads(threads);
+	work = mms_t5_work_create();
+	reqs = calloc((size_t) n_inputs, sizeof(*reqs));
+	if (work == NULL || reqs == NULL)
+		die(1, "out of memory");
+	for (int i = 0; i < n_inputs; i++)
+	{
+		int32_t    *ids;
+		size_t		n;
+		int32_t		n32;
+		MmsStatus	st;
+
+		if (input_ids)
+		{
+			ids = parse_ids(input_ids, &n32);
+			n = (size_t) n32;
+		}
+		else if (mms_tok_encode(tok, argv[optind + i], strlen(argv[optind + i]), 1, &ids, &n, &err) != MMS_OK)
+			die(1, "%s", err.msg);
+		if (score_target)
+		{
+			int32_t    *tids;
+			size_t		tn;
+
+			if (mms_tok_encode(tok, score_target, strlen(score_target), 1, &tids, &tn, &err) != MMS_OK)
+				die(1, "%s", err.msg);
+			st = mms_gen_score_request_create(model, ids, (int32_t) n, tids, (int32_t) tn, &reqs[i], &err);
+			free(tids);
+		}
+		else
+			st = mms_gen_request_create(model, ids, (int32_t) n, &gopt, &reqs[i], &err);
+		free(ids);
+		if (st != MMS_OK)
+			die(1, "input %d: %s", i + 1, err.msg);
+	}
+	if (mms_gen_run(model, work, n_inputs, reqs, &err) != MMS_OK)
+		die(1, "%s", err.msg);
+	for (int i = 0; i < n_inputs; i++)
+	{
+		const MmsGenResult *res = mms_gen_request_result(reqs[i]);
+
+		if (res == NULL)
+		{
+			mms_gen_request_error(reqs[i], &err);
+			fprintf(stderr, "mms-run: error: input %d: %s\n", i + 1, err.msg);
+			exit_code = 1;
+			putchar('\n');
+		}
+		else if (score_target)
+			printf("%.6f\n", res->logprob);
+		else if (want_ids)
+			print_ids(res->ids, (size_t) res->n_ids);
+		else
+		{
+			char	   *text;
+			size_t		len;
+
+			if (mms_tok_decode(tok, res->ids, (size_t) res->n_ids, &text, &len, &err) != MMS_OK)
+				die(1, "%s", err.msg);
+			fwrite(text, 1, len, stdout);
+			putchar('\n');
+			free(text);
+		}
+		mms_gen_request_free(reqs[i]);
+	}
+	free(reqs);
+	mms_t5_work_free(work);
+	mms_t5_free(model);
+	mms_tok_free(tok);
+	mms_gguf_free(&g);
+	munmap(map, (size_t) sb.st_size);
+	return exit_code;
+}

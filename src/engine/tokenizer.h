@@ -1,0 +1,77 @@
+/*
+ * tokenizer.h — SentencePiece unigram tokenizer ("t5" tokenizer model in GGUF):
+ * precompiled-charsmap normalization, U+2581 whitespace handling, Viterbi over
+ * piece scores, unknown handling as SentencePiece does; and detokenization.
+ * Built from GGUF metadata or from plain arrays; no BLAS, no PostgreSQL.
+ */
+#ifndef MMS_TOKENIZER_H
+#define MMS_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "mms_error.h"
+
+/* Piece types, numbered as llama.cpp's token_type array numbers them. */
+typedef enum MmsPieceType
+{
+	MMS_PIECE_NORMAL = 1,
+	MMS_PIECE_UNKNOWN = 2,
+	MMS_PIECE_CONTROL = 3,
+	MMS_PIECE_USER_DEFINED = 4,
+	MMS_PIECE_UNUSED = 5,
+	MMS_PIECE_BYTE = 6
+} MmsPieceType;
+
+typedef struct MmsTokenizer MmsTokenizer;
+
+/* Everything the tokenizer is built from; arrays are copied. */
+typedef struct MmsTokenizerSpec
+{
+	int32_t		n_pieces;
+	const MmsGgufStr *pieces;	/* UTF-8 piece strings */
+	const float *scores;		/* n_pieces; may be NULL (all 0) */
+	const int32_t *types;		/* n_pieces; may be NULL (all NORMAL) */
+	int			add_space_prefix;	/* SentencePiece add_dummy_prefix */
+	int			remove_extra_whitespaces;
+	const uint8_t *charsmap;	/* precompiled_charsmap blob; may be NULL */
+	size_t		charsmap_len;
+	int32_t		eos_id;			/* -1 if none */
+	int32_t		unk_id;
+	int32_t		pad_id;			/* -1 if none */
+} MmsTokenizerSpec;
+
+MmsStatus	mms_tok_create(const MmsTokenizerSpec *spec, MmsTokenizer **out, MmsError *err);
+
+/*
+ * Reads tokenizer.ggml.* keys: model must be "t5"; tokens, scores, token_type,
+ * add_space_prefix, remove_extra_whitespaces, precompiled_charsmap (u8 or i8
+ * array), eos/unknown/padding token ids.
+ */
+MmsStatus	mms_tok_load_gguf(const MmsGguf *g, MmsTokenizer **out, MmsError *err);
+void		mms_tok_free(MmsTokenizer *tok);
+
+/*
+ * Tokenizes text[0..len) (any bytes; invalid UTF-8 is handled as SentencePiece
+ * does, by mapping the bad byte to U+FFFD). Appends eos when add_eos and the
+ * tokenizer has one. *ids is malloc'd (caller frees); *n_ids its length.
+ */
+MmsStatus	mms_tok_encode(const MmsTokenizer *tok, const char *text, size_t len,
+						   int add_eos, int32_t **ids, size_t *n_ids, MmsError *err);
+
+/*
+ * Turns ids back into text: pieces joined, U+2581 as space, the leading space
+ * of the dummy prefix dropped, control/unused pieces skipped, byte pieces
+ * reassembled; an incomplete UTF-8 sequence becomes U+FFFD, never a split
+ * character. *text is malloc'd and NUL-terminated. Out-of-range id -> MMS_ERR_ARG.
+ */
+MmsStatus	mms_tok_decode(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
+						   char **text, size_t *len, MmsError *err);
+
+int32_t		mms_tok_n_pieces(const MmsTokenizer *tok);
+int32_t		mms_tok_eos_id(const MmsTokenizer *tok);
+int32_t		mms_tok_unk_id(const MmsTokenizer *tok);
+int32_t		mms_tok_pad_id(const MmsTokenizer *tok);
+
+#endif

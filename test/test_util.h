@@ -1,0 +1,42 @@
+/*
+ * test_util.h — helpers shared by the cmocka unit tests: locating fixtures and
+ * reading whole files. Header-only so each test stays one file.
+ */
+#ifndef MMS_TEST_UTIL_H
+#define MMS_TEST_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+/* Fixtures live in test/fixtures; tests run from the repository root. */
+#define MMS_FIXTURE_DIR "test/fixtures/"
+
+/* Reads a whole file into a malloc'd buffer; fails the test if it cannot. */
+static inline uint8_t *
+mms_test_read_file(const char *path, size_t *size)
+{
+	FILE	   *f = fopen(path, "rb");
+	uint8_t    *buf;
+	long		n;
+
+	if (f == NULL)
+		fail_msg("cannot open %s", path);
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = malloc(n > 0 ? (size_t) n : 1);
+	assert_non_null(buf);
+	if (n > 0 && fread(buf, 1, (size_t) n, f) != (size_t) n)
+		fail_msg("cannot read %s", path);
+	fclose(f);
+	*size = (size_t) n;
+	return buf;
+}
+
+#endif
