@@ -35,7 +35,7 @@ $(BUILD)/libmmsengine.a: $(ENGINE_OBJS)
 $(BUILD)/mms-run: src/engine/mms_run.c $(BUILD)/libmmsengine.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmmsengine.a $(LDLIBS_BLAS) $(LDLIBS)
 
-$(BUILD)/test/%: test/%.c test/test_util.h $(BUILD)/libmmsengine.a
+$(BUILD)/test/%: test/%.c test/test_util.h test/golden.h $(BUILD)/libmmsengine.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itest -o $@ $< $(BUILD)/libmmsengine.a -lcmocka $(LDLIBS_BLAS) $(LDLIBS)
 

@@ -253,7 +253,7 @@ def make_fixture(name, seed, spec, type_name, rel_every, eos_scale, n_sp):
     for k, n in enumerate(CASE_LENGTHS):
         for attempt in range(MAX_ATTEMPTS):
             rng = np.random.default_rng([seed, k, attempt])
-            ids = [int(t) for t in rng.integers(3, n_sp, size=n - 1)] + [EOS]
+            ids = [int(t) for t in rng.integers(3, n_sp, size=n)] + [EOS]
             target = [int(t) for t in rng.integers(3, n_sp, size=5)] + [EOS]
             recs, margin, e = run_case(model, ids, target)
             if margin >= MIN_GAP:
@@ -261,7 +261,7 @@ def make_fixture(name, seed, spec, type_name, rel_every, eos_scale, n_sp):
         else:
             raise SystemExit(f"{name} case {k}: no input without near-ties in {MAX_ATTEMPTS} tries")
         worst = min(worst, margin)
-        lines.append(f"case {k} {n} {' '.join(map(str, ids))}")
+        lines.append(f"case {k} {len(ids)} {' '.join(map(str, ids))}")
         lines += recs
         ends = {x: ends[x] + e[x] for x in ends}
     with open(os.path.join(FIX, name + ".golden"), "w") as f:

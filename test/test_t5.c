@@ -1,0 +1,401 @@
+/*
+ * test_t5.c — the T5 forward pass and generation against transformers
+ * (goldens from tools/make_fixtures.py): encoder output and first-step logits
+ * within 1e-4, identical greedy and beam ids, equal beam and target scores;
+ * plus batching invariance and same-seed sampling reproducibility.
+ */
+#include "test_util.h"
+
+#include <glob.h>
+#include <math.h>
+
+#include "generate.h"
+#include "golden.h"
+#include "gguf.h"
+#include "t5.h"
+#include "t5_meta.h"
+
+#define TOL 1e-4
+
+typedef struct Loaded
+{
+	uint8_t    *buf;
+	size_t		size;
+	MmsGguf		g;
+	MmsT5	   *m;
+	MmsT5Work  *w;
+} Loaded;
+
+static void
+load_model(const char *path, Loaded *l)
+{
+	MmsError	err;
+
+	l->buf = mms_test_read_file(path, &l->size);
+	if (mms_gguf_parse(l->buf, l->size, &l->g, &err) != MMS_OK)
+		fail_msg("%s: %s", path, err.msg);
+	if (mms_t5_validate(&l->g, NULL, &err) != MMS_OK)
+		fail_msg("%s: validate: %s", path, err.msg);
+	if (mms_t5_load(&l->g, &l->m, &err) != MMS_OK)
+		fail_msg("%s: load: %s", path, err.msg);
+	l->w = mms_t5_work_create();
+}
+
+static void
+unload_model(Loaded *l)
+{
+	mms_t5_work_free(l->w);
+	mms_t5_free(l->m);
+	mms_gguf_free(&l->g);
+	free(l->buf);
+}
+
+static double
+max_abs_diff(const float *a, const float *b, int n)
+{
+	double		m = 0;
+
+	for (int i = 0; i < n; i++)
+		m = fmax(m, fabs((double) a[i] - b[i]));
+	return m;
+}
+
+static MmsGenRequest *
+make_request(Loaded *l, const GoldenCase *c, const GoldenGen *r)
+{
+	MmsGenOptions o;
+	MmsGenRequest *req;
+	MmsError	err;
+
+	mms_gen_options_default(&o);
+	o.max_new_tokens = r->max_new;
+	o.min_new_tokens = r->min_new;
+	o.num_beams = r->num_beams;
+	o.repetition_penalty = r->rep_penalty;
+	if (r->num_beams > 1)
+	{
+		o.length_penalty = r->length_penalty;
+		o.early_stopping = r->early_stopping ? MMS_EARLY_STOP_TRUE : MMS_EARLY_STOP_FALSE;
+	}
+	if (mms_gen_request_create(l->m, c->input, c->n_input, &o, &req, &err) != MMS_OK)
+		fail_msg("request: %s", err.msg);
+	return req;
+}
+
+static void
+check_ids(const char *what, const char *model, int k, const GoldenGen *r, const MmsGenResult *res)
+{
+	int			same = res != NULL && res->n_ids == r->n;
+
+	for (int i = 0; same && i < r->n; i++)
+		same = res->ids[i] == r->ids[i];
+	if (!same)
+	{
+		char		got[2048] = "",
+					want[2048] = "";
+
+		for (int i = 0; res && i < res->n_ids && strlen(got) < 2000; i++)
+			snprintf(got + strlen(got), sizeof(got) - strlen(got), " %d", res->ids[i]);
+		for (int i = 0; i < r->n && strlen(want) < 2000; i++)
+			snprintf(want + strlen(want), sizeof(want) - strlen(want), " %d", r->ids[i]);
+		fail_msg("%s %s case %d (beams %d, lp %g, es %d, max %d, min %d, rep %g):\n got [%s ]\nwant [%s ]",
+				 model, what, k, r->num_beams, r->length_penalty, r->early_stopping, r->max_new,
+				 r->min_new, r->rep_penalty, got, want);
+	}
+}
+
+/* Runs one request alone and returns it finished. */
+static MmsGenRequest *
+run_alone(Loaded *l, const GoldenCase *c, const GoldenGen *r)
+{
+	MmsGenRequest *req = make_request(l, c, r);
+	MmsError	err;
+
+	if (mms_gen_run(l->m, l->w, 1, &req, &err) != MMS_OK)
+		fail_msg("run: %s", err.msg);
+	return req;
+}
+
+static void
+check_fixture(const char *golden_path)
+{
+	char		model_path[512];
+	Golden	   *g = calloc(1, sizeof(Golden));
+	Loaded		l;
+	MmsError	err;
+
+	assert_non_null(g);
+	assert_int_equal(golden_load(golden_path, g), 0);
+	snprintf(model_path, sizeof(model_path), "%.*s.gguf", (int) (strlen(golden_path) - 7), golden_path);
+	load_model(model_path, &l);
+	assert_true(g->n_cases > 0);
+
+	for (int k = 0; k < g->n_cases; k++)
+	{
+		GoldenCase *c = &g->cases[k];
+		const MmsT5Config *cfg = mms_t5_config(l.m);
+		float	   *enc = malloc((size_t) c->n_input * (size_t) cfg->d_model * sizeof(float));
+		float	   *logits = malloc((size_t) cfg->vocab * sizeof(float));
+		const int32_t *ids = c->input;
+		int32_t		len = c->n_input;
+		MmsT5Cross *cross;
+		MmsT5State	st,
+				   *stp = &st;
+		int32_t		start = cfg->decoder_start_id;
+		double		d;
+
+		/* encoder output */
+		assert_int_equal(c->enc_rows, c->n_input);
+		assert_int_equal(c->enc_cols, cfg->d_model);
+		if (mms_t5_encode(l.m, l.w, 1, &ids, &len, enc, &err) != MMS_OK)
+			fail_msg("encode: %s", err.msg);
+		d = max_abs_diff(enc, c->enc, c->n_input * (int) cfg->d_model);
+		if (d > TOL)
+			fail_msg("%s case %d: encoder output differs by %g", g->name, k, d);
+
+		/* first decoder step */
+		assert_int_equal(mms_t5_cross_create(l.m, l.w, 1, enc, &len, &cross, &err), MMS_OK);
+		assert_int_equal(mms_t5_state_init(l.m, &st, cross, 4, &err), MMS_OK);
+		mms_t5_cross_release(cross);
+		assert_int_equal(c->n_logits, cfg->vocab);
+		if (mms_t5_decode_step(l.m, l.w, 1, &stp, &start, logits, &err) != MMS_OK)
+			fail_msg("decode: %s", err.msg);
+		d = max_abs_diff(logits, c->logits, (int) cfg->vocab);
+		if (d > TOL)
+			fail_msg("%s case %d: first-step logits differ by %g", g->name, k, d);
+		mms_t5_state_free(&st);
+		free(enc);
+		free(logits);
+
+		for (int i = 0; i < c->n_greedy; i++)
+		{
+			MmsGenRequest *req = run_alone(&l, c, &c->greedy[i]);
+
+			check_ids("greedy", g->name, k, &c->greedy[i], mms_gen_request_result(req));
+			mms_gen_request_free(req);
+		}
+		for (int i = 0; i < c->n_beam; i++)
+		{
+			MmsGenRequest *req = run_alone(&l, c, &c->beam[i]);
+			const MmsGenResult *res = mms_gen_request_result(req);
+
+			check_ids("beam", g->name, k, &c->beam[i], res);
+			if (fabs(res->score - c->beam[i].score) > TOL * fmax(1.0, fabs(c->beam[i].score)))
+				fail_msg("%s case %d beam %d: score %.9g, transformers %.9g", g->name, k, i,
+						 res->score, c->beam[i].score);
+			mms_gen_request_free(req);
+		}
+		if (c->n_target > 0)
+		{
+			MmsGenRequest *req;
+			const MmsGenResult *res;
+
+			assert_int_equal(mms_gen_score_request_create(l.m, c->input, c->n_input, c->target,
+														  c->n_target, &req, &err), MMS_OK);
+			assert_int_equal(mms_gen_run(l.m, l.w, 1, &req, &err), MMS_OK);
+			res = mms_gen_request_result(req);
+			assert_non_null(res);
+			if (fabs(res->logprob - c->target_logprob) > TOL * fmax(1.0, fabs(c->target_logprob)))
+				fail_msg("%s case %d: score %.9g, transformers %.9g", g->name, k, res->logprob,
+						 c->target_logprob);
+			mms_gen_request_free(req);
+		}
+	}
+	unload_model(&l);
+	golden_free(g);
+	free(g);
+}
+
+static void
+test_goldens(void **state)
+{
+	glob_t		gl;
+	int			n = 0;
+
+	if (glob(MMS_FIXTURE_DIR "*.golden", 0, NULL, &gl) != 0)
+		fail_msg("no golden files in " MMS_FIXTURE_DIR);
+	for (size_t i = 0; i < gl.gl_pathc; i++)
+	{
+		print_message("golden %s\n", gl.gl_pathv[i]);
+		check_fixture(gl.gl_pathv[i]);
+		n++;
+	}
+	globfree(&gl);
+	assert_true(n >= 8);
+}
+
+/* Every golden request of a fixture at once, in one batch: same ids as alone. */
+static void
+test_batch_invariance(void **state)
+{
+	Golden	   *g = calloc(1, sizeof(Golden));
+	Loaded		l;
+	MmsGenRequest *reqs[256];
+	const GoldenGen *want[256];
+	int			wcase[256];
+	int			n = 0;
+	MmsError	err;
+
+	assert_int_equal(golden_load(MMS_FIXTURE_DIR "flan_gated.golden", g), 0);
+	load_model(MMS_FIXTURE_DIR "flan_gated.gguf", &l);
+	for (int k = 0; k < g->n_cases; k++)
+	{
+		for (int i = 0; i < g->cases[k].n_greedy; i++, n++)
+		{
+			want[n] = &g->cases[k].greedy[i];
+			wcase[n] = k;
+			reqs[n] = make_request(&l, &g->cases[k], want[n]);
+		}
+		for (int i = 0; i < g->cases[k].n_beam; i++, n++)
+		{
+			want[n] = &g->cases[k].beam[i];
+			wcase[n] = k;
+			reqs[n] = make_request(&l, &g->cases[k], want[n]);
+		}
+	}
+	assert_true(n > 8);
+	assert_int_equal(mms_gen_run(l.m, l.w, n, reqs, &err), MMS_OK);
+	for (int i = 0; i < n; i++)
+	{
+		check_ids("batched", g->name, wcase[i], want[i], mms_gen_request_result(reqs[i]));
+		mms_gen_request_free(reqs[i]);
+	}
+	unload_model(&l);
+	golden_free(g);
+	free(g);
+}
+
+static MmsGenRequest *
+sample_request(Loaded *l, const int32_t *ids, int n, uint64_t seed)
+{
+	MmsGenOptions o;
+	MmsGenRequest *req;
+	MmsError	err;
+
+	mms_gen_options_default(&o);
+	o.do_sample = 1;
+	o.temperature = 1.5f;
+	o.top_k = 40;
+	o.top_p = 0.95f;
+	o.seed = seed;
+	o.max_new_tokens = 24;
+	assert_int_equal(mms_gen_request_create(l->m, ids, n, &o, &req, &err), MMS_OK);
+	return req;
+}
+
+static void
+test_sampling_reproducible(void **state)
+{
+	Loaded		l;
+	const int32_t ids[] = {17, 42, 99, 5, 1};
+	MmsGenRequest *a,
+			   *b,
+			   *batch[4];
+	MmsError	err;
+	int			differ = 0;
+
+	load_model(MMS_FIXTURE_DIR "flan_gated.gguf", &l);
+	a = sample_request(&l, ids, 5, 1234);
+	assert_int_equal(mms_gen_run(l.m, l.w, 1, &a, &err), MMS_OK);
+	/* same seed in a batch with other requests: identical draws */
+	batch[0] = sample_request(&l, ids, 3, 7);
+	batch[1] = sample_request(&l, ids, 5, 1234);
+	batch[2] = sample_request(&l, ids + 1, 4, 1234);
+	batch[3] = sample_request(&l, ids, 5, 99);
+	assert_int_equal(mms_gen_run(l.m, l.w, 4, batch, &err), MMS_OK);
+	{
+		const MmsGenResult *ra = mms_gen_request_result(a);
+		const MmsGenResult *rb = mms_gen_request_result(batch[1]);
+
+		assert_non_null(ra);
+		assert_non_null(rb);
+		assert_int_equal(ra->n_ids, rb->n_ids);
+		assert_memory_equal(ra->ids, rb->ids, (size_t) ra->n_ids * sizeof(int32_t));
+	}
+	/* different seeds give different samples (over several seeds, at least once) */
+	for (uint64_t s = 1; s <= 6; s++)
+	{
+		const MmsGenResult *ra = mms_gen_request_result(a);
+		const MmsGenResult *rc;
+
+		b = sample_request(&l, ids, 5, s);
+		assert_int_equal(mms_gen_run(l.m, l.w, 1, &b, &err), MMS_OK);
+		rc = mms_gen_request_result(b);
+		if (rc->n_ids != ra->n_ids || memcmp(rc->ids, ra->ids, (size_t) ra->n_ids * sizeof(int32_t)) != 0)
+			differ++;
+		mms_gen_request_free(b);
+	}
+	assert_true(differ > 0);
+	mms_gen_request_free(a);
+	for (int i = 0; i < 4; i++)
+		mms_gen_request_free(batch[i]);
+	unload_model(&l);
+}
+
+/* A file with one tensor renamed is refused with a message naming the tensor. */
+static void
+test_missing_tensor(void **state)
+{
+	size_t		size;
+	uint8_t    *buf = mms_test_read_file(MMS_FIXTURE_DIR "flan_gated.gguf", &size);
+	const char *needle = "dec.blk.1.cross_attn_k.weight";
+	MmsGguf		g;
+	MmsError	err;
+	MmsT5	   *m;
+	uint8_t    *p = memmem(buf, size, needle, strlen(needle));
+
+	assert_non_null(p);
+	memcpy(p, "dec.blk.1.cross_attn_x.weight", strlen(needle));
+	assert_int_equal(mms_gguf_parse(buf, size, &g, &err), MMS_OK);
+	assert_int_equal(mms_t5_validate(&g, NULL, &err), MMS_ERR_MODEL);
+	assert_non_null(strstr(err.msg, "missing tensor \"dec.blk.1.cross_attn_k.weight\""));
+	assert_int_equal(mms_t5_load(&g, &m, &err), MMS_ERR_MODEL);
+	assert_null(m);
+	mms_gguf_free(&g);
+	free(buf);
+}
+
+/* Bad options and ids are refused with messages naming them. */
+static void
+test_bad_requests(void **state)
+{
+	Loaded		l;
+	MmsGenOptions o;
+	MmsGenRequest *req = NULL;
+	MmsError	err;
+	const int32_t bad_ids[] = {5, 1000000};
+
+	load_model(MMS_FIXTURE_DIR "flan_gated.gguf", &l);
+	mms_gen_options_default(&o);
+	o.max_new_tokens = 0;
+	assert_int_equal(mms_gen_request_create(l.m, bad_ids, 1, &o, &req, &err), MMS_ERR_ARG);
+	assert_non_null(strstr(err.msg, "max_new_tokens"));
+	mms_gen_options_default(&o);
+	o.top_p = 1.5f;
+	assert_int_equal(mms_gen_request_create(l.m, bad_ids, 1, &o, &req, &err), MMS_ERR_ARG);
+	assert_non_null(strstr(err.msg, "top_p"));
+	mms_gen_options_default(&o);
+	o.do_sample = 1;
+	o.num_beams = 3;
+	assert_int_equal(mms_gen_request_create(l.m, bad_ids, 1, &o, &req, &err), MMS_ERR_ARG);
+	mms_gen_options_default(&o);
+	assert_int_equal(mms_gen_request_create(l.m, bad_ids, 2, &o, &req, &err), MMS_ERR_ARG);
+	assert_non_null(strstr(err.msg, "outside the vocabulary"));
+	assert_int_equal(mms_gen_request_create(l.m, bad_ids, 0, &o, &req, &err), MMS_ERR_ARG);
+	assert_null(req);
+	unload_model(&l);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_goldens),
+		cmocka_unit_test(test_batch_invariance),
+		cmocka_unit_test(test_sampling_reproducible),
+		cmocka_unit_test(test_missing_tensor),
+		cmocka_unit_test(test_bad_requests),
+	};
+
+	return cmocka_run_group_tests_name("t5", tests, NULL, NULL);
+}
