@@ -20,7 +20,7 @@ ENGINE_HDRS = $(wildcard src/engine/*.h)
 TEST_SRCS = $(wildcard test/test_*.c)
 TEST_BINS = $(patsubst test/%.c,$(BUILD)/test/%,$(TEST_SRCS))
 
-.PHONY: all test unit-test asan-test valgrind-test deps clean fuzz
+.PHONY: all test unit-test asan-test valgrind-test deps clean fuzz demo bench
 
 all: $(BUILD)/libmmsengine.a $(BUILD)/mms-run $(TEST_BINS)
 
@@ -72,6 +72,14 @@ build-fuzz/%: test/fuzz/%.c $(FUZZ_CORE) $(ENGINE_HDRS)
 	clang $(FUZZ_FLAGS) -o $@ $< $(FUZZ_CORE) -lm
 
 fuzz: $(FUZZ_BINS)
+
+# --- demo and benchmarks (scripts own the details) --------------------------
+
+demo: deps all
+	@tools/demo.sh
+
+bench: deps all
+	@bench/run.sh
 
 clean:
 	rm -rf build build-asan build-fuzz

@@ -589,6 +589,7 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 			   *f2,
 			   *scores,
 			   *bias;
+	int32_t    *bucket;
 	MmsStatus	rc;
 
 	if (c->encoder_only)
@@ -601,8 +602,14 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 		max_keys = st[i]->cross->enc_len > max_keys ? st[i]->cross->enc_len : max_keys;
 	}
 	x = work_floats(w, (size_t) (2 * n * d + 4 * n * in + 2 * n * ff + 2 * max_keys), err);
-	if (x == NULL)
+	/* bucket of every (row, key) pair, the same in every block: computed once per step */
+	bucket = work_ints(w, (size_t) n * (size_t) max_keys, err);
+	if (x == NULL || bucket == NULL)
 		return err ? err->code : MMS_ERR_NOMEM;
+	for (int i = 0; i < n; i++)
+		for (int64_t j = 0; j <= st[i]->pos; j++)
+			bucket[i * max_keys + j] = mms_t5_rel_bucket(j - st[i]->pos, 0, (int) c->n_buckets,
+														  MMS_T5_MAX_DISTANCE);
 	h = x + n * d;
 	q = h + n * d;
 	k = q + n * in;
@@ -637,8 +644,7 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 			for (int64_t hd = 0; hd < c->n_head; hd++)
 			{
 				for (int64_t j = 0; j <= p; j++)
-					bias[j] = rel_b[(int64_t) mms_t5_rel_bucket(j - p, 0, (int) c->n_buckets,
-																 MMS_T5_MAX_DISTANCE) * c->n_head + hd];
+					bias[j] = rel_b[(int64_t) bucket[i * max_keys + j] * c->n_head + hd];
 				attend_row(q + i * in + hd * dk, kc + hd * dk, vc + hd * dk, in, p + 1, dk,
 						   bias, scores, att + i * in + hd * dk);
 			}

@@ -144,6 +144,15 @@ trie_new_node(PieceTrie *t, uint32_t *out)
 	return 0;
 }
 
+/* An empty trie: the root and a hash table, so lookups never see NULL. */
+static int
+trie_init(PieceTrie *t)
+{
+	uint32_t	root;
+
+	return (trie_new_node(t, &root) != 0 || trie_grow_hash(t) != 0) ? -1 : 0;
+}
+
 /* Inserts s[0..len) -> id; an existing key keeps its first id. */
 static int
 trie_insert(PieceTrie *t, const uint8_t *s, uint64_t len, int32_t id)
@@ -151,8 +160,6 @@ trie_insert(PieceTrie *t, const uint8_t *s, uint64_t len, int32_t id)
 	uint32_t	node = 0;
 	uint64_t	k;
 
-	if (t->n_nodes == 0 && trie_new_node(t, &node) != 0)
-		return -1;
 	for (k = 0; k < len; k++)
 	{
 		uint32_t	child = trie_child(t, node, s[k]);
@@ -439,7 +446,6 @@ mms_tok_create(const MmsTokenizerSpec *spec, MmsTokenizer **out, MmsError *err)
 	MmsTokenizer *t;
 	uint64_t	total = 0;
 	int32_t		i;
-	uint32_t	root;
 	MmsStatus	st;
 
 	*out = NULL;
@@ -532,6 +538,11 @@ mms_tok_create(const MmsTokenizerSpec *spec, MmsTokenizer **out, MmsError *err)
 		return mms_fail(err, MMS_ERR_MODEL, "tokenizer has no unknown piece");
 	}
 
+	if (trie_init(&t->pieces) != 0 || trie_init(&t->user) != 0)
+	{
+		mms_tok_free(t);
+		return mms_fail(err, MMS_ERR_NOMEM, "out of memory building the piece trie");
+	}
 	/* Only NORMAL and USER_DEFINED pieces can match text; UNUSED ones sit in
 	 * SentencePiece's trie but are skipped, which is the same as absent. */
 	for (i = 0; i < t->n_pieces; i++)
@@ -549,11 +560,6 @@ mms_tok_create(const MmsTokenizerSpec *spec, MmsTokenizer **out, MmsError *err)
 		}
 		if (t->types[i] == MMS_PIECE_USER_DEFINED)
 			t->has_user = 1;
-	}
-	if (t->pieces.n_nodes == 0 && trie_new_node(&t->pieces, &root) != 0)
-	{
-		mms_tok_free(t);
-		return mms_fail(err, MMS_ERR_NOMEM, "out of memory building the piece trie");
 	}
 
 	if ((st = charsmap_load(t, spec->charsmap, spec->charsmap_len, err)) != MMS_OK)

@@ -1,0 +1,564 @@
+/*
+ * test_tokenizer.c — cmocka tests for tokenizer.c: every encode and decode
+ * expectation sentencepiece recorded in test/fixtures/tok_cases.txt (made by
+ * tools/make_tokenizer_fixture.py), malformed UTF-8, malformed charsmaps and
+ * the small-vocabulary paths (byte pieces, unused pieces, no charsmap).
+ */
+#include "test_util.h"
+
+#include <time.h>
+
+#include "gguf.h"
+#include "tokenizer.h"
+
+typedef struct Fixture
+{
+	uint8_t    *file;
+	size_t		file_len;
+	MmsGguf		gguf;
+	MmsTokenizer *tok;
+	const MmsGgufKV *charsmap;
+} Fixture;
+
+static double
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int
+setup(void **state)
+{
+	Fixture    *fx = calloc(1, sizeof(Fixture));
+	MmsError	err = {0};
+	double		t0;
+
+	assert_non_null(fx);
+	fx->file = mms_test_read_file(MMS_FIXTURE_DIR "tok_nfkc.gguf", &fx->file_len);
+	assert_int_equal(mms_gguf_parse(fx->file, fx->file_len, &fx->gguf, &err), MMS_OK);
+	t0 = now_ms();
+	if (mms_tok_load_gguf(&fx->gguf, &fx->tok, &err) != MMS_OK)
+		fail_msg("load: %s", err.msg);
+	print_message("tokenizer load (1000 pieces, %zu-byte charsmap): %.2f ms\n",
+				  (size_t) mms_gguf_find_kv(&fx->gguf, "tokenizer.ggml.precompiled_charsmap")->arr_n,
+				  now_ms() - t0);
+	fx->charsmap = mms_gguf_find_kv(&fx->gguf, "tokenizer.ggml.precompiled_charsmap");
+	assert_non_null(fx->charsmap);
+	*state = fx;
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	Fixture    *fx = *state;
+
+	mms_tok_free(fx->tok);
+	mms_gguf_free(&fx->gguf);
+	free(fx->file);
+	free(fx);
+	return 0;
+}
+
+/* A spec over the fixture's own vocabulary, with the charsmap swapped. */
+static MmsTokenizerSpec
+fixture_spec(Fixture *fx, float *scores, int32_t *types)
+{
+	const MmsGgufKV *tok = mms_gguf_find_kv(&fx->gguf, "tokenizer.ggml.tokens");
+	const MmsGgufKV *sc = mms_gguf_find_kv(&fx->gguf, "tokenizer.ggml.scores");
+	const MmsGgufKV *ty = mms_gguf_find_kv(&fx->gguf, "tokenizer.ggml.token_type");
+	MmsTokenizerSpec spec;
+
+	memset(&spec, 0, sizeof(spec));
+	spec.n_pieces = (int32_t) tok->arr_n;
+	spec.pieces = tok->arr_str;
+	memcpy(scores, sc->arr_data, tok->arr_n * sizeof(float));
+	memcpy(types, ty->arr_data, tok->arr_n * sizeof(int32_t));
+	spec.scores = scores;
+	spec.types = types;
+	spec.add_space_prefix = 1;
+	spec.remove_extra_whitespaces = 1;
+	spec.charsmap = fx->charsmap->arr_data;
+	spec.charsmap_len = fx->charsmap->arr_n;
+	spec.eos_id = 1;
+	spec.unk_id = 2;
+	spec.pad_id = 0;
+	return spec;
+}
+
+/* ---- the sentencepiece expectations --------------------------------------- */
+
+static int
+hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Parses "x<hex>" at *p into out; returns its length. */
+static size_t
+parse_hex(char **p, uint8_t *out)
+{
+	char	   *s = *p;
+	size_t		n = 0;
+
+	assert_true(*s == 'x');
+	s++;
+	while (hexval(s[0]) >= 0 && hexval(s[1]) >= 0)
+	{
+		out[n++] = (uint8_t) (hexval(s[0]) << 4 | hexval(s[1]));
+		s += 2;
+	}
+	*p = s;
+	return n;
+}
+
+static size_t
+parse_ids(char **p, int32_t *ids)
+{
+	long		n = strtol(*p, p, 10);
+	long		i;
+
+	for (i = 0; i < n; i++)
+		ids[i] = (int32_t) strtol(*p, p, 10);
+	while (**p == ' ')
+		(*p)++;
+	return (size_t) n;
+}
+
+static void
+print_ids(const char *label, const int32_t *ids, size_t n)
+{
+	size_t		i;
+
+	print_message("  %s:", label);
+	for (i = 0; i < n && i < 40; i++)
+		print_message(" %d", ids[i]);
+	print_message(n > 40 ? " ...\n" : "\n");
+}
+
+static void
+test_fixture_cases(void **state)
+{
+	Fixture    *fx = *state;
+	FILE	   *f = fopen(MMS_FIXTURE_DIR "tok_cases.txt", "r");
+	size_t		cap = 1 << 20;
+	char	   *line = malloc(cap);
+	uint8_t    *bytes = malloc(cap);
+	int32_t    *want = malloc(cap * sizeof(int32_t));
+	int			n_enc = 0,
+				ok_enc = 0,
+				n_dec = 0,
+				ok_dec = 0;
+	double		enc_ms = 0;
+	size_t		enc_bytes = 0;
+
+	assert_non_null(f);
+	assert_true(line && bytes && want);
+	while (fgets(line, (int) cap, f) != NULL)
+	{
+		char	   *p = line;
+		MmsError	err = {0};
+
+		if (line[0] == 'x')
+		{
+			size_t		len = parse_hex(&p, bytes);
+			size_t		n_want = parse_ids(&p, want);
+			int32_t    *got;
+			size_t		n_got;
+			double		t0 = now_ms();
+
+			assert_int_equal(mms_tok_encode(fx->tok, (const char *) bytes, len, 1, &got, &n_got, &err), MMS_OK);
+			enc_ms += now_ms() - t0;
+			enc_bytes += len;
+			n_enc++;
+			if (n_got == n_want && memcmp(got, want, n_got * sizeof(int32_t)) == 0)
+				ok_enc++;
+			else if (n_enc - ok_enc <= 5)
+			{
+				print_message("encode mismatch for %.200s", line);
+				print_ids("want", want, n_want);
+				print_ids("got ", got, n_got);
+			}
+			free(got);
+		}
+		else if (line[0] == 'd')
+		{
+			size_t		n_ids,
+						n_want;
+			char	   *text;
+			size_t		len;
+
+			p += 2;
+			n_ids = parse_ids(&p, want);
+			n_want = parse_hex(&p, bytes);
+			assert_int_equal(mms_tok_decode(fx->tok, want, n_ids, &text, &len, &err), MMS_OK);
+			n_dec++;
+			if (len == n_want && memcmp(text, bytes, len) == 0 && text[len] == '\0')
+				ok_dec++;
+			else if (n_dec - ok_dec <= 5)
+				print_message("decode mismatch for %.200s  got \"%s\"\n", line, text);
+			free(text);
+		}
+	}
+	fclose(f);
+	free(line);
+	free(bytes);
+	free(want);
+	print_message("encode: %d/%d cases match sentencepiece (%.1f MB/s)\n", ok_enc, n_enc,
+				  enc_bytes / 1e6 / (enc_ms / 1e3));
+	print_message("decode: %d/%d cases match sentencepiece\n", ok_dec, n_dec);
+	assert_true(n_enc >= 10000);
+	assert_true(n_dec >= 500);
+	assert_int_equal(ok_enc, n_enc);
+	assert_int_equal(ok_dec, n_dec);
+}
+
+/* ---- edge behaviour -------------------------------------------------------- */
+
+static void
+expect_encode(MmsTokenizer *tok, const char *text, size_t len, int add_eos,
+			  const int32_t *want, size_t n_want)
+{
+	MmsError	err = {0};
+	int32_t    *got;
+	size_t		n_got;
+
+	assert_int_equal(mms_tok_encode(tok, text, len, add_eos, &got, &n_got, &err), MMS_OK);
+	if (n_got != n_want || (n_want > 0 && memcmp(got, want, n_want * sizeof(int32_t)) != 0))
+	{
+		print_ids("want", want, n_want);
+		print_ids("got ", got, n_got);
+		fail_msg("encode of %zu bytes differs", len);
+	}
+	free(got);
+}
+
+static void
+test_empty_and_eos(void **state)
+{
+	Fixture    *fx = *state;
+	static const int32_t eos[] = {1};
+	static const int32_t a[] = {5, 996};
+	static const int32_t a_eos[] = {5, 996, 1};
+
+	expect_encode(fx->tok, "", 0, 1, eos, 1);
+	expect_encode(fx->tok, NULL, 0, 1, eos, 1);
+	expect_encode(fx->tok, "", 0, 0, NULL, 0);
+	expect_encode(fx->tok, " \t\n\xe3\x80\x80 ", 7, 1, eos, 1);
+	expect_encode(fx->tok, "a", 1, 0, a, 2);
+	expect_encode(fx->tok, "  a  ", 5, 1, a_eos, 3);
+	assert_int_equal(mms_tok_n_pieces(fx->tok), 1000);
+	assert_int_equal(mms_tok_eos_id(fx->tok), 1);
+	assert_int_equal(mms_tok_unk_id(fx->tok), 2);
+	assert_int_equal(mms_tok_pad_id(fx->tok), 0);
+}
+
+static void
+test_invalid_utf8(void **state)
+{
+	Fixture    *fx = *state;
+	static const char *const cases[] = {
+		"\xff", "\xfe\xff", "\x80", "a\x80", "\xc3", "\xe2\x82", "\xf0\x9f\x98",
+		"\xc0\xaf", "\xe0\x80\xaf", "\xf0\x80\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+		"\xf8\x88\x80\x80\x80", "x\xe2\x82\xacy\xe2", "SELECT\xff", "\xff<sep>\xff",
+	};
+	/* sentencepiece: each bad byte is one U+FFFD, unknown here, so one fused <unk> */
+	static const int32_t ff[] = {5, 2, 1};
+	size_t		i;
+
+	expect_encode(fx->tok, "\xff", 1, 1, ff, 3);
+	expect_encode(fx->tok, "\xff\xfe\x80", 3, 1, ff, 3);
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+	{
+		MmsError	err = {0};
+		int32_t    *ids;
+		size_t		n,
+					k,
+					len;
+		char	   *text;
+
+		assert_int_equal(mms_tok_encode(fx->tok, cases[i], strlen(cases[i]), 1, &ids, &n, &err), MMS_OK);
+		assert_true(n >= 1);
+		for (k = 0; k < n; k++)
+			assert_true(ids[k] >= 0 && ids[k] < 1000);
+		assert_int_equal(mms_tok_decode(fx->tok, ids, n, &text, &len, &err), MMS_OK);
+		assert_int_equal(strlen(text), len);
+		free(text);
+		free(ids);
+	}
+}
+
+static void
+test_decode_errors(void **state)
+{
+	Fixture    *fx = *state;
+	MmsError	err = {0};
+	char	   *text = (char *) 1;
+	size_t		len = 7;
+	static const int32_t bad_hi[] = {5, 1000};
+	static const int32_t bad_lo[] = {-1};
+
+	assert_int_equal(mms_tok_decode(fx->tok, bad_hi, 2, &text, &len, &err), MMS_ERR_ARG);
+	assert_null(text);
+	assert_int_equal(err.code, MMS_ERR_ARG);
+	assert_int_equal(mms_tok_decode(fx->tok, bad_lo, 1, &text, &len, &err), MMS_ERR_ARG);
+	assert_int_equal(mms_tok_decode(fx->tok, NULL, 0, &text, &len, &err), MMS_OK);
+	assert_string_equal(text, "");
+	assert_int_equal(len, 0);
+	free(text);
+}
+
+/* Loads the fixture vocabulary with the given charsmap; returns the status. */
+static MmsStatus
+load_with_charsmap(Fixture *fx, const uint8_t *blob, size_t len)
+{
+	float	   *scores = malloc(1000 * sizeof(float));
+	int32_t    *types = malloc(1000 * sizeof(int32_t));
+	MmsTokenizerSpec spec = fixture_spec(fx, scores, types);
+	MmsTokenizer *tok = NULL;
+	MmsError	err = {0};
+	MmsStatus	st;
+
+	spec.charsmap = blob;
+	spec.charsmap_len = len;
+	st = mms_tok_create(&spec, &tok, &err);
+	if (st == MMS_OK)
+	{
+		static const char probe[] = " ＡＢＣ ﬁ\xe3\x80\x80 x\xff SELECT ";
+		int32_t    *ids;
+		size_t		n;
+
+		assert_non_null(tok);
+		assert_int_equal(mms_tok_encode(tok, probe, sizeof(probe) - 1, 1, &ids, &n, &err), MMS_OK);
+		free(ids);
+		mms_tok_free(tok);
+	}
+	else
+	{
+		assert_null(tok);
+		assert_int_equal(err.code, st);
+	}
+	free(scores);
+	free(types);
+	return st;
+}
+
+static void
+put_u32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t) v;
+	p[1] = (uint8_t) (v >> 8);
+	p[2] = (uint8_t) (v >> 16);
+	p[3] = (uint8_t) (v >> 24);
+}
+
+static void
+test_malformed_charsmap(void **state)
+{
+	Fixture    *fx = *state;
+	const uint8_t *good = fx->charsmap->arr_data;
+	size_t		n = fx->charsmap->arr_n;
+	uint32_t	trie_size = (uint32_t) good[0] | (uint32_t) good[1] << 8 |
+		(uint32_t) good[2] << 16 | (uint32_t) good[3] << 24;
+	uint8_t    *b = malloc(n);
+	size_t		i;
+	uint32_t	rng = 12345;
+
+	assert_non_null(b);
+	assert_int_equal(load_with_charsmap(fx, good, n), MMS_OK);
+	assert_int_equal(load_with_charsmap(fx, NULL, 0), MMS_OK);
+
+	/* truncated: header only, or mid-trie */
+	assert_int_equal(load_with_charsmap(fx, good, 3), MMS_ERR_MODEL);
+	assert_int_equal(load_with_charsmap(fx, good, 4), MMS_ERR_MODEL);
+	assert_int_equal(load_with_charsmap(fx, good, 100), MMS_ERR_MODEL);
+	assert_int_equal(load_with_charsmap(fx, good, trie_size), MMS_ERR_MODEL);
+
+	/* trie_size past the end, and an empty trie */
+	memcpy(b, good, n);
+	put_u32(b, (uint32_t) n);
+	assert_int_equal(load_with_charsmap(fx, b, n), MMS_ERR_MODEL);
+	put_u32(b, 0xFFFFFFFCU);
+	assert_int_equal(load_with_charsmap(fx, b, n), MMS_ERR_MODEL);
+	put_u32(b, 0);
+	assert_int_equal(load_with_charsmap(fx, b, n), MMS_ERR_MODEL);
+
+	/* rule offsets past the pool: the pool cut short, or missing its last NUL */
+	assert_int_equal(load_with_charsmap(fx, good, 4 + trie_size + 10), MMS_ERR_MODEL);
+	assert_int_equal(load_with_charsmap(fx, good, n - 1), MMS_ERR_MODEL);
+
+	/* a smaller trie_size makes the pool start inside the trie: whatever
+	 * that yields must be caught or harmless */
+	memcpy(b, good, n);
+	put_u32(b, trie_size / 2);
+	(void) load_with_charsmap(fx, b, n);
+
+	/* random corruption of the trie: load error or a working tokenizer */
+	for (i = 0; i < 300; i++)
+	{
+		int			k;
+
+		memcpy(b, good, n);
+		for (k = 0; k < 1 + (int) (i % 16); k++)
+		{
+			rng = rng * 1103515245u + 12345u;
+			b[4 + (rng >> 8) % trie_size] ^= (uint8_t) (1u << (rng % 8));
+		}
+		(void) load_with_charsmap(fx, b, n);
+	}
+	/* pure garbage */
+	for (i = 0; i < 100; i++)
+	{
+		size_t		len = 5 + i * 13;
+		size_t		k;
+
+		for (k = 0; k < len; k++)
+		{
+			rng = rng * 1103515245u + 12345u;
+			b[k] = (uint8_t) (rng >> 16);
+		}
+		put_u32(b, (uint32_t) ((len - 4) & ~3u) - (i % 3) * 4);
+		(void) load_with_charsmap(fx, b, len);
+	}
+	free(b);
+}
+
+/* ---- a hand-made vocabulary: no charsmap, byte, unused, user pieces -------- */
+
+static MmsGgufStr
+S(const char *s)
+{
+	MmsGgufStr	r = {s, strlen(s)};
+
+	return r;
+}
+
+static void
+test_small_vocab(void **state)
+{
+	MmsGgufStr	pieces[] = {
+		S("<pad>"), S("</s>"), S("<unk>"), S("\xe2\x96\x81"), S("a"), S("b"),
+		S("\xe2\x96\x81" "ab"), S("<0xE2>"), S("<0x82>"), S("<0xAC>"), S("[PAD9]"), S("<x>"),
+	};
+	float		scores[] = {0, 0, 0, -1, -2, -2, -1.5f, 0, 0, 0, -10000, 0};
+	int32_t		types[] = {3, 3, 2, 1, 1, 1, 1, 6, 6, 6, 5, 4};
+	MmsTokenizerSpec spec;
+	MmsTokenizer *tok;
+	MmsError	err = {0};
+	char	   *text;
+	size_t		len;
+	static const int32_t ab[] = {6, 1};
+	static const int32_t user[] = {3, 4, 11, 5, 1};
+	static const int32_t unk[] = {3, 2, 4, 1};
+	static const int32_t euro[] = {3, 7, 8, 9, 4};
+	static const int32_t cut[] = {4, 7, 8, 4, 9, 7};
+	static const int32_t unused[] = {3, 10, 4, 0, 1, 2};
+
+	(void) state;
+	memset(&spec, 0, sizeof(spec));
+	spec.n_pieces = 12;
+	spec.pieces = pieces;
+	spec.scores = scores;
+	spec.types = types;
+	spec.add_space_prefix = 1;
+	spec.remove_extra_whitespaces = 1;
+	spec.eos_id = 1;
+	spec.unk_id = -1;			/* found from the UNKNOWN piece */
+	spec.pad_id = 0;
+	assert_int_equal(mms_tok_create(&spec, &tok, &err), MMS_OK);
+	assert_int_equal(mms_tok_unk_id(tok), 2);
+
+	expect_encode(tok, "ab", 2, 1, ab, 2);
+	expect_encode(tok, "a<x>b", 5, 1, user, 5);
+	/* unknown run of several characters fuses into one <unk>; byte pieces and
+	 * the unused piece never match text */
+	expect_encode(tok, "\xe2\x82\xac" "[PAD9]a", 10, 1, unk, 4);
+
+	assert_int_equal(mms_tok_decode(tok, euro, 5, &text, &len, &err), MMS_OK);
+	assert_string_equal(text, "\xe2\x82\xac" "a");
+	free(text);
+	/* incomplete sequences become U+FFFD, never half a character */
+	assert_int_equal(mms_tok_decode(tok, cut, 6, &text, &len, &err), MMS_OK);
+	assert_string_equal(text, "a\xef\xbf\xbd\xef\xbf\xbd" "a\xef\xbf\xbd\xef\xbf\xbd");
+	free(text);
+	/* unused and control pieces print nothing; <unk> prints " ⁇ " */
+	assert_int_equal(mms_tok_decode(tok, unused, 6, &text, &len, &err), MMS_OK);
+	assert_string_equal(text, "a \xe2\x81\x87 ");
+	free(text);
+	mms_tok_free(tok);
+
+	/* without remove_extra_whitespaces only the first dummy space goes */
+	{
+		static const int32_t sp2[] = {3, 3, 6};
+
+		spec.remove_extra_whitespaces = 0;
+		assert_int_equal(mms_tok_create(&spec, &tok, &err), MMS_OK);
+		assert_int_equal(mms_tok_decode(tok, sp2, 3, &text, &len, &err), MMS_OK);
+		assert_string_equal(text, "  ab");
+		free(text);
+		mms_tok_free(tok);
+	}
+
+	/* invalid specs */
+	types[7] = 6;
+	pieces[7] = S("<0xZZ>");
+	assert_int_equal(mms_tok_create(&spec, &tok, &err), MMS_ERR_MODEL);
+	pieces[7] = S("<0xE2>");
+	types[4] = 9;
+	assert_int_equal(mms_tok_create(&spec, &tok, &err), MMS_ERR_MODEL);
+	types[4] = 1;
+	spec.eos_id = 12;
+	assert_int_equal(mms_tok_create(&spec, &tok, &err), MMS_ERR_MODEL);
+	spec.eos_id = 1;
+	types[2] = 1;
+	assert_int_equal(mms_tok_create(&spec, &tok, &err), MMS_ERR_MODEL);
+	spec.n_pieces = 0;
+	assert_int_equal(mms_tok_create(&spec, &tok, &err), MMS_ERR_MODEL);
+	assert_null(tok);
+}
+
+static void
+test_long_input(void **state)
+{
+	Fixture    *fx = *state;
+	size_t		len = 4 << 20;
+	char	   *text = malloc(len);
+	MmsError	err = {0};
+	int32_t    *ids;
+	size_t		n,
+				i;
+	double		t0;
+
+	assert_non_null(text);
+	for (i = 0; i < len; i++)
+		text[i] = "the quick brown fox SELECT 東京 "[i % 32];
+	t0 = now_ms();
+	assert_int_equal(mms_tok_encode(fx->tok, text, len, 1, &ids, &n, &err), MMS_OK);
+	print_message("encode of 4 MB: %.1f ms, %zu ids\n", now_ms() - t0, n);
+	assert_true(n > len / 16);
+	free(ids);
+	free(text);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_fixture_cases),
+		cmocka_unit_test(test_empty_and_eos),
+		cmocka_unit_test(test_invalid_utf8),
+		cmocka_unit_test(test_decode_errors),
+		cmocka_unit_test(test_malformed_charsmap),
+		cmocka_unit_test(test_small_vocab),
+		cmocka_unit_test(test_long_input),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
