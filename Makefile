@@ -1,11 +1,14 @@
-# mms — top-level build. `make` builds the engine library, the mms-run CLI and
-# the unit tests; `make test` runs every test; `make demo` runs the demo.
+# mms — top-level build. `make` builds the engine library, the mms-run CLI,
+# the unit tests and the PostgreSQL extension (mms.so); `make install`
+# installs the extension; `make test` runs every test; `make demo` runs the demo.
 # The engine is plain C11 (no PostgreSQL headers); OpenBLAS does the GEMMs.
+#
+# PGXS is included at the end and owns CFLAGS, CC and the install/installcheck
+# targets; the engine therefore keeps its own flags in ENGINE_CFLAGS.
 
-CC       ?= gcc
 OPT      ?= -O3
-CFLAGS   ?= $(OPT) -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -Isrc/engine
+ENGINE_CFLAGS ?= $(OPT) -g
+ENGINE_CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC -Isrc/engine
 LDLIBS_BLAS = -lopenblas
 LDLIBS   = -lm -lpthread
 BUILD    ?= build
@@ -20,45 +23,90 @@ ENGINE_HDRS = $(wildcard src/engine/*.h)
 TEST_SRCS = $(wildcard test/test_*.c)
 TEST_BINS = $(patsubst test/%.c,$(BUILD)/test/%,$(TEST_SRCS))
 
-.PHONY: all test unit-test asan-test valgrind-test deps clean fuzz demo bench
+.PHONY: all engine test unit-test asan-test valgrind-test pg-test deps fuzz demo bench
 
-all: $(BUILD)/libmmsengine.a $(BUILD)/mms-run $(TEST_BINS)
+# First rule, so the default goal; PGXS adds mms.so to it.
+all: engine
+
+engine: $(BUILD)/libmmsengine.a $(BUILD)/mms-run $(TEST_BINS)
 
 $(BUILD)/engine/%.o: src/engine/%.c $(ENGINE_HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(ENGINE_CFLAGS) -c -o $@ $<
 
 $(BUILD)/libmmsengine.a: $(ENGINE_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/mms-run: src/engine/mms_run.c $(BUILD)/libmmsengine.a
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libmmsengine.a $(LDLIBS_BLAS) $(LDLIBS)
+	$(CC) $(ENGINE_CFLAGS) -o $@ $< $(BUILD)/libmmsengine.a $(LDLIBS_BLAS) $(LDLIBS)
 
 $(BUILD)/test/%: test/%.c test/test_util.h test/golden.h $(BUILD)/libmmsengine.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itest -o $@ $< $(BUILD)/libmmsengine.a -lcmocka $(LDLIBS_BLAS) $(LDLIBS)
+	$(CC) $(ENGINE_CFLAGS) -Itest -o $@ $< $(BUILD)/libmmsengine.a -lcmocka $(LDLIBS_BLAS) $(LDLIBS)
+
+# --- the extension (PGXS) ----------------------------------------------------
+
+# mms.so = src/pg + the CORE engine objects, and nothing that links OpenBLAS:
+# OpenBLAS starts threads when loaded, and this library may be preloaded into
+# the postmaster. Engine objects come from build/ (compiled -O3 -fPIC above).
+MODULE_big  = mms
+PG_SRCS     = $(wildcard src/pg/*.c)
+PG_OBJS     = $(patsubst src/pg/%.c,build/pg/%.o,$(PG_SRCS))
+OBJS        = $(PG_OBJS) $(patsubst %,build/engine/%.o,$(ENGINE_CORE))
+PG_CPPFLAGS = -Isrc/engine
+SHLIB_LINK  = -lm
+EXTENSION   = mms
+DATA        = sql/mms--0.1.0.sql
+PGFILEDESC  = "mms - T5 model registry and serving"
+
+# sql/ holds the install script and the regression tests (expected/ the results).
+REGRESS      = $(filter-out mms--%,$(basename $(notdir $(wildcard sql/*.sql))))
+REGRESS_OUT ?= build/regress
+REGRESS_OPTS = --load-extension=mms --outputdir=$(REGRESS_OUT)
+EXTRA_CLEAN  = build build-asan build-fuzz
+
+# PGXS would also build LLVM bitcode for every object (for JIT inlining), and
+# has no rule for engine objects outside the source tree; the extension gains
+# nothing from inlining, so keep bitcode off.
+override with_llvm = no
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+build/pg/%.o: src/pg/%.c src/pg/mms.h $(ENGINE_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CPPFLAGS) -c -o $@ $<
 
 # --- tests -----------------------------------------------------------------
 
 deps:
 	@tools/install-deps.sh
 
-# Every test: unit tests, then the same under ASan+UBSan.
+# Every test: unit tests, the same under ASan+UBSan, then the extension in a
+# throwaway cluster.
 test: deps
 	$(MAKE) unit-test
 	$(MAKE) asan-test
+	$(MAKE) pg-test
 
-unit-test: all
+unit-test: engine
 	@tools/run-tests.sh $(BUILD)
 
 asan-test:
 	$(MAKE) BUILD=build-asan OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
-		LDLIBS="-lm -lpthread -fsanitize=address,undefined" all
+		LDLIBS="-lm -lpthread -fsanitize=address,undefined" engine
 	@ASAN_OPTIONS=detect_leaks=1 tools/run-tests.sh build-asan
 
-valgrind-test: all
+valgrind-test: engine
 	@VALGRIND=1 tools/run-tests.sh $(BUILD)
+
+# Installs the extension (as root) and runs test/pg/run.sh: pg_regress and the
+# scripted tests against a cluster it starts in a temporary directory.
+pg-test: all
+	$(MAKE) install
+	@test/pg/run.sh
 
 # --- fuzzing (clang libFuzzer + ASan/UBSan) ----------------------------------
 
@@ -80,6 +128,3 @@ demo: deps all
 
 bench: deps all
 	@bench/run.sh
-
-clean:
-	rm -rf build build-asan build-fuzz

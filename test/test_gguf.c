@@ -63,6 +63,7 @@ put(Buf *b, const void *src, size_t n)
 	b->n += n;
 }
 
+/* Native byte order: the engine, like llama.cpp, runs on little-endian hosts. */
 #define PUT_LE(name, type) \
 static void name(Buf *b, type v) { put(b, &v, sizeof(v)); }
 PUT_LE(put_u8, uint8_t)
@@ -218,7 +219,11 @@ fill_data(uint8_t *p, const TSpec *t)
 			break;
 		default:
 			for (j = 0; j < n / 4; j++)
-				put_f32(&(Buf) {.p = p + 4 * j,.cap = 4}, fill_value(MMS_T_F32, j));
+			{
+				float		v = fill_value(MMS_T_F32, j);
+
+				memcpy(p + 4 * j, &v, 4);
+			}
 			break;
 	}
 }
@@ -765,17 +770,82 @@ raw_array(Builder *B, const char *key, uint32_t etype, uint64_t n)
 	put_u64(b, n);
 }
 
-static void mk_bad_magic(Builder *B) { put_u8(kv(B, "a", MMS_GGUF_U8), 1); }
-static void mk_version1(Builder *B) { B->version = 1; }
-static void mk_version4(Builder *B) { B->version = 4; }
-static void mk_version0(Builder *B) { B->version = 0; }
-static void mk_big_endian(Builder *B) { B->version = 0x03000000; }
-static void mk_kv_absurd(Builder *B) { B->set_n_kv = 1; B->n_kv = UINT64_C(1) << 62; one_tensor(B); }
-static void mk_kv_max(Builder *B) { B->set_n_kv = 1; B->n_kv = UINT64_MAX; }
-static void mk_tensors_absurd(Builder *B) { B->set_n_tensors = 1; B->n_tensors = UINT64_C(1) << 62; one_tensor(B); }
-static void mk_tensors_2_60(Builder *B) { put_u8(kv(B, "a", MMS_GGUF_U8), 1); B->set_n_tensors = 1; B->n_tensors = UINT64_C(1) << 60; }
-static void mk_kv_one_too_many(Builder *B) { put_u8(kv(B, "a", MMS_GGUF_U8), 1); B->set_n_kv = 1; B->n_kv = 2; }
-static void mk_tensor_one_too_many(Builder *B) { one_tensor(B); B->set_n_tensors = 1; B->n_tensors = 2; }
+static void
+mk_bad_magic(Builder *B)
+{
+	put_u8(kv(B, "a", MMS_GGUF_U8), 1);
+}
+
+static void
+mk_version1(Builder *B)
+{
+	B->version = 1;
+}
+
+static void
+mk_version4(Builder *B)
+{
+	B->version = 4;
+}
+
+static void
+mk_version0(Builder *B)
+{
+	B->version = 0;
+}
+
+static void
+mk_big_endian(Builder *B)
+{
+	B->version = 0x03000000;
+}
+
+static void
+mk_kv_absurd(Builder *B)
+{
+	B->set_n_kv = 1;
+	B->n_kv = UINT64_C(1) << 62;
+	one_tensor(B);
+}
+
+static void
+mk_kv_max(Builder *B)
+{
+	B->set_n_kv = 1;
+	B->n_kv = UINT64_MAX;
+}
+
+static void
+mk_tensors_absurd(Builder *B)
+{
+	B->set_n_tensors = 1;
+	B->n_tensors = UINT64_C(1) << 62;
+	one_tensor(B);
+}
+
+static void
+mk_tensors_2_60(Builder *B)
+{
+	put_u8(kv(B, "a", MMS_GGUF_U8), 1);
+	B->set_n_tensors = 1;
+	B->n_tensors = UINT64_C(1) << 60;
+}
+
+static void
+mk_kv_one_too_many(Builder *B)
+{
+	put_u8(kv(B, "a", MMS_GGUF_U8), 1);
+	B->set_n_kv = 1;
+	B->n_kv = 2;
+}
+
+static void
+mk_tensor_one_too_many(Builder *B)
+{
+	one_tensor(B);
+	B->set_n_tensors = 1;
+	B->n_tensors = 2;
+}
 
 static void
 mk_key_huge_len(Builder *B)
@@ -795,30 +865,178 @@ mk_key_len_past_end(Builder *B)
 	B->kv_count = 1;
 }
 
-static void mk_string_value_huge(Builder *B) { put_u64(kv(B, "s", MMS_GGUF_STRING), UINT64_MAX); put_u32(&B->kv, 0); }
-static void mk_string_value_past_end(Builder *B) { put_u64(kv(B, "s", MMS_GGUF_STRING), 50); put(&B->kv, "short", 5); }
-static void mk_empty_key(Builder *B) { put_u8(kv(B, "a", MMS_GGUF_U8), 1); put_u8(kv(B, "", MMS_GGUF_U8), 1); put_u16(kv(B, "b", MMS_GGUF_U16), 1); }
-static void mk_kv_type_13(Builder *B) { put_u32(kv(B, "a.b", 13), 0); }
-static void mk_kv_type_max(Builder *B) { put_u32(kv(B, "a.b", UINT32_MAX), 0); }
-static void mk_nested_array(Builder *B) { raw_array(B, "nest", MMS_GGUF_ARRAY, 1); put_u32(&B->kv, MMS_GGUF_U8); put_u64(&B->kv, 0); }
-static void mk_array_bad_etype(Builder *B) { raw_array(B, "arr", 42, 1); put_u32(&B->kv, 0); }
-static void mk_array_absurd(Builder *B) { raw_array(B, "arr", MMS_GGUF_U32, UINT64_C(1) << 61); put_u32(&B->kv, 0); }
-static void mk_array_u64_max(Builder *B) { raw_array(B, "arr", MMS_GGUF_F64, UINT64_MAX); put_u64(&B->kv, 0); }
-static void mk_array_short(Builder *B) { raw_array(B, "arr", MMS_GGUF_U16, 3); put_u16(&B->kv, 1); put_u16(&B->kv, 2); }
-static void mk_str_array_absurd(Builder *B) { raw_array(B, "toks", MMS_GGUF_STRING, UINT64_C(1) << 62); put_str(&B->kv, "a"); }
-static void mk_str_array_elem_past_end(Builder *B) { raw_array(B, "toks", MMS_GGUF_STRING, 2); put_str(&B->kv, "a"); put_u64(&B->kv, 1000); put(&B->kv, "xy", 2); }
-static void mk_bool_2(Builder *B) { put_u8(kv(B, "flag", MMS_GGUF_BOOL), 2); }
-static void mk_bool_array_7(Builder *B) { raw_array(B, "flags", MMS_GGUF_BOOL, 3); put(&B->kv, "\1\0\7", 3); }
-static void mk_dup_key(Builder *B) { put_u8(kv(B, "a.b", MMS_GGUF_U8), 1); put_u8(kv(B, "c", MMS_GGUF_U8), 1); put_str(kv(B, "a.b", MMS_GGUF_STRING), "x"); }
-static void mk_dup_key_binary(Builder *B) { put_u8(kv(B, "k\n\xff", MMS_GGUF_U8), 1); put_u8(kv(B, "k\n\xff", MMS_GGUF_U8), 1); }
-static void mk_align_0(Builder *B) { set_alignment(B, 0); B->alignment = 32; one_tensor(B); }
-static void mk_align_48(Builder *B) { set_alignment(B, 48); one_tensor(B); }
-static void mk_align_u64(Builder *B) { put_u64(kv(B, "general.alignment", MMS_GGUF_U64), 64); one_tensor(B); }
-static void mk_align_str(Builder *B) { put_str(kv(B, "general.alignment", MMS_GGUF_STRING), "32"); }
-static void mk_ndims_0(Builder *B) { one_tensor(B); B->t[0].n_dims = 0; }
-static void mk_ndims_5(Builder *B) { one_tensor(B); B->t[0].n_dims = 5; B->t[0].ne[1] = B->t[0].ne[2] = B->t[0].ne[3] = 1; }
-static void mk_ne_0(Builder *B) { tensor(B, "w", MMS_T_F32, 4, 0)->n_dims = 2; B->t[0].ne[1] = 0; }
-static void mk_ne0_0(Builder *B) { tensor(B, "w", MMS_T_F32, 0, 0); }
+static void
+mk_string_value_huge(Builder *B)
+{
+	put_u64(kv(B, "s", MMS_GGUF_STRING), UINT64_MAX);
+	put_u32(&B->kv, 0);
+}
+
+static void
+mk_string_value_past_end(Builder *B)
+{
+	put_u64(kv(B, "s", MMS_GGUF_STRING), 50);
+	put(&B->kv, "short", 5);
+}
+
+static void
+mk_empty_key(Builder *B)
+{
+	put_u8(kv(B, "a", MMS_GGUF_U8), 1);
+	put_u8(kv(B, "", MMS_GGUF_U8), 1);
+	put_u16(kv(B, "b", MMS_GGUF_U16), 1);
+}
+
+static void
+mk_kv_type_13(Builder *B)
+{
+	put_u32(kv(B, "a.b", 13), 0);
+}
+
+static void
+mk_kv_type_max(Builder *B)
+{
+	put_u32(kv(B, "a.b", UINT32_MAX), 0);
+}
+
+static void
+mk_nested_array(Builder *B)
+{
+	raw_array(B, "nest", MMS_GGUF_ARRAY, 1);
+	put_u32(&B->kv, MMS_GGUF_U8);
+	put_u64(&B->kv, 0);
+}
+
+static void
+mk_array_bad_etype(Builder *B)
+{
+	raw_array(B, "arr", 42, 1);
+	put_u32(&B->kv, 0);
+}
+
+static void
+mk_array_absurd(Builder *B)
+{
+	raw_array(B, "arr", MMS_GGUF_U32, UINT64_C(1) << 61);
+	put_u32(&B->kv, 0);
+}
+
+static void
+mk_array_u64_max(Builder *B)
+{
+	raw_array(B, "arr", MMS_GGUF_F64, UINT64_MAX);
+	put_u64(&B->kv, 0);
+}
+
+static void
+mk_array_short(Builder *B)
+{
+	raw_array(B, "arr", MMS_GGUF_U16, 3);
+	put_u16(&B->kv, 1);
+	put_u16(&B->kv, 2);
+}
+
+static void
+mk_str_array_absurd(Builder *B)
+{
+	raw_array(B, "toks", MMS_GGUF_STRING, UINT64_C(1) << 62);
+	put_str(&B->kv, "a");
+}
+
+static void
+mk_str_array_elem_past_end(Builder *B)
+{
+	raw_array(B, "toks", MMS_GGUF_STRING, 2);
+	put_str(&B->kv, "a");
+	put_u64(&B->kv, 1000);
+	put(&B->kv, "xy", 2);
+}
+
+static void
+mk_bool_2(Builder *B)
+{
+	put_u8(kv(B, "flag", MMS_GGUF_BOOL), 2);
+}
+
+static void
+mk_bool_array_7(Builder *B)
+{
+	raw_array(B, "flags", MMS_GGUF_BOOL, 3);
+	put(&B->kv, "\1\0\7", 3);
+}
+
+static void
+mk_dup_key(Builder *B)
+{
+	put_u8(kv(B, "a.b", MMS_GGUF_U8), 1);
+	put_u8(kv(B, "c", MMS_GGUF_U8), 1);
+	put_str(kv(B, "a.b", MMS_GGUF_STRING), "x");
+}
+
+static void
+mk_dup_key_binary(Builder *B)
+{
+	put_u8(kv(B, "k\n\xff", MMS_GGUF_U8), 1);
+	put_u8(kv(B, "k\n\xff", MMS_GGUF_U8), 1);
+}
+
+static void
+mk_align_0(Builder *B)
+{
+	set_alignment(B, 0);
+	B->alignment = 32;
+	one_tensor(B);
+}
+
+static void
+mk_align_48(Builder *B)
+{
+	set_alignment(B, 48);
+	one_tensor(B);
+}
+
+static void
+mk_align_u64(Builder *B)
+{
+	put_u64(kv(B, "general.alignment", MMS_GGUF_U64), 64);
+	one_tensor(B);
+}
+
+static void
+mk_align_str(Builder *B)
+{
+	put_str(kv(B, "general.alignment", MMS_GGUF_STRING), "32");
+}
+
+static void
+mk_ndims_0(Builder *B)
+{
+	one_tensor(B);
+	B->t[0].n_dims = 0;
+}
+
+static void
+mk_ndims_5(Builder *B)
+{
+	one_tensor(B);
+	B->t[0].n_dims = 5;
+	B->t[0].ne[1] = B->t[0].ne[2] = B->t[0].ne[3] = 1;
+}
+
+static void
+mk_ne_0(Builder *B)
+{
+	TSpec	   *t = tensor(B, "w", MMS_T_F32, 4, 0);
+
+	t->n_dims = 2;
+	t->ne[1] = 0;
+}
+
+static void
+mk_ne0_0(Builder *B)
+{
+	tensor(B, "w", MMS_T_F32, 0, 0);
+}
 
 static void
 mk_product_overflow(Builder *B)
@@ -847,22 +1065,133 @@ mk_product_overflow_4d(Builder *B)
 	t->fixed_offset = 1;
 }
 
-static void mk_q8_ne0_48(Builder *B) { tensor(B, "q", MMS_T_Q8_0, 48, 2); }
-static void mk_q4_ne0_16(Builder *B) { tensor(B, "q", MMS_T_Q4_0, 16, 0); }
-static void mk_type_3(Builder *B) { tensor(B, "enc.blk.0.attn_q.weight", 3, 32, 0); }
-static void mk_type_99(Builder *B) { tensor(B, "x", 99, 32, 0); }
-static void mk_type_max(Builder *B) { tensor(B, "x", UINT32_MAX, 32, 0); }
-static void mk_dup_tensor(Builder *B) { one_tensor(B); tensor(B, "v", MMS_T_F16, 8, 0); one_tensor(B); }
-static void mk_empty_tensor_name(Builder *B) { tensor(B, "", MMS_T_F32, 4, 0); }
-static void mk_offset_unaligned(Builder *B) { one_tensor(B)->fixed_offset = 1, B->t[0].offset = 16; }
-static void mk_offset_unaligned_64(Builder *B) { set_alignment(B, 64); one_tensor(B); TSpec *t = tensor(B, "v", MMS_T_F32, 4, 0); t->fixed_offset = 1; t->offset = 32; }
-static void mk_offset_past_end(Builder *B) { one_tensor(B); TSpec *t = tensor(B, "far", MMS_T_F32, 4, 0); t->fixed_offset = 1; t->offset = UINT64_C(1) << 40; }
-static void mk_offset_wrap(Builder *B) { TSpec *t = tensor(B, "wrap", MMS_T_F32, 64, 0); t->fixed_offset = 1; t->offset = UINT64_MAX - 31; }
-static void mk_data_past_end(Builder *B) { tensor(B, "enc.blk.0.attn_q.weight", MMS_T_F32, 8, 0); B->cut_end = 1; }
-static void mk_data_section_past_end(Builder *B) { set_alignment(B, 4096); one_tensor(B); B->cut_end = 20; }
-static void mk_overlap(Builder *B) { tensor(B, "a", MMS_T_F32, 16, 0); tensor(B, "b", MMS_T_F32, 8, 0); B->t[1].fixed_offset = 1; B->t[1].offset = 32; }
-static void mk_overlap_same(Builder *B) { tensor(B, "a", MMS_T_Q8_0, 32, 0); tensor(B, "b", MMS_T_F16, 4, 0); B->t[1].fixed_offset = 1; }
-static void mk_overlap_unsorted(Builder *B) { tensor(B, "c", MMS_T_F32, 8, 0); tensor(B, "a", MMS_T_F32, 64, 0); tensor(B, "b", MMS_T_F32, 4, 0); B->t[2].fixed_offset = 1; B->t[2].offset = 64; }
+static void
+mk_q8_ne0_48(Builder *B)
+{
+	tensor(B, "q", MMS_T_Q8_0, 48, 2);
+}
+
+static void
+mk_q4_ne0_16(Builder *B)
+{
+	tensor(B, "q", MMS_T_Q4_0, 16, 0);
+}
+
+static void
+mk_type_3(Builder *B)
+{
+	tensor(B, "enc.blk.0.attn_q.weight", 3, 32, 0);
+}
+
+static void
+mk_type_99(Builder *B)
+{
+	tensor(B, "x", 99, 32, 0);
+}
+
+static void
+mk_type_max(Builder *B)
+{
+	tensor(B, "x", UINT32_MAX, 32, 0);
+}
+
+static void
+mk_dup_tensor(Builder *B)
+{
+	one_tensor(B);
+	tensor(B, "v", MMS_T_F16, 8, 0);
+	one_tensor(B);
+}
+
+static void
+mk_empty_tensor_name(Builder *B)
+{
+	tensor(B, "", MMS_T_F32, 4, 0);
+}
+
+static void
+mk_offset_unaligned(Builder *B)
+{
+	TSpec	   *t = one_tensor(B);
+
+	t->fixed_offset = 1;
+	t->offset = 16;
+}
+
+static void
+mk_offset_unaligned_64(Builder *B)
+{
+	TSpec	   *t;
+
+	set_alignment(B, 64);
+	one_tensor(B);
+	t = tensor(B, "v", MMS_T_F32, 4, 0);
+	t->fixed_offset = 1;
+	t->offset = 32;
+}
+
+static void
+mk_offset_past_end(Builder *B)
+{
+	TSpec	   *t;
+
+	one_tensor(B);
+	t = tensor(B, "far", MMS_T_F32, 4, 0);
+	t->fixed_offset = 1;
+	t->offset = UINT64_C(1) << 40;
+}
+
+static void
+mk_offset_wrap(Builder *B)
+{
+	TSpec	   *t = tensor(B, "wrap", MMS_T_F32, 64, 0);
+
+	t->fixed_offset = 1;
+	t->offset = UINT64_MAX - 31;
+}
+
+static void
+mk_data_past_end(Builder *B)
+{
+	tensor(B, "enc.blk.0.attn_q.weight", MMS_T_F32, 8, 0);
+	B->cut_end = 1;
+}
+
+static void
+mk_data_section_past_end(Builder *B)
+{
+	set_alignment(B, 4096);
+	one_tensor(B);
+	B->cut_end = 20;
+}
+
+static void
+mk_overlap(Builder *B)
+{
+	tensor(B, "a", MMS_T_F32, 16, 0);
+	tensor(B, "b", MMS_T_F32, 8, 0);
+	B->t[1].fixed_offset = 1;
+	B->t[1].offset = 32;
+}
+
+static void
+mk_overlap_same(Builder *B)
+{
+	tensor(B, "a", MMS_T_Q8_0, 32, 0);
+	tensor(B, "b", MMS_T_F16, 4, 0);
+	B->t[1].fixed_offset = 1;
+}
+
+static void
+mk_overlap_unsorted(Builder *B)
+{
+	tensor(B, "c", MMS_T_F32, 8, 0);
+	tensor(B, "a", MMS_T_F32, 64, 0);
+	tensor(B, "b", MMS_T_F32, 4, 0);
+	B->t[2].fixed_offset = 1;
+	B->t[2].offset = 64;
+}
+
 static void
 mk_tensor_name_huge(Builder *B)
 {

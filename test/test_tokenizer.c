@@ -524,6 +524,178 @@ test_small_vocab(void **state)
 	assert_null(tok);
 }
 
+/* ---- GGUF metadata variants, built in memory ------------------------------ */
+
+typedef struct GBuf
+{
+	uint8_t		p[8192];
+	size_t		n;
+	uint64_t	n_kv;
+} GBuf;
+
+static void
+g_put(GBuf *g, const void *v, size_t n)
+{
+	assert_true(g->n + n <= sizeof(g->p));
+	memcpy(g->p + g->n, v, n);
+	g->n += n;
+}
+
+static void
+g_u32(GBuf *g, uint32_t v)
+{
+	uint8_t		b[4];
+
+	put_u32(b, v);
+	g_put(g, b, 4);
+}
+
+static void
+g_u64(GBuf *g, uint64_t v)
+{
+	g_u32(g, (uint32_t) v);
+	g_u32(g, (uint32_t) (v >> 32));
+}
+
+static void
+g_str(GBuf *g, const char *s)
+{
+	g_u64(g, strlen(s));
+	g_put(g, s, strlen(s));
+}
+
+static void
+g_key(GBuf *g, const char *key, uint32_t type)
+{
+	g_str(g, key);
+	g_u32(g, type);
+	g->n_kv++;
+}
+
+/* Array header: element type and count; elements follow. */
+static void
+g_arr(GBuf *g, const char *key, uint32_t elem_type, uint64_t n)
+{
+	g_key(g, key, MMS_GGUF_ARRAY);
+	g_u32(g, elem_type);
+	g_u64(g, n);
+}
+
+enum
+{
+	V_OK, V_NO_MODEL, V_LLAMA, V_NO_TOKENS, V_SCORES_SHORT, V_TYPES_F32,
+	V_CHARSMAP_I32, V_CHARSMAP_I8, V_EOS_RANGE, V_NO_SCORES, V_BOOL_AS_STR, N_VARIANTS
+};
+
+/* A 6-piece T5 vocabulary, broken in one way per variant. */
+static size_t
+build_gguf(GBuf *g, int variant)
+{
+	static const char *const pieces[] = {"<pad>", "</s>", "<unk>", "\xe2\x96\x81", "a", "\xe2\x96\x81" "ab"};
+	static const int32_t types[] = {3, 3, 2, 1, 1, 1};
+	static const float scores[] = {0, 0, 0, -1, -2, -1.5f};
+	size_t		i;
+	uint8_t		hdr[24];
+
+	memset(g, 0, sizeof(*g));
+	g->n = sizeof(hdr);
+	if (variant != V_NO_MODEL)
+	{
+		g_key(g, "tokenizer.ggml.model", MMS_GGUF_STRING);
+		g_str(g, variant == V_LLAMA ? "llama" : "t5");
+	}
+	if (variant != V_NO_TOKENS)
+	{
+		g_arr(g, "tokenizer.ggml.tokens", MMS_GGUF_STRING, 6);
+		for (i = 0; i < 6; i++)
+			g_str(g, pieces[i]);
+	}
+	if (variant != V_NO_SCORES)
+	{
+		size_t		n = variant == V_SCORES_SHORT ? 5 : 6;
+
+		g_arr(g, "tokenizer.ggml.scores", MMS_GGUF_F32, n);
+		g_put(g, scores, n * sizeof(float));
+	}
+	g_arr(g, "tokenizer.ggml.token_type", variant == V_TYPES_F32 ? MMS_GGUF_F32 : MMS_GGUF_I32, 6);
+	g_put(g, types, sizeof(types));
+	if (variant == V_BOOL_AS_STR)
+	{
+		g_key(g, "tokenizer.ggml.add_space_prefix", MMS_GGUF_STRING);
+		g_str(g, "true");
+	}
+	else
+	{
+		g_key(g, "tokenizer.ggml.add_space_prefix", MMS_GGUF_BOOL);
+		g_put(g, "\x01", 1);
+	}
+	if (variant == V_CHARSMAP_I32)
+	{
+		g_arr(g, "tokenizer.ggml.precompiled_charsmap", MMS_GGUF_I32, 2);
+		g_put(g, "\x04\0\0\0\0\0\0\0", 8);
+	}
+	if (variant == V_CHARSMAP_I8)
+	{
+		/* a one-unit trie with no rules and an empty pool */
+		g_arr(g, "tokenizer.ggml.precompiled_charsmap", MMS_GGUF_I8, 8);
+		g_put(g, "\x04\0\0\0\0\0\0\0", 8);
+	}
+	g_key(g, "tokenizer.ggml.eos_token_id", MMS_GGUF_U32);
+	g_u32(g, variant == V_EOS_RANGE ? 6 : 1);
+	g_key(g, "tokenizer.ggml.unknown_token_id", MMS_GGUF_U32);
+	g_u32(g, 2);
+
+	memcpy(hdr, "GGUF", 4);
+	put_u32(hdr + 4, 3);
+	memset(hdr + 8, 0, 8);		/* no tensors */
+	put_u32(hdr + 16, (uint32_t) g->n_kv);
+	put_u32(hdr + 20, 0);
+	memcpy(g->p, hdr, sizeof(hdr));
+	return g->n;
+}
+
+static void
+test_gguf_variants(void **state)
+{
+	static const MmsStatus want[N_VARIANTS] = {
+		[V_OK] = MMS_OK, [V_NO_MODEL] = MMS_ERR_MODEL, [V_LLAMA] = MMS_ERR_UNSUPPORTED,
+		[V_NO_TOKENS] = MMS_ERR_MODEL, [V_SCORES_SHORT] = MMS_ERR_MODEL,
+		[V_TYPES_F32] = MMS_ERR_MODEL, [V_CHARSMAP_I32] = MMS_ERR_MODEL,
+		[V_CHARSMAP_I8] = MMS_OK, [V_EOS_RANGE] = MMS_ERR_MODEL, [V_NO_SCORES] = MMS_OK,
+		[V_BOOL_AS_STR] = MMS_ERR_MODEL,
+	};
+	static const int32_t ab[] = {5, 1};
+	GBuf	   *g = malloc(sizeof(GBuf));
+	int			v;
+
+	(void) state;
+	assert_non_null(g);
+	for (v = 0; v < N_VARIANTS; v++)
+	{
+		MmsGguf		gg;
+		MmsTokenizer *tok = NULL;
+		MmsError	err = {0};
+		size_t		n = build_gguf(g, v);
+		MmsStatus	st;
+
+		if (mms_gguf_parse(g->p, n, &gg, &err) != MMS_OK)
+			fail_msg("variant %d does not parse: %s", v, err.msg);
+		st = mms_tok_load_gguf(&gg, &tok, &err);
+		if (st != want[v])
+			fail_msg("variant %d: got %s (%s)", v, mms_status_name(st), err.msg);
+		if (st == MMS_OK)
+		{
+			/* unscored pieces all weigh 0: "▁ab" still beats "▁" + "a" + <unk> */
+			expect_encode(tok, "ab", 2, 1, ab, 2);
+			mms_tok_free(tok);
+		}
+		else
+			assert_null(tok);
+		mms_gguf_free(&gg);
+	}
+	free(g);
+}
+
 static void
 test_long_input(void **state)
 {
@@ -557,6 +729,7 @@ main(void)
 		cmocka_unit_test(test_decode_errors),
 		cmocka_unit_test(test_malformed_charsmap),
 		cmocka_unit_test(test_small_vocab),
+		cmocka_unit_test(test_gguf_variants),
 		cmocka_unit_test(test_long_input),
 	};
 

@@ -392,13 +392,15 @@ def tensor_type_for(name, x, tensor_type):
 
 
 def write_t5_gguf(path, hf_model, sp_model_path, tensor_type, extra_pad_tokens=0,
-                  rel_bias_every_layer=False, name=None):
+                  rel_bias_every_layer=False, name=None, charsmap=True):
     """Writes hf_model (T5ForConditionalGeneration) with the tokenizer of
     sp_model_path as llama.cpp's converter lays out arch "t5". tensor_type: one of
     F32/F16/BF16/Q8_0/Q4_0 (or its name). Returns (file size, {gguf tensor name:
     (HF state_dict name, float32 array as stored, i.e. dequantized)}).
     extra_pad_tokens: how many ids the model has past the SentencePiece vocab.
-    rel_bias_every_layer: write attn_rel_b into every layer, not only layer 0."""
+    rel_bias_every_layer: write attn_rel_b into every layer, not only layer 0.
+    charsmap=False leaves out the precompiled charsmap (240 KB for nmt_nfkc), as
+    llama.cpp does for a model whose normalizer has none (identity normalization)."""
     if isinstance(tensor_type, str):
         tensor_type = TYPE_BY_NAME[tensor_type]
     cfg = hf_model.config
@@ -434,7 +436,7 @@ def write_t5_gguf(path, hf_model, sp_model_path, tensor_type, extra_pad_tokens=0
     g.add_array("tokenizer.ggml.token_type", GGUF_I32, voc["types"])
     g.add("tokenizer.ggml.add_space_prefix", GGUF_BOOL, voc["add_space_prefix"])
     g.add("tokenizer.ggml.remove_extra_whitespaces", GGUF_BOOL, voc["remove_extra_whitespaces"])
-    if voc["charsmap"]:
+    if charsmap and voc["charsmap"]:
         g.add_array("tokenizer.ggml.precompiled_charsmap", GGUF_U8, voc["charsmap"])
     g.add("tokenizer.ggml.eos_token_id", GGUF_U32, voc["eos"])
     g.add("tokenizer.ggml.unknown_token_id", GGUF_U32, voc["unk"])

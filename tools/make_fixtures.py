@@ -40,7 +40,7 @@ FIX = os.path.join(ROOT, "test", "fixtures")
 SP_MODEL = os.path.join(FIX, "tok_nfkc.model")
 
 PAD, EOS, UNK, DEC_START = 0, 1, 2, 0
-CASE_LENGTHS = (1, 5, 13, 40)
+CASE_LENGTHS = (1, 5, 13, 40)  # random ids per input, then eos: 41 tokens reach the log buckets
 GREEDY = ((16, 0, 1.0), (16, 5, 1.0), (16, 0, 1.3))
 BEAMS = ((4, 1.0, False, 12, 0), (4, 0.5, True, 12, 0), (3, 2.0, False, 12, 2), (2, 1.0, False, 20, 0))
 MIN_GAP = 1e-3       # smallest allowed margin of any greedy/beam decision
@@ -49,19 +49,26 @@ MAX_ATTEMPTS = 60    # inputs tried per case
 BASE = dict(d_model=32, n_positions=512, relative_attention_num_buckets=32,
             relative_attention_max_distance=128, layer_norm_epsilon=1e-6, dropout_rate=0.0,
             num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8, d_ff=64)
-FLAN = dict(feed_forward_proj="gated-gelu", tied=False, pad=8)
+# Besides T5Config fields, a spec holds: tied, pad (ids past the SentencePiece vocab),
+# and weight shaping, all applied after HF's seeded init: eos (eos row of the head
+# scaled, so generations sometimes stop), sharp (decoder final norm scaled: logit
+# spread), emb (embedding scaled), self_o (decoder self-attention output scaled).
+SHAPE_KEYS = ("tied", "pad", "eos", "sharp", "emb", "self_o")
+FLAN = dict(feed_forward_proj="gated-gelu", tied=False, pad=8, eos=2.0, sharp=0.4)
+# A random tied model mostly repeats its input token: the residual stream is the
+# token's own N(0, 1) embedding and the head is that same embedding matrix.
+TIED = dict(feed_forward_proj="relu", tied=True, pad=0, eos=4.0, sharp=2.0, emb=0.25, self_o=1.5)
 
-# name: (seed, config overrides, gguf type, rel_bias_every_layer, eos row scale, logit sharpness)
+# (name, seed, spec, gguf type, rel_bias_every_layer)
 FIXTURES = [
-    ("t5_relu_tied", 101, dict(feed_forward_proj="relu", tied=True, pad=0), "f32", False, 4.0, 2.0),
-    ("flan_gated", 202, FLAN, "f32", False, 2.0, 0.4),
-    ("depth_3_1", 303, dict(FLAN, pad=0, num_layers=3, num_decoder_layers=1), "f32", True, 1.5, 0.4),
-    ("inner_48", 404, dict(feed_forward_proj="relu", tied=False, pad=0, num_heads=3, d_kv=16),
-     "f32", False, 2.0, 0.4),
-    ("flan_gated_f16", 202, FLAN, "f16", False, 2.0, 0.4),
-    ("flan_gated_bf16", 202, FLAN, "bf16", False, 2.0, 0.4),
-    ("flan_gated_q8_0", 202, FLAN, "q8_0", False, 2.0, 0.4),
-    ("flan_gated_q4_0", 202, FLAN, "q4_0", False, 2.0, 0.4),
+    ("t5_relu_tied", 101, TIED, "f32", False),
+    ("flan_gated", 202, FLAN, "f32", False),
+    ("depth_3_1", 303, dict(FLAN, pad=0, eos=1.5, num_layers=3, num_decoder_layers=1), "f32", True),
+    ("inner_48", 404, dict(FLAN, feed_forward_proj="relu", pad=0, num_heads=3, d_kv=16), "f32", False),
+    ("flan_gated_f16", 202, FLAN, "f16", False),
+    ("flan_gated_bf16", 202, FLAN, "bf16", False),
+    ("flan_gated_q8_0", 202, FLAN, "q8_0", False),
+    ("flan_gated_q4_0", 202, FLAN, "q4_0", False),
 ]
 # Whether plain greedy (16, 0, 1.0) should end with eos, per case; preferred, not required.
 WANT_EOS = (False, True, False, True)
@@ -76,12 +83,11 @@ def sp_vocab_size():
     return spm.SentencePieceProcessor(model_file=SP_MODEL).vocab_size()
 
 
-def build_model(seed, spec, n_sp, eos_scale, sharp):
-    spec = dict(BASE, **spec)
-    tied = spec.pop("tied")
-    pad = spec.pop("pad")
-    cfg = T5Config(vocab_size=n_sp + pad, tie_word_embeddings=tied, decoder_start_token_id=DEC_START,
-                   pad_token_id=PAD, eos_token_id=EOS, **spec)
+def build_model(seed, spec, n_sp):
+    cfg_args = dict(BASE, **{k: v for k, v in spec.items() if k not in SHAPE_KEYS})
+    tied = spec["tied"]
+    cfg = T5Config(vocab_size=n_sp + spec["pad"], tie_word_embeddings=tied,
+                   decoder_start_token_id=DEC_START, pad_token_id=PAD, eos_token_id=EOS, **cfg_args)
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(cfg)  # HF's own init (factor 1.0), seeded
     g = torch.Generator().manual_seed(seed + 1)
@@ -102,10 +108,14 @@ def build_model(seed, spec, n_sp, eos_scale, sharp):
             elif name.endswith("relative_attention_bias.weight"):
                 # HF's std d_model^-0.5 is small next to the scores; make buckets matter.
                 p.mul_(5.0)
+            elif name.startswith("decoder.") and name.endswith("SelfAttention.o.weight"):
+                p.mul_(spec.get("self_o", 1.0))
+        emb = spec.get("emb", 1.0)
+        model.shared.weight.mul_(emb)
         # Logits of a useful spread (std ~2.5: neither one-hot nor uniform).
+        sharp = spec["sharp"] / (emb if tied else 1.0)
         model.decoder.final_layer_norm.weight.mul_(sharp)
-        # Make eos win sometimes, so some generations stop before max_new_tokens.
-        model.lm_head.weight[EOS].mul_(eos_scale)
+        model.lm_head.weight[EOS].mul_(spec["eos"])
     model.eval()
     return model
 
@@ -241,8 +251,8 @@ def run_case(model, ids, target):
     return out, margin, ends
 
 
-def make_fixture(name, seed, spec, type_name, rel_every, eos_scale, sharp, n_sp):
-    model = build_model(seed, spec, n_sp, eos_scale, sharp)
+def make_fixture(name, seed, spec, type_name, rel_every, n_sp):
+    model = build_model(seed, spec, n_sp)
     cfg = model.config
     path = os.path.join(FIX, name + ".gguf")
     size, stored = gw.write_t5_gguf(path, model, SP_MODEL, type_name, extra_pad_tokens=spec["pad"],
@@ -298,9 +308,9 @@ def main():
         raise SystemExit(f"missing {SP_MODEL}: run tools/make_tokenizer_fixture.py first")
     n_sp = sp_vocab_size()
     only = set(sys.argv[1:])
-    for name, seed, spec, type_name, rel_every, eos_scale, sharp in FIXTURES:
+    for name, seed, spec, type_name, rel_every in FIXTURES:
         if not only or name in only:
-            make_fixture(name, seed, spec, type_name, rel_every, eos_scale, sharp, n_sp)
+            make_fixture(name, seed, spec, type_name, rel_every, n_sp)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import sentencepiece as spm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "test", "fixtures")
+SEEDS = os.path.join(ROOT, "test", "fuzz", "corpus_tokenizer")
 MODEL = os.path.join(FIX, "tok_nfkc.model")
 GGUF = os.path.join(FIX, "tok_nfkc.gguf")
 CASES = os.path.join(FIX, "tok_cases.txt")
@@ -364,6 +365,42 @@ def write_cases(sp):
     print(f"{len(cases)} encode cases, {len(dec)} decode cases")
 
 
+# ---------------------------------------------------------------------------
+# Fuzz seeds (test/fuzz/fuzz_tokenizer.c): first byte picks the mode,
+# 0 = encode text, 1 = the rest is a precompiled_charsmap, 2 = decode ids.
+# ---------------------------------------------------------------------------
+
+def tiny_charsmap():
+    """A real, small charsmap: sentencepiece compiles a few custom rules."""
+    import tempfile
+    rules = "41\t61\n42\t62\n66 69\t46 49\n3000\t20\n200B\t\nFF21\t41\n2581\t20 20\n"
+    with tempfile.TemporaryDirectory() as td:
+        tsv = os.path.join(td, "rules.tsv")
+        with open(tsv, "w") as f:
+            f.write(rules)
+        out = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(["hello world abc", "AB fi"] * 50), model_writer=out,
+            model_type="char", vocab_size=20, normalization_rule_tsv=tsv,
+            hard_vocab_limit=False, num_threads=1, minloglevel=2)
+    return read_model_proto(out.getvalue())[1]["charsmap"]
+
+
+def write_fuzz_seeds():
+    os.makedirs(SEEDS, exist_ok=True)
+    ids = [5, 15, 16, 2, 2, 0, 1, 3, 4, 999, 7]
+    seeds = {
+        "enc_ascii": b"\x00" + b"Hello world, SELECT<sep> 2024-06-01  ",
+        "enc_unicode": b"\x04" + "ＡＢＣ ﬁﬂ 東京 😀 café\u3000x\u200b Ж".encode(),
+        "enc_invalid": b"\x00" + b"\xff\xc3(\xe2\x82 \xf0\x9f \xed\xa0\x80",
+        "cmap_tiny": b"\x01" + tiny_charsmap(),
+        "dec_ids": b"\x02" + b"".join(i.to_bytes(2, "little") for i in ids),
+    }
+    for name, data in seeds.items():
+        with open(os.path.join(SEEDS, name), "wb") as f:
+            f.write(data)
+
+
 def main():
     build_model()
     sp = spm.SentencePieceProcessor(model_file=MODEL)
@@ -372,6 +409,7 @@ def main():
         return
     write_gguf(sp)
     write_cases(sp)
+    write_fuzz_seeds()
 
 
 if __name__ == "__main__":

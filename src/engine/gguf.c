@@ -1,7 +1,7 @@
 /*
- * gguf.c — GGUF v2/v3 parser over a caller-owned buffer, metadata getters and
- * tensor-type helpers. Every count, length, offset and dimension read from the
- * file is checked before use; dequantization lives in quant.c.
+ * gguf.c — GGUF v2/v3 parser over a caller-owned buffer, and the metadata
+ * lookups and getters. Every count, length, offset and dimension read from the
+ * file is checked before use; tensor types and dequantization are quant.c's.
  */
 #include "gguf.h"
 
@@ -865,66 +865,4 @@ mms_gguf_get_str(const MmsGguf *g, const char *key, MmsGgufStr *out, MmsError *e
 		return wrong_type(kv, key, "string", err);
 	*out = kv->v.s;
 	return 1;
-}
-
-/* ---- tensor types ------------------------------------------------------- */
-
-const char *
-mms_tensor_type_name(MmsTensorType t)
-{
-	switch (t)
-	{
-		case MMS_T_F32:
-			return "f32";
-		case MMS_T_F16:
-			return "f16";
-		case MMS_T_Q4_0:
-			return "q4_0";
-		case MMS_T_Q8_0:
-			return "q8_0";
-		case MMS_T_BF16:
-			return "bf16";
-	}
-	return "unknown";
-}
-
-int
-mms_tensor_type_supported(uint32_t t)
-{
-	return t == MMS_T_F32 || t == MMS_T_F16 || t == MMS_T_Q4_0 ||
-		t == MMS_T_Q8_0 || t == MMS_T_BF16;
-}
-
-uint32_t
-mms_tensor_type_block(MmsTensorType t)
-{
-	switch (t)
-	{
-		case MMS_T_F32:
-		case MMS_T_F16:
-		case MMS_T_BF16:
-			return 1;
-		case MMS_T_Q4_0:
-		case MMS_T_Q8_0:
-			return 32;
-	}
-	return 0;
-}
-
-uint64_t
-mms_tensor_type_bytes(MmsTensorType t, uint64_t n_elems)
-{
-	switch (t)
-	{
-		case MMS_T_F32:
-			return n_elems > UINT64_MAX / 4 ? 0 : n_elems * 4;
-		case MMS_T_F16:
-		case MMS_T_BF16:
-			return n_elems > UINT64_MAX / 2 ? 0 : n_elems * 2;
-		case MMS_T_Q4_0:
-			return n_elems % 32 != 0 ? 0 : n_elems / 32 * 18;
-		case MMS_T_Q8_0:
-			return n_elems % 32 != 0 ? 0 : n_elems / 32 * 34;
-	}
-	return 0;
 }

@@ -1,7 +1,8 @@
 /*
- * quant.c — exact conversion of GGUF tensor data (f32, f16, bf16, q8_0, q4_0)
- * to f32. Runs once per model load over all weights, so the inner loops are
- * branch-free over aligned local copies for the compiler to vectorize.
+ * quant.c — tensor element types (names, block and byte sizes) and exact
+ * conversion of their data (f32, f16, bf16, q8_0, q4_0) to f32. Runs once per
+ * model load over all weights, so the inner loops are branch-free for the
+ * compiler to vectorize. The file layout itself is gguf.c's.
  */
 #include "gguf.h"
 
@@ -188,4 +189,66 @@ mms_gguf_dequantize(const MmsGgufTensor *t, float *dst, MmsError *err)
 	if (t == NULL || (t->data == NULL && t->n_elems > 0))
 		return mms_fail(err, MMS_ERR_ARG, "cannot dequantize: tensor has no data");
 	return mms_dequantize(t->type, t->data, t->n_elems, dst, err);
+}
+
+/* ---- tensor types ------------------------------------------------------- */
+
+const char *
+mms_tensor_type_name(MmsTensorType t)
+{
+	switch (t)
+	{
+		case MMS_T_F32:
+			return "f32";
+		case MMS_T_F16:
+			return "f16";
+		case MMS_T_Q4_0:
+			return "q4_0";
+		case MMS_T_Q8_0:
+			return "q8_0";
+		case MMS_T_BF16:
+			return "bf16";
+	}
+	return "unknown";
+}
+
+int
+mms_tensor_type_supported(uint32_t t)
+{
+	return t == MMS_T_F32 || t == MMS_T_F16 || t == MMS_T_Q4_0 ||
+		t == MMS_T_Q8_0 || t == MMS_T_BF16;
+}
+
+uint32_t
+mms_tensor_type_block(MmsTensorType t)
+{
+	switch (t)
+	{
+		case MMS_T_F32:
+		case MMS_T_F16:
+		case MMS_T_BF16:
+			return 1;
+		case MMS_T_Q4_0:
+		case MMS_T_Q8_0:
+			return 32;
+	}
+	return 0;
+}
+
+uint64_t
+mms_tensor_type_bytes(MmsTensorType t, uint64_t n_elems)
+{
+	switch (t)
+	{
+		case MMS_T_F32:
+			return n_elems > UINT64_MAX / 4 ? 0 : n_elems * 4;
+		case MMS_T_F16:
+		case MMS_T_BF16:
+			return n_elems > UINT64_MAX / 2 ? 0 : n_elems * 2;
+		case MMS_T_Q4_0:
+			return n_elems % 32 != 0 ? 0 : n_elems / 32 * 18;
+		case MMS_T_Q8_0:
+			return n_elems % 32 != 0 ? 0 : n_elems / 32 * 34;
+	}
+	return 0;
 }

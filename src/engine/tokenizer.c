@@ -60,6 +60,10 @@ struct MmsTokenizer
 	uint32_t	n_units;
 	char	   *pool;			/* pool_len bytes plus a guard NUL */
 	uint32_t	pool_len;
+	uint32_t	pool_end;		/* valid rule offsets are below this */
+
+	/* ASCII bytes that no rule, user symbol or space handling touches */
+	uint8_t		plain[256];
 };
 
 /* ---------------------------------------------------------------- tries */
@@ -220,62 +224,32 @@ dunit_has_leaf(uint32_t u)
 	return (u >> 8) & 1;
 }
 
-/* A leaf value must name a NUL-terminated string inside the pool. */
-static int
-pool_offset_ok(const MmsTokenizer *t, uint32_t v)
-{
-	return v < t->pool_len && memchr(t->pool + v, 0, t->pool_len - v) != NULL;
-}
-
 /*
- * Walks every node reachable from the root (each at most once, so a cyclic
- * array terminates) and checks every leaf's pool offset: after this, encoding
- * only needs the cheap per-step bounds checks.
+ * Checks every rule's pool offset in one pass over the array. A unit whose
+ * label is a byte (bit 31 clear) and that has a leaf is a trie node; its leaf
+ * must name a NUL-terminated string in the pool. Every node a lookup can
+ * reach is such a unit, so encoding only needs per-step bounds checks after
+ * this. (darts-clone leaves unused units with has_leaf clear, so genuine
+ * blobs pass; a forged unreachable unit may be rejected, which is fine.)
  */
 static MmsStatus
 charsmap_validate(const MmsTokenizer *t, MmsError *err)
 {
-	uint8_t    *seen = calloc((t->n_units + 7) / 8, 1);
-	uint32_t   *stack = malloc((size_t) t->n_units * sizeof(uint32_t));
-	uint32_t	sp = 0;
-	MmsStatus	st = MMS_OK;
+	uint32_t	i;
 
-	if (seen == NULL || stack == NULL)
+	for (i = 0; i < t->n_units; i++)
 	{
-		free(seen);
-		free(stack);
-		return mms_fail(err, MMS_ERR_NOMEM, "out of memory validating precompiled_charsmap");
-	}
-	stack[sp++] = 0;
-	seen[0] |= 1;
-	while (sp > 0 && st == MMS_OK)
-	{
-		uint32_t	id = stack[--sp];
-		uint32_t	base = id ^ dunit_offset(t->units[id]);
-		uint32_t	c;
+		uint32_t	u = t->units[i];
+		uint32_t	leaf;
 
-		if (dunit_has_leaf(t->units[id]) &&
-			(base >= t->n_units || !pool_offset_ok(t, t->units[base] & 0x7FFFFFFFU)))
-		{
-			st = mms_fail(err, MMS_ERR_MODEL, "precompiled_charsmap has a rule outside its string pool");
-			break;
-		}
-		/* the root's own label is not checked by a lookup; other nodes' are */
-		for (c = 0; c < 256; c++)
-		{
-			uint32_t	child = base ^ c;
-
-			if (child >= t->n_units || dunit_label(t->units[child]) != c)
-				continue;
-			if (seen[child / 8] & (1 << (child % 8)))
-				continue;
-			seen[child / 8] |= (uint8_t) (1 << (child % 8));
-			stack[sp++] = child;
-		}
+		if ((u & 0x80000000U) || !dunit_has_leaf(u))
+			continue;
+		leaf = i ^ dunit_offset(u);
+		if (leaf >= t->n_units || (t->units[leaf] & 0x7FFFFFFFU) >= t->pool_end)
+			return mms_fail(err, MMS_ERR_MODEL,
+							"precompiled_charsmap has a rule outside its string pool");
 	}
-	free(seen);
-	free(stack);
-	return st;
+	return MMS_OK;
 }
 
 static MmsStatus
@@ -314,6 +288,9 @@ charsmap_load(MmsTokenizer *t, const uint8_t *blob, size_t len, MmsError *err)
 	}
 	memcpy(t->pool, blob + 4 + trie_size, t->pool_len);
 	t->pool[t->pool_len] = '\0';
+	/* offsets at or past the last NUL would run off the pool */
+	for (t->pool_end = t->pool_len; t->pool_end > 0 && t->pool[t->pool_end - 1] != '\0'; t->pool_end--)
+		;
 	return charsmap_validate(t, err);
 }
 
@@ -349,7 +326,7 @@ charsmap_match(const MmsTokenizer *t, const uint8_t *s, size_t len, const char *
 			if (id >= t->n_units)
 				break;
 			v = t->units[id] & 0x7FFFFFFFU;
-			if (v >= t->pool_len)
+			if (v >= t->pool_end)
 				break;
 			best = i + 1;
 			*repl = t->pool + v;
@@ -566,6 +543,13 @@ mms_tok_create(const MmsTokenizerSpec *spec, MmsTokenizer **out, MmsError *err)
 	{
 		mms_tok_free(t);
 		return st;
+	}
+	for (i = 1; i < 0x80; i++)
+	{
+		uint32_t	child = t->n_units ? dunit_offset(t->units[0]) ^ (uint32_t) i : 0;
+		int			in_charsmap = child < t->n_units && dunit_label(t->units[child]) == (uint32_t) i;
+
+		t->plain[i] = i != ' ' && !in_charsmap && t->user.root_child[i] == 0;
 	}
 	*out = t;
 	return MMS_OK;
@@ -882,7 +866,21 @@ normalize(const MmsTokenizer *t, const uint8_t *s, size_t len, Buf *norm)
 	prev_space = t->remove_extra_whitespaces;
 	while (len > 0)
 	{
-		size_t		used = normalize_prefix(t, s, len, &piece, &plen);
+		size_t		used;
+
+		if (t->plain[s[0]])
+		{
+			/* the common case, copied as a run: ASCII no rule touches */
+			for (used = 1; used < len && t->plain[s[used]]; used++)
+				;
+			if ((rc = buf_append(norm, (const char *) s, used)) != 0)
+				return rc;
+			prev_space = 0;
+			s += used;
+			len -= used;
+			continue;
+		}
+		used = normalize_prefix(t, s, len, &piece, &plen);
 
 		if (prev_space)
 		{
@@ -1178,7 +1176,12 @@ mms_tok_decode(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
 		 */
 		if (bos_ws_seen || o.len > 0)
 			is_bos_ws = 0;
-		if (type == MMS_PIECE_CONTROL)
+		/*
+		 * SentencePiece prints UNUSED pieces as text; we drop them with the
+		 * control pieces, since in converted T5 vocabularies they are the
+		 * "[PAD32000]" fillers past the sentencepiece model's own pieces.
+		 */
+		if (type == MMS_PIECE_CONTROL || type == MMS_PIECE_UNUSED)
 		{
 			bos_ws_seen = 0;
 			continue;

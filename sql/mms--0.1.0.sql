@@ -1,0 +1,186 @@
+-- mms--0.1.0.sql — installs the model registry: catalog tables and views in
+-- schema mms, the role mms_admin, and the mms_* functions in the extension's
+-- schema. The C side lives in src/pg; inference arrives in later versions.
+
+\echo Use "CREATE EXTENSION mms" to load this file. \quit
+
+-- Cluster-wide, so it outlives DROP EXTENSION and may already exist (another
+-- database, or a restore): members register, import, alias, grant and unregister.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'mms_admin') THEN
+        CREATE ROLE mms_admin NOLOGIN;
+    END IF;
+END
+$$;
+COMMENT ON ROLE mms_admin IS 'may register, import, alias, grant and unregister mms models';
+
+CREATE SCHEMA mms;
+COMMENT ON SCHEMA mms IS 'mms model registry: catalog tables (owner only) and views (everyone)';
+
+CREATE SEQUENCE mms.model_id_seq;
+
+-- One row per registered model version. The registry owns the large object
+-- in `weights`: a copy of the file made at registration.
+CREATE TABLE mms.model_versions (
+    id              bigint PRIMARY KEY DEFAULT pg_catalog.nextval('mms.model_id_seq'),
+    name            text NOT NULL,
+    version         integer NOT NULL CHECK (version > 0),
+    author          text,
+    description     text,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    owner           regrole NOT NULL,           -- the role that registered it
+    weights         oid NOT NULL UNIQUE,        -- large object with the GGUF file
+    size_bytes      bigint NOT NULL,
+    sha256          text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    arch            text NOT NULL,              -- general.architecture: t5 or t5encoder
+    n_params        bigint NOT NULL,
+    tensor_types    text NOT NULL,              -- e.g. 'f32,q8_0'
+    d_model         integer NOT NULL,
+    d_ff            integer NOT NULL,
+    n_enc_layers    integer NOT NULL,
+    n_dec_layers    integer NOT NULL,
+    n_heads         integer NOT NULL,
+    d_kv            integer NOT NULL,
+    vocab_size      integer NOT NULL,
+    context_length  integer NOT NULL,
+    ffn_kind        text NOT NULL CHECK (ffn_kind IN ('gated-gelu', 'relu')),
+    tied_embeddings boolean NOT NULL,
+    tokenizer       text NOT NULL,              -- tokenizer.ggml.model
+    metadata        jsonb NOT NULL,             -- GGUF key/values, vocabulary arrays summarized
+    UNIQUE (name, version)
+);
+ALTER SEQUENCE mms.model_id_seq OWNED BY mms.model_versions.id;
+
+CREATE TABLE mms.model_aliases (
+    name            text NOT NULL,
+    alias           text NOT NULL,
+    version         integer NOT NULL,
+    PRIMARY KEY (name, alias),
+    FOREIGN KEY (name, version) REFERENCES mms.model_versions (name, version) ON DELETE CASCADE
+);
+
+-- Who may use a model: grants name a model (all its versions). grantee 0
+-- ('-' as regrole) stands for PUBLIC.
+CREATE TABLE mms.model_grants (
+    name            text NOT NULL,
+    grantee         regrole NOT NULL,
+    grantor         regrole NOT NULL,
+    granted_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (name, grantee)
+);
+
+-- pg_dump carries the rows (the large objects travel as blobs, same oids).
+SELECT pg_catalog.pg_extension_config_dump('mms.model_versions', '');
+SELECT pg_catalog.pg_extension_config_dump('mms.model_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('mms.model_aliases', '');
+SELECT pg_catalog.pg_extension_config_dump('mms.model_grants', '');
+
+CREATE VIEW mms.models AS
+SELECT m.id,
+       m.name,
+       m.version,
+       ARRAY(SELECT a.alias FROM mms.model_aliases a
+             WHERE a.name = m.name AND a.version = m.version
+             ORDER BY a.alias) AS aliases,
+       m.author,
+       m.description,
+       m.created_at,
+       m.owner,
+       m.arch,
+       m.n_params,
+       m.tensor_types,
+       m.d_model,
+       m.d_ff,
+       m.n_enc_layers,
+       m.n_dec_layers,
+       m.n_heads,
+       m.d_kv,
+       m.vocab_size,
+       m.context_length,
+       m.ffn_kind,
+       m.tied_embeddings,
+       m.tokenizer,
+       pg_catalog.pg_size_pretty(m.size_bytes) AS size,
+       m.size_bytes,
+       m.sha256,
+       m.weights,
+       m.metadata
+FROM mms.model_versions m;
+COMMENT ON VIEW mms.models IS 'registered models, one row per version';
+
+CREATE VIEW mms.grants AS
+SELECT g.name AS model,
+       CASE WHEN g.grantee::oid = 0::oid THEN 'public' ELSE g.grantee::text END AS grantee,
+       g.grantor,
+       g.granted_at
+FROM mms.model_grants g;
+COMMENT ON VIEW mms.grants IS 'who may use which model (besides owners and mms_admin)';
+
+-- Ordinary roles read the views; only the registry owner writes the tables,
+-- through the functions below, which check the caller's rights first.
+REVOKE ALL ON ALL TABLES IN SCHEMA mms FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA mms FROM PUBLIC;
+GRANT USAGE ON SCHEMA mms TO PUBLIC;
+GRANT SELECT ON mms.models, mms.grants TO PUBLIC;
+
+-- ---- functions ------------------------------------------------------------
+-- Written in C: each checks the caller (superuser or mms_admin for writes,
+-- use rights for tokenization) and then touches the catalog as the registry
+-- owner with a pinned search_path (src/pg/catalog.c).
+
+CREATE FUNCTION mms.resolve(ref text) RETURNS bigint
+    AS 'MODULE_PATHNAME', 'mms_resolve'
+    LANGUAGE C STRICT STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION mms.resolve(text) IS
+    'id (mms.models.id) of the version a reference names: name, name:version or name@alias';
+
+CREATE FUNCTION mms_register(name text, weights oid, version text DEFAULT NULL,
+                             author text DEFAULT NULL, description text DEFAULT NULL)
+    RETURNS integer
+    AS 'MODULE_PATHNAME', 'mms_register'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_register(text, oid, text, text, text) IS
+    'registers a copy of the GGUF file in a large object as a new model version; returns the version';
+
+CREATE FUNCTION mms_import(name text, path text, version text DEFAULT NULL,
+                           author text DEFAULT NULL, description text DEFAULT NULL)
+    RETURNS integer
+    AS 'MODULE_PATHNAME', 'mms_import'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_import(text, text, text, text, text) IS
+    'registers a GGUF file read from the server''s file system; returns the version';
+
+CREATE FUNCTION mms_unregister(model text) RETURNS integer
+    AS 'MODULE_PATHNAME', 'mms_unregister'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_unregister(text) IS
+    'removes the version a reference names, its aliases and its stored weights; returns the version';
+
+CREATE FUNCTION mms_set_alias(name text, alias text, version integer) RETURNS void
+    AS 'MODULE_PATHNAME', 'mms_set_alias'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION mms_drop_alias(name text, alias text) RETURNS void
+    AS 'MODULE_PATHNAME', 'mms_drop_alias'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION mms_grant(model text, role text) RETURNS void
+    AS 'MODULE_PATHNAME', 'mms_grant'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_grant(text, text) IS
+    'lets a role (or ''public'') use every version of a model';
+
+CREATE FUNCTION mms_revoke(model text, role text) RETURNS void
+    AS 'MODULE_PATHNAME', 'mms_revoke'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION mms_tokenize(model text, input text) RETURNS integer[]
+    AS 'MODULE_PATHNAME', 'mms_tokenize'
+    LANGUAGE C STRICT STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION mms_tokenize(text, text) IS
+    'token ids of input under the model''s tokenizer, ending with eos';
+
+CREATE FUNCTION mms_detokenize(model text, ids integer[]) RETURNS text
+    AS 'MODULE_PATHNAME', 'mms_detokenize'
+    LANGUAGE C STRICT STABLE PARALLEL RESTRICTED;

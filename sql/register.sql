@@ -1,0 +1,42 @@
+-- Registration from a client file (\lo_import + mms_register) and from a
+-- server file (mms_import), and what the registry records for each fixture.
+\getenv data MMS_TEST_DATA
+\set flan :data '/flan_gated.gguf'
+\lo_import :flan
+\set flan_lo :LASTOID
+SELECT mms_register('flan', :flan_lo, author => 'tests', description => 'gated-gelu, untied');
+-- the registry stored its own copy: the caller's large object may go
+SELECT weights <> :flan_lo AS own_copy,
+       sha256 = encode(sha256(lo_get(weights)), 'hex') AS sha_of_stored,
+       sha256 = encode(sha256(pg_read_binary_file(:'flan')), 'hex') AS sha_of_file,
+       size_bytes = (pg_stat_file(:'flan')).size AS size_ok
+FROM mms.models WHERE name = 'flan';
+SELECT lo_unlink(:flan_lo);
+SELECT lomowner::regrole AS weights_owner FROM pg_largeobject_metadata
+WHERE oid = (SELECT weights FROM mms.models WHERE name = 'flan');
+
+-- every fixture model, from the server's file system
+SELECT f AS fixture, mms_import(f, :'data' || '/' || f || '.gguf', description => 'fixture ' || f)
+FROM unnest(ARRAY['t5_relu_tied', 'depth_3_1', 'inner_48', 'flan_gated_f16',
+                  'flan_gated_bf16', 'flan_gated_q8_0', 'flan_gated_q4_0']) f;
+
+\x on
+SELECT name, version, aliases, author, description, owner, arch, n_params, tensor_types,
+       d_model, d_ff, n_enc_layers, n_dec_layers, n_heads, d_kv, vocab_size, context_length,
+       ffn_kind, tied_embeddings, tokenizer, size, size_bytes
+FROM mms.models ORDER BY name, version;
+\x off
+SELECT name, sha256 = encode(sha256(lo_get(weights)), 'hex') AS sha_ok,
+       created_at > now() - interval '1 hour' AS recent
+FROM mms.models ORDER BY name;
+
+-- the GGUF metadata, vocabulary arrays summarized
+SELECT jsonb_pretty(metadata) FROM mms.models WHERE name = 'flan';
+SELECT name, metadata->>'general.file_type' AS file_type,
+       metadata->'tokenizer.ggml.tokens' AS tokens
+FROM mms.models ORDER BY name;
+
+-- clean up: nothing may remain
+SELECT name, mms_unregister(name) FROM mms.models ORDER BY name;
+SELECT count(*) AS models FROM mms.models;
+SELECT count(*) AS weights_left FROM pg_largeobject_metadata;

@@ -1,0 +1,229 @@
+/*
+ * manage.c — the registry's administrative writes besides registration:
+ * mms_unregister, mms_set_alias / mms_drop_alias, mms_grant / mms_revoke.
+ * Each checks that the caller administers models, then writes as the registry
+ * owner inside the caller's transaction.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+
+#include "mms.h"
+
+static char *
+required_text(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	return text_to_cstring(PG_GETARG_TEXT_PP(argno));
+}
+
+PG_FUNCTION_INFO_V1(mms_unregister);
+
+/*
+ * mms_unregister(model text) RETURNS int: removes the version the reference
+ * resolves to, its aliases (by cascade) and its large object; grants go with
+ * the last version of a name.
+ */
+Datum
+mms_unregister(PG_FUNCTION_ARGS)
+{
+	char	   *ref = required_text(fcinfo, 0, "model reference");
+	MmsModel	m;
+	MmsCatalogSession s;
+	Oid			t[1] = {INT8OID};
+	Datum		v[1];
+
+	mms_require_admin("unregister models");
+	mms_resolve_model(ref, false, &m);
+
+	mms_catalog_enter(&s);
+	v[0] = Int64GetDatum(m.id);
+	if (mms_spi_exec("DELETE FROM mms.model_versions m WHERE m.id OPERATOR(pg_catalog.=) $1",
+					 1, t, v, NULL, SPI_OK_DELETE) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("model \"%s:%d\" was unregistered concurrently", m.name, m.version)));
+	t[0] = TEXTOID;
+	v[0] = CStringGetTextDatum(m.name);
+	mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.name OPERATOR(pg_catalog.=) $1"
+				 " AND NOT EXISTS (SELECT 1 FROM mms.model_versions m"
+				 " WHERE m.name OPERATOR(pg_catalog.=) $1)",
+				 1, t, v, NULL, SPI_OK_DELETE);
+	/* as the registry owner, which owns the large object */
+	mms_lo_unlink(m.weights);
+	mms_catalog_leave(&s);
+	mms_registry_generation++;
+	PG_RETURN_INT32(m.version);
+}
+
+PG_FUNCTION_INFO_V1(mms_set_alias);
+
+/* mms_set_alias(name, alias, version int): creates or moves an alias. */
+Datum
+mms_set_alias(PG_FUNCTION_ARGS)
+{
+	char	   *name = required_text(fcinfo, 0, "model name");
+	char	   *alias = required_text(fcinfo, 1, "alias");
+	int32		version;
+	char		ref[NAMEDATALEN + 16];
+	MmsModel	m;
+	MmsCatalogSession s;
+	Oid			t[3] = {TEXTOID, TEXTOID, INT4OID};
+	Datum		v[3];
+
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("version must not be null"),
+				 errhint("Use mms_drop_alias() to remove an alias.")));
+	version = PG_GETARG_INT32(2);
+	mms_require_admin("manage model aliases");
+	mms_check_name(name, "model name");
+	mms_check_name(alias, "alias");
+	if (version <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid version %d", version),
+				 errdetail("A version is a positive integer such as 1 or 12.")));
+	snprintf(ref, sizeof(ref), "%s:%d", name, version);
+	mms_resolve_model(ref, false, &m);
+
+	mms_catalog_enter(&s);
+	v[0] = CStringGetTextDatum(name);
+	v[1] = CStringGetTextDatum(alias);
+	v[2] = Int32GetDatum(version);
+	mms_spi_exec("INSERT INTO mms.model_aliases AS a (name, alias, version) VALUES ($1, $2, $3)"
+				 " ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version",
+				 3, t, v, NULL, SPI_OK_INSERT);
+	mms_catalog_leave(&s);
+	mms_registry_generation++;
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(mms_drop_alias);
+
+/* mms_drop_alias(name, alias) */
+Datum
+mms_drop_alias(PG_FUNCTION_ARGS)
+{
+	char	   *name = required_text(fcinfo, 0, "model name");
+	char	   *alias = required_text(fcinfo, 1, "alias");
+	MmsCatalogSession s;
+	Oid			t[2] = {TEXTOID, TEXTOID};
+	Datum		v[2];
+	uint64		n;
+
+	mms_require_admin("manage model aliases");
+	mms_catalog_enter(&s);
+	v[0] = CStringGetTextDatum(name);
+	v[1] = CStringGetTextDatum(alias);
+	n = mms_spi_exec("DELETE FROM mms.model_aliases a WHERE a.name OPERATOR(pg_catalog.=) $1"
+					 " AND a.alias OPERATOR(pg_catalog.=) $2",
+					 2, t, v, NULL, SPI_OK_DELETE);
+	mms_catalog_leave(&s);
+	if (n == 0)
+	{
+		if (!mms_model_exists(name))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("model \"%s\" does not exist", name)));
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" has no alias \"%s\"", name, alias)));
+	}
+	mms_registry_generation++;
+	PG_RETURN_VOID();
+}
+
+/*
+ * Grants name a model, not one version: every version of "datefix" is
+ * usable by whoever may use "datefix", so a new version needs no new grants.
+ */
+static char *
+grant_model_name(FunctionCallInfo fcinfo)
+{
+	char	   *name = required_text(fcinfo, 0, "model name");
+
+	if (strpbrk(name, ":@") != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("grants apply to a model name, not to \"%s\"", name),
+				 errdetail("Every version of a model shares the model's grants.")));
+	if (!mms_model_exists(name))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", name)));
+	return name;
+}
+
+/* 'public' (any case) is PUBLIC, stored as role 0; anything else a role name. */
+static Oid
+grantee_oid(FunctionCallInfo fcinfo)
+{
+	char	   *role = required_text(fcinfo, 1, "role");
+
+	if (pg_strcasecmp(role, "public") == 0)
+		return InvalidOid;
+	return get_role_oid(role, false);
+}
+
+PG_FUNCTION_INFO_V1(mms_grant);
+
+/* mms_grant(model, role): lets role (or 'public') use every version of model. */
+Datum
+mms_grant(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Oid			grantee;
+	Oid			grantor = GetUserId();
+	MmsCatalogSession s;
+	Oid			t[3] = {TEXTOID, REGROLEOID, REGROLEOID};
+	Datum		v[3];
+
+	mms_require_admin("grant the use of models");
+	name = grant_model_name(fcinfo);
+	grantee = grantee_oid(fcinfo);
+	mms_catalog_enter(&s);
+	v[0] = CStringGetTextDatum(name);
+	v[1] = ObjectIdGetDatum(grantee);
+	v[2] = ObjectIdGetDatum(grantor);
+	mms_spi_exec("INSERT INTO mms.model_grants (name, grantee, grantor) VALUES ($1, $2, $3)"
+				 " ON CONFLICT (name, grantee) DO NOTHING",
+				 3, t, v, NULL, SPI_OK_INSERT);
+	mms_catalog_leave(&s);
+	mms_registry_generation++;
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(mms_revoke);
+
+/* mms_revoke(model, role): undoes mms_grant; revoking nothing is not an error, as in REVOKE. */
+Datum
+mms_revoke(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Oid			grantee;
+	MmsCatalogSession s;
+	Oid			t[2] = {TEXTOID, REGROLEOID};
+	Datum		v[2];
+
+	mms_require_admin("revoke the use of models");
+	name = grant_model_name(fcinfo);
+	grantee = grantee_oid(fcinfo);
+	mms_catalog_enter(&s);
+	v[0] = CStringGetTextDatum(name);
+	v[1] = ObjectIdGetDatum(grantee);
+	mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.name OPERATOR(pg_catalog.=) $1"
+				 " AND g.grantee OPERATOR(pg_catalog.=) $2",
+				 2, t, v, NULL, SPI_OK_DELETE);
+	mms_catalog_leave(&s);
+	mms_registry_generation++;
+	PG_RETURN_VOID();
+}

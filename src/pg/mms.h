@@ -1,0 +1,104 @@
+/*
+ * mms.h — declarations shared by the extension's files (src/pg): GUCs, the
+ * registry's C API (reference resolution, privilege checks, catalog access as
+ * the registry owner), large-object and file I/O, and engine-error mapping.
+ * The engine (src/engine) never sees this header.
+ */
+#ifndef MMS_PG_H
+#define MMS_PG_H
+
+#include "postgres.h"
+
+#include "fmgr.h"
+
+#include "gguf.h"
+#include "mms_error.h"
+
+/* ---- mms.c: GUCs ---- */
+
+extern int	mms_max_model_size_kb;	/* mms.max_model_size */
+extern int	mms_tokenizer_cache_size;	/* mms.tokenizer_cache_size */
+
+/* ---- errors.c: engine status -> SQLSTATE ---- */
+
+extern int	mms_engine_sqlstate(MmsStatus st);
+
+/*
+ * Parses buf[0..size) with the engine; the MmsGguf is freed when the current
+ * memory context is reset or deleted (so an ERROR cannot leak it). Returns
+ * NULL and fills *err on a parse error.
+ */
+extern MmsGguf *mms_gguf_parse_pg(const char *buf, Size size, MmsError *err);
+
+/* ---- catalog.c: the registry owner, catalog sessions, names ---- */
+
+/* Entered catalog session: SPI connected, running as the registry owner. */
+typedef struct MmsCatalogSession
+{
+	Oid			caller;			/* GetUserId() on entry: whose rights to check */
+	Oid			save_userid;
+	int			save_sec_context;
+	int			guc_nest_level;
+	MemoryContext caller_cxt;	/* where results must be copied to */
+} MmsCatalogSession;
+
+extern Oid	mms_registry_owner(void);
+extern void mms_catalog_enter(MmsCatalogSession *s);
+extern void mms_catalog_leave(MmsCatalogSession *s);
+
+/* Runs a parameterized statement (SPI must be connected); returns SPI_processed. */
+extern uint64 mms_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+						   const char *nulls, int expect);
+
+extern bool mms_is_admin(Oid roleid);
+extern void mms_require_admin(const char *action);
+extern void mms_check_name(const char *name, const char *what);
+extern int32 mms_parse_version(const char *text);
+
+/*
+ * Registry generation of this backend: bumped by every registry write made
+ * here, so per-query caches notice changes made earlier in the same statement.
+ */
+extern uint64 mms_registry_generation;
+
+/* ---- resolve.c: model references and use rights ---- */
+
+/* One registered model version, as the inference layer needs it. */
+typedef struct MmsModel
+{
+	int64		id;				/* mms.model_versions.id, never reused */
+	char		name[NAMEDATALEN];
+	int32		version;
+	Oid			owner;
+	Oid			weights;		/* large object holding the GGUF file */
+	int64		size_bytes;
+	char		sha256[65];		/* hex */
+} MmsModel;
+
+/*
+ * Resolves 'name', 'name:version' or 'name@alias' (ERROR if nothing matches).
+ * With for_use, also checks that the calling role may use the model.
+ */
+extern void mms_resolve_model(const char *ref, bool for_use, MmsModel *out);
+extern bool mms_model_exists(const char *name);
+extern bool mms_role_may_use(Oid roleid, const MmsModel *m);
+
+/* ---- lo_io.c: reading and writing model bytes ---- */
+
+extern void mms_check_model_size(int64 size_bytes);
+/* Reads a large object with the current user's rights; sha256 hex into sha_out. */
+extern char *mms_lo_read_all(Oid loid, Size *size, char *sha_out);
+/* Reads a server file (caller checked the privileges); sha256 hex into sha_out. */
+extern char *mms_file_read_all(const char *path, Size *size, char *sha_out);
+/* Creates a large object owned by the current user holding buf; returns its oid. */
+extern Oid	mms_lo_create_from(const char *buf, Size size);
+extern void mms_lo_unlink(Oid loid);
+/* The stored weights of a model, read as the registry owner, sha256-checked. */
+extern char *mms_read_weights(const MmsModel *m, Size *size);
+
+/* ---- metadata.c ---- */
+
+/* GGUF key/values as jsonb, with the large tokenizer arrays summarized. */
+extern Datum mms_gguf_metadata_jsonb(const MmsGguf *g);
+
+#endif

@@ -1,0 +1,187 @@
+/*
+ * fuzz_tokenizer.c — libFuzzer target for tokenizer.c. The first input byte
+ * picks a mode: 0 encodes the rest with the fixture tokenizer
+ * (test/fixtures/tok_nfkc.gguf, read once; run from the repository root or
+ * set MMS_TOK_FIXTURE) and decodes the result; 1 uses the rest as a
+ * precompiled_charsmap for a small fixed vocabulary and encodes fixed text
+ * and the blob itself; 2 decodes the rest as 16-bit ids. Seeds:
+ * test/fuzz/corpus_tokenizer (written by tools/make_tokenizer_fixture.py).
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gguf.h"
+#include "tokenizer.h"
+
+static uint8_t *fixture_buf;
+static MmsGguf fixture_gguf;
+static MmsTokenizer *fixture_tok;
+
+static void
+load_fixture(void)
+{
+	const char *path = getenv("MMS_TOK_FIXTURE");
+	FILE	   *f;
+	long		n;
+	MmsError	err = {0};
+
+	if (path == NULL)
+		path = "test/fixtures/tok_nfkc.gguf";
+	f = fopen(path, "rb");
+	if (f == NULL)
+	{
+		fprintf(stderr, "fuzz_tokenizer: cannot open %s (run from the repository root)\n", path);
+		abort();
+	}
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	fixture_buf = malloc((size_t) n);
+	if (fixture_buf == NULL || fread(fixture_buf, 1, (size_t) n, f) != (size_t) n)
+		abort();
+	fclose(f);
+	if (mms_gguf_parse(fixture_buf, (size_t) n, &fixture_gguf, &err) != MMS_OK ||
+		mms_tok_load_gguf(&fixture_gguf, &fixture_tok, &err) != MMS_OK)
+	{
+		fprintf(stderr, "fuzz_tokenizer: %s\n", err.msg);
+		abort();
+	}
+}
+
+/* Every id in range; decoding gives a NUL-terminated string of the stated length. */
+static void
+check_round(const MmsTokenizer *tok, const int32_t *ids, size_t n)
+{
+	MmsError	err = {0};
+	char	   *text;
+	size_t		len;
+	size_t		i;
+
+	for (i = 0; i < n; i++)
+		if (ids[i] < 0 || ids[i] >= mms_tok_n_pieces(tok))
+			__builtin_trap();
+	if (mms_tok_decode(tok, ids, n, &text, &len, &err) != MMS_OK)
+		__builtin_trap();
+	if (text[len] != '\0')
+		__builtin_trap();
+	free(text);
+}
+
+static void
+encode_round(const MmsTokenizer *tok, const char *text, size_t len, int add_eos)
+{
+	MmsError	err = {0};
+	int32_t    *ids;
+	size_t		n;
+
+	if (mms_tok_encode(tok, text, len, add_eos, &ids, &n, &err) != MMS_OK)
+	{
+		if (err.code != MMS_ERR_LIMIT)
+			__builtin_trap();
+		return;
+	}
+	/* non-empty text after stripping yields ids; empty yields only eos */
+	if (add_eos && (n == 0 || ids[n - 1] != mms_tok_eos_id(tok)))
+		__builtin_trap();
+	check_round(tok, ids, n);
+	free(ids);
+}
+
+static MmsGgufStr
+S(const char *s)
+{
+	MmsGgufStr	r = {s, strlen(s)};
+
+	return r;
+}
+
+static void
+charsmap_mode(const uint8_t *data, size_t size)
+{
+	static const char probe[] = "  Hello ＡＢＣ fi\xe3\x80\x80 world\xe2\x80\x8b <u>x \xff\xc3 \xe2\x96\x81 ";
+	MmsGgufStr	pieces[] = {
+		S("<pad>"), S("</s>"), S("<unk>"), S("\xe2\x96\x81"), S("a"), S("b"), S("l"), S("o"),
+		S("\xe2\x96\x81" "H"), S("ll"), S("<u>"), S("<0x41>"), S(" "), S("fi"), S("[PAD]"),
+	};
+	float		scores[] = {0, 0, 0, -1, -2, -2, -3, -3, -2.5f, -2, 0, 0, -4, -1, -1};
+	int32_t		types[] = {3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 4, 6, 1, 1, 5};
+	MmsTokenizerSpec spec;
+	MmsTokenizer *tok = NULL;
+	MmsError	err = {0};
+
+	memset(&spec, 0, sizeof(spec));
+	spec.n_pieces = (int32_t) (sizeof(pieces) / sizeof(pieces[0]));
+	spec.pieces = pieces;
+	spec.scores = scores;
+	spec.types = types;
+	spec.add_space_prefix = size > 0 ? data[0] & 1 : 1;
+	spec.remove_extra_whitespaces = size > 0 ? (data[0] >> 1) & 1 : 1;
+	spec.charsmap = data;
+	spec.charsmap_len = size;
+	spec.eos_id = 1;
+	spec.unk_id = 2;
+	spec.pad_id = 0;
+	if (mms_tok_create(&spec, &tok, &err) != MMS_OK)
+	{
+		if (tok != NULL || err.code != MMS_ERR_MODEL)
+			__builtin_trap();
+		return;
+	}
+	encode_round(tok, probe, sizeof(probe) - 1, 1);
+	encode_round(tok, (const char *) data, size, 0);
+	mms_tok_free(tok);
+}
+
+static void
+decode_mode(const uint8_t *data, size_t size)
+{
+	size_t		n = size / 2;
+	int32_t    *ids = malloc((n ? n : 1) * sizeof(int32_t));
+	MmsError	err = {0};
+	char	   *text;
+	size_t		len;
+	size_t		i;
+	int			bad = 0;
+
+	if (ids == NULL)
+		return;
+	for (i = 0; i < n; i++)
+	{
+		/* mostly in range, sometimes just past it or negative */
+		ids[i] = (int16_t) (data[2 * i] | data[2 * i + 1] << 8) % 1003;
+		bad |= ids[i] < 0 || ids[i] >= mms_tok_n_pieces(fixture_tok);
+	}
+	if (mms_tok_decode(fixture_tok, ids, n, &text, &len, &err) == MMS_OK)
+	{
+		if (bad || text[len] != '\0')
+			__builtin_trap();
+		free(text);
+	}
+	else if (!bad || err.code != MMS_ERR_ARG)
+		__builtin_trap();
+	free(ids);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (fixture_tok == NULL)
+		load_fixture();
+	if (size == 0)
+		return 0;
+	switch (data[0] % 3)
+	{
+		case 0:
+			encode_round(fixture_tok, (const char *) data + 1, size - 1, data[0] & 4);
+			break;
+		case 1:
+			charsmap_mode(data + 1, size - 1);
+			break;
+		default:
+			decode_mode(data + 1, size - 1);
+			break;
+	}
+	return 0;
+}

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Writes the broken model files the registry tests feed to mms_register, one per
+kind of defect, derived from a good fixture at test time (so they follow the
+fixtures when tools/make_fixtures.py regenerates them). Standard library only:
+the tests must not need the .venv.
+
+    python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf OUTDIR
+
+Also writes OUTDIR/other_tokenizer.gguf: the same model with a tokenizer that
+splits text differently (used to prove the tokenizer cache is dropped when a
+model is replaced).
+"""
+
+import os
+import struct
+import sys
+
+# GGUF value types
+U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
+SCALAR = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "<f",
+          BOOL: "<?", U64: "<Q", I64: "<q", F64: "<d"}
+
+
+class Reader:
+    def __init__(self, buf):
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, fmt):
+        v = struct.unpack_from(fmt, self.buf, self.pos)[0]
+        self.pos += struct.calcsize(fmt)
+        return v
+
+    def string(self):
+        n = self.take("<Q")
+        s = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return s
+
+    def value(self, t):
+        if t == STR:
+            return self.string()
+        if t == ARR:
+            et = self.take("<I")
+            n = self.take("<Q")
+            return (et, [self.value(et) for _ in range(n)])
+        return self.take(SCALAR[t])
+
+
+def parse(buf):
+    r = Reader(buf)
+    assert r.take("<I") == 0x46554747, "not a GGUF file"
+    version = r.take("<I")
+    n_tensors = r.take("<Q")
+    n_kv = r.take("<Q")
+    kvs = []
+    for _ in range(n_kv):
+        key = r.string()
+        t = r.take("<I")
+        kvs.append([key, t, r.value(t)])
+    tensors = []
+    for _ in range(n_tensors):
+        name = r.string()
+        nd = r.take("<I")
+        ne = [r.take("<Q") for _ in range(nd)]
+        ty = r.take("<I")
+        off = r.take("<Q")
+        tensors.append([name, ne, ty, off])
+    align = 32
+    for key, t, v in kvs:
+        if key == b"general.alignment":
+            align = v
+    data_start = (r.pos + align - 1) // align * align
+    data = buf[data_start:]
+    return dict(version=version, kvs=kvs, tensors=tensors, align=align, data=data)
+
+
+def put_string(out, s):
+    out += struct.pack("<Q", len(s)) + s
+
+
+def put_value(out, t, v):
+    if t == STR:
+        put_string(out, v)
+    elif t == ARR:
+        et, items = v
+        out += struct.pack("<IQ", et, len(items))
+        for item in items:
+            put_value(out, et, item)
+    else:
+        out += struct.pack(SCALAR[t], v)
+
+
+def write(g):
+    out = bytearray()
+    out += struct.pack("<IIQQ", 0x46554747, g["version"], len(g["tensors"]), len(g["kvs"]))
+    for key, t, v in g["kvs"]:
+        put_string(out, key)
+        out += struct.pack("<I", t)
+        put_value(out, t, v)
+    for name, ne, ty, off in g["tensors"]:
+        put_string(out, name)
+        out += struct.pack("<I", len(ne))
+        for d in ne:
+            out += struct.pack("<Q", d)
+        out += struct.pack("<IQ", ty, off)
+    pad = (-len(out)) % g["align"]
+    out += b"\0" * pad
+    out += g["data"]
+    return bytes(out)
+
+
+def copy(g):
+    return dict(g, kvs=[list(kv) for kv in g["kvs"]],
+                tensors=[[n, list(ne), ty, off] for n, ne, ty, off in g["tensors"]])
+
+
+def set_kv(g, key, value):
+    for kv in g["kvs"]:
+        if kv[0] == key:
+            kv[2] = value
+            return
+    raise KeyError(key)
+
+
+def main():
+    src, outdir = sys.argv[1], sys.argv[2]
+    os.makedirs(outdir, exist_ok=True)
+    good = open(src, "rb").read()
+    g = parse(good)
+    files = {}
+
+    files["empty"] = b""
+    files["truncated"] = good[:len(good) // 2]
+    files["not_gguf"] = b"GGUX" + good[4:]
+
+    v = copy(g)
+    v["version"] = 1
+    files["wrong_version"] = write(v)
+
+    v = copy(g)
+    for kv in v["kvs"]:
+        if kv[0] == b"general.architecture":
+            kv[2] = b"llama"
+        elif kv[0].startswith(b"t5."):
+            kv[0] = b"llama." + kv[0][3:]
+    files["bad_arch"] = write(v)
+
+    # Dropping a tensor's header entry keeps the data section valid.
+    v = copy(g)
+    v["tensors"] = [t for t in v["tensors"] if t[0] != b"dec.blk.1.ffn_up.weight"]
+    files["missing_tensor"] = write(v)
+
+    # Transposed [d_model, d_ff] -> [d_ff, d_model]: same bytes, wrong shape.
+    v = copy(g)
+    for t in v["tensors"]:
+        if t[0] == b"enc.blk.0.ffn_up.weight":
+            t[1] = [t[1][1], t[1][0]]
+    files["wrong_shape"] = write(v)
+
+    # Q4_1 (type 3): a real ggml type we do not serve.
+    v = copy(g)
+    for t in v["tensors"]:
+        if t[0] == b"enc.blk.0.attn_norm.weight":
+            t[2] = 3
+    files["bad_type"] = write(v)
+
+    v = copy(g)
+    v["kvs"] = [kv for kv in v["kvs"] if not kv[0].startswith(b"tokenizer.")]
+    files["no_tokenizer"] = write(v)
+
+    # Same pieces without the dummy space prefix: the first word tokenizes differently.
+    v = copy(g)
+    set_kv(v, b"tokenizer.ggml.add_space_prefix", False)
+    files["other_tokenizer"] = write(v)
+
+    for name, data in files.items():
+        with open(os.path.join(outdir, name + ".gguf"), "wb") as f:
+            f.write(data)
+
+
+if __name__ == "__main__":
+    main()

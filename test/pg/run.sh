@@ -1,0 +1,103 @@
+#!/bin/bash
+# test/pg/run.sh — the extension's test harness: installs mms, starts a
+# throwaway PostgreSQL 15 cluster in a temporary directory, runs pg_regress
+# (sql/, expected/) and the scripted tests (pg_dump/pg_restore round trip,
+# mms_tokenize against build/mms-run), prints "N passed, N failed", and stops
+# the cluster and removes the directory whatever happens.
+#
+# Run from anywhere as root (CI does; `make test` and `make pg-test` call it):
+# initdb refuses root, so the server runs as the unprivileged `postgres` user.
+# As a non-root user the server runs as that user, and `make install` must
+# already have been done by someone allowed to.
+# KEEP=1 keeps the directory (and stops nothing) for debugging.
+set -u
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+bindir=$(pg_config --bindir)
+export PATH="$bindir:$PATH"
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok: $*"; }
+bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
+
+if [ "$(id -u)" = 0 ]; then
+	server_user=postgres
+	as_server() { runuser -u "$server_user" -- "$@"; }
+	make -s install >/dev/null || { echo "make install failed"; exit 1; }
+else
+	server_user=$(id -un)
+	as_server() { "$@"; }
+fi
+
+tmp=$(mktemp -d /tmp/mms-pgtest.XXXXXX)
+chmod 755 "$tmp"
+cleanup() {
+	if [ "${KEEP:-0}" = 1 ]; then
+		echo "kept $tmp (server still running: pg_ctl -D $tmp/data stop)"
+		return
+	fi
+	if [ -f "$tmp/data/postmaster.pid" ]; then
+		as_server pg_ctl -D "$tmp/data" -m immediate -w stop >/dev/null 2>&1
+	fi
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A port nobody listens on; the socket lives in $tmp and TCP stays off, so
+# clusters of concurrent runs cannot collide.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
+# Model files the server may read (mms_import) and the client may \lo_import.
+files="$tmp/files"
+mkdir -p "$files/bad"
+cp test/fixtures/*.gguf "$files/"
+python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf "$files/bad" || { echo "could not build bad files"; exit 1; }
+chmod -R a+rX "$files"
+chown -R "$server_user" "$tmp" 2>/dev/null || true
+
+echo "== cluster in $tmp (port $port)"
+as_server initdb -D "$tmp/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$tmp/initdb.log" 2>&1 ||
+	{ cat "$tmp/initdb.log"; echo "initdb failed"; exit 1; }
+as_server pg_ctl -D "$tmp/data" -l "$tmp/server.log" -w \
+	-o "-c port=$port -c listen_addresses='' -c unix_socket_directories=$tmp -c fsync=off" start >/dev/null ||
+	{ cat "$tmp/server.log"; echo "server did not start"; exit 1; }
+
+export PGHOST="$tmp" PGPORT="$port" PGUSER=postgres
+export MMS_TEST_DATA="$files" MMS_ROOT="$root"
+mkdir -p "$tmp/regress"
+
+# --- pg_regress -----------------------------------------------------------------
+echo "== pg_regress"
+make -s installcheck REGRESS_OUT="$tmp/regress" >"$tmp/regress.log" 2>&1
+cat "$tmp/regress.log"
+n_ok=$(grep -cE '^(test| ) +[a-z_0-9]+ +\.\.\. ok' "$tmp/regress.log")
+n_bad=$(grep -cE '\.\.\. FAILED' "$tmp/regress.log")
+passed=$((passed + n_ok))
+failed=$((failed + n_bad))
+if [ "$n_ok" = 0 ] && [ "$n_bad" = 0 ]; then
+	bad "pg_regress did not run"
+fi
+if [ -s "$tmp/regress/regression.diffs" ]; then
+	cat "$tmp/regress/regression.diffs"
+	cp "$tmp/regress/regression.diffs" "$root/build/regression.diffs" 2>/dev/null
+fi
+
+# --- scripted tests --------------------------------------------------------------
+for t in test/pg/t_*.sh; do
+	echo "== $t"
+	# each script prints "ok: ..." / "FAILED: ..." lines
+	out=$(TMPDIR_PG="$tmp" bash "$t" 2>&1)
+	echo "$out"
+	passed=$((passed + $(grep -c '^ok: ' <<<"$out")))
+	failed=$((failed + $(grep -c '^FAILED: ' <<<"$out")))
+done
+
+if grep -qE 'PANIC|server process .* was terminated|TRAP:' "$tmp/server.log"; then
+	bad "server log shows a crash"
+	grep -E 'PANIC|terminated|TRAP:' "$tmp/server.log"
+fi
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
