@@ -16,7 +16,7 @@ BUILD    ?= build
 # Engine, split by what it needs: CORE has no BLAS (the registry links it
 # into the preloaded library), MATH uses OpenBLAS (inference workers only).
 ENGINE_CORE = mms_error gguf quant tokenizer t5_meta
-ENGINE_MATH = ops t5 generate
+ENGINE_MATH = ops t5 generate scheduler
 ENGINE_OBJS = $(patsubst %,$(BUILD)/engine/%.o,$(ENGINE_CORE) $(ENGINE_MATH))
 ENGINE_HDRS = $(wildcard src/engine/*.h)
 

@@ -36,6 +36,11 @@ SELECT name, metadata->>'general.file_type' AS file_type,
        metadata->'tokenizer.ggml.tokens' AS tokens
 FROM mms.models ORDER BY name;
 
+-- every value type; arrays up to 64 elements inline; text that is not UTF-8 made safe
+SELECT mms_import('extra', :'data' || '/bad/extra_metadata.gguf');
+SELECT key, value FROM mms.models, jsonb_each(metadata)
+WHERE name = 'extra' AND key LIKE 'test.%' ORDER BY key;
+
 -- clean up: nothing may remain
 SELECT name, mms_unregister(name) FROM mms.models ORDER BY name;
 SELECT count(*) AS models FROM mms.models;

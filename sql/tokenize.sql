@@ -66,7 +66,7 @@ RESET mms.tokenizer_cache_size;
 
 -- weights changed behind the registry's back (only a superuser can) are
 -- noticed when the tokenizer is next loaded, and not used
-SELECT lo_put(weights, 100, '\x00') FROM mms.models WHERE name = 'relu';
+SELECT lo_put(weights, 1000, '\x5a5a5a5a') FROM mms.models WHERE name = 'relu';
 SET mms.tokenizer_cache_size = 1;
 SELECT mms_tokenize('tok', 'x');
 \set VERBOSITY terse

@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "generate.h"
+#include "scheduler.h"
 #include "golden.h"
 #include "gguf.h"
 #include "t5.h"

@@ -2,7 +2,8 @@
 """Builds the tokenizer fixtures: a small SentencePiece unigram model with a real
 nmt_nfkc charsmap (test/fixtures/tok_nfkc.model), the same vocab as a
 tokenizer-only GGUF laid out as llama.cpp writes T5 (test/fixtures/tok_nfkc.gguf),
-and encode/decode expectations from sentencepiece itself (test/fixtures/tok_cases.txt).
+and encode/decode expectations from sentencepiece itself (test/fixtures/tok_cases.txt);
+also the seeds of test/fuzz/fuzz_tokenizer.c (test/fuzz/corpus_tokenizer/).
 
 Rerun from the repository root:   .venv/bin/python tools/make_tokenizer_fixture.py
 Everything is deterministic (seeded corpus, single-threaded training), so a rerun
@@ -278,7 +279,7 @@ def random_text(rng):
     out = []
     for _ in range(rng.randint(1, 14)):
         tok = rng.choices(pools, weights)[0]()
-        if 0xD800 <= ord(tok[0]) <= 0xDFFF if tok else False:
+        if tok and 0xD800 <= ord(tok[0]) <= 0xDFFF:  # not encodable; skip
             continue
         out.append(tok)
         out.append(_pick(rng, WHITESPACE) if rng.random() < 0.25 else " " if rng.random() < 0.8 else "")

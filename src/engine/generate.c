@@ -346,9 +346,11 @@ mms_gen_request_error(const MmsGenRequest *r, MmsError *err)
 size_t
 mms_gen_request_bytes(const MmsGenRequest *r)
 {
+	const MmsT5Config *c = mms_t5_config(r->m);
 	int			states = r->kind == REQ_BEAM ? 2 * r->n_slots : r->n_slots;
+	size_t		cross = 2 * (size_t) c->n_dec_layer * (size_t) r->n_input * (size_t) c->inner * sizeof(float);
 
-	return (size_t) states * mms_t5_state_bytes(r->m, r->cap);
+	return (size_t) states * mms_t5_state_bytes(r->m, r->cap) + cross;
 }
 
 const int32_t *
@@ -828,116 +830,30 @@ mms_gen_request_advance(MmsGenRequest *r, const float *logits, MmsError *err)
 	return st;
 }
 
-/* ---------------------------------------------------------------- the driver */
-
-static void
-fail_request(MmsGenRequest *r, const MmsError *e)
+void
+mms_gen_request_cancel(MmsGenRequest *r)
 {
-	r->err = *e;
+	if (mms_gen_request_done(r))
+		return;
+	mms_fail(&r->err, MMS_ERR_CANCELLED, "request cancelled");
 	r->phase = PHASE_FAILED;
 	req_free_states(r);
 	r->n_live = 0;
 }
 
-MmsStatus
-mms_gen_run(const MmsT5 *m, MmsT5Work *w, int n, MmsGenRequest **reqs, MmsError *err)
+int
+mms_gen_request_pending(const MmsGenRequest *r)
 {
-	const MmsT5Config *c = mms_t5_config(m);
-	int			n_pending = 0,
-				max_rows = 0;
-	int64_t		T = 0;
-	const int32_t **ids = NULL;
-	int32_t    *lens = NULL;
-	MmsGenRequest **pend = NULL;
-	MmsT5Cross **cross = NULL;
-	float	   *enc = NULL,
-			   *logits = NULL;
-	MmsT5State **st = NULL;
-	int32_t    *tok = NULL;
-	MmsStatus	rc = MMS_OK;
-	MmsError	e;
+	return r->phase == PHASE_PENDING;
+}
 
-	pend = calloc((size_t) n + 1, sizeof(*pend));
-	ids = calloc((size_t) n + 1, sizeof(*ids));
-	lens = calloc((size_t) n + 1, sizeof(*lens));
-	cross = calloc((size_t) n + 1, sizeof(*cross));
-	if (!pend || !ids || !lens || !cross)
-	{
-		rc = mms_fail(err, MMS_ERR_NOMEM, "out of memory scheduling %d requests", n);
-		goto done;
-	}
-	for (int i = 0; i < n; i++)
-	{
-		if (reqs[i]->phase != PHASE_PENDING)
-			continue;
-		pend[n_pending] = reqs[i];
-		ids[n_pending] = mms_gen_request_input(reqs[i], &lens[n_pending]);
-		T += lens[n_pending];
-		n_pending++;
-	}
-	/* One encoder batch for every new request, then their cross K/V. */
-	if (n_pending > 0)
-	{
-		enc = malloc((size_t) (T * c->d_model) * sizeof(float));
-		if (enc == NULL)
-		{
-			rc = mms_fail(err, MMS_ERR_NOMEM, "out of memory encoding %lld tokens", (long long) T);
-			goto done;
-		}
-		if ((rc = mms_t5_encode(m, w, n_pending, ids, lens, enc, err)) != MMS_OK ||
-			(rc = mms_t5_cross_create(m, w, n_pending, enc, lens, cross, err)) != MMS_OK)
-			goto done;
-		for (int i = 0; i < n_pending; i++)
-		{
-			if (mms_gen_request_start(pend[i], cross[i], &e) != MMS_OK)
-				fail_request(pend[i], &e);
-			mms_t5_cross_release(cross[i]);
-			cross[i] = NULL;
-		}
-	}
-
-	for (int i = 0; i < n; i++)
-		max_rows += mms_gen_request_max_rows(reqs[i]);
-	st = calloc((size_t) max_rows + 1, sizeof(*st));
-	tok = calloc((size_t) max_rows + 1, sizeof(*tok));
-	logits = malloc((size_t) (max_rows + 1) * (size_t) c->vocab * sizeof(float));
-	if (!st || !tok || !logits)
-	{
-		rc = mms_fail(err, MMS_ERR_NOMEM, "out of memory for %d decoder rows", max_rows);
-		goto done;
-	}
-	for (;;)
-	{
-		int			rows = 0;
-
-		for (int i = 0; i < n; i++)
-			rows += mms_gen_request_rows(reqs[i], st + rows, tok + rows);
-		if (rows == 0)
-			break;
-		if ((rc = mms_t5_decode_step(m, w, rows, st, tok, logits, err)) != MMS_OK)
-			goto done;
-		rows = 0;
-		for (int i = 0; i < n; i++)
-		{
-			int			k = reqs[i]->phase == PHASE_RUNNING ? reqs[i]->n_live : 0;
-
-			if (k > 0)
-				mms_gen_request_advance(reqs[i], logits + (size_t) rows * (size_t) c->vocab, NULL);
-			rows += k;
-		}
-	}
-
-done:
-	if (cross)
-		for (int i = 0; i < n_pending; i++)
-			mms_t5_cross_release(cross[i]);
-	free(pend);
-	free(ids);
-	free(lens);
-	free(cross);
-	free(enc);
-	free(logits);
-	free(st);
-	free(tok);
-	return rc;
+void
+mms_gen_request_fail(MmsGenRequest *r, const MmsError *e)
+{
+	if (mms_gen_request_done(r))
+		return;
+	r->err = *e;
+	r->phase = PHASE_FAILED;
+	req_free_states(r);
+	r->n_live = 0;
 }

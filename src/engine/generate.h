@@ -2,9 +2,9 @@
  * generate.h — text generation and scoring with HF generate() semantics:
  * greedy, sampling (repetition penalty -> temperature -> top-k -> top-p) and
  * beam search (length_penalty, early_stopping), min/max new tokens, and
- * teacher-forced scoring. A request is a small state machine; mms_gen_run
- * drives any number of them together so every decoder step is one batch.
- * The continuous-batching scheduler (Engine II) reuses the same pieces.
+ * teacher-forced scoring. A request is a small state machine, stepped in
+ * batches with other requests.
+ * scheduler.h drives them: mms_gen_run for a fixed set, MmsSched for a stream.
  */
 #ifndef MMS_GENERATE_H
 #define MMS_GENERATE_H
@@ -83,11 +83,11 @@ MmsStatus	mms_gen_request_advance(MmsGenRequest *r, const float *logits, MmsErro
 /* Upper bound on rows a request ever feeds at once. */
 int			mms_gen_request_max_rows(const MmsGenRequest *r);
 
-/*
- * Runs the requests to completion together: one encoder batch, then decoder
- * steps over every live sequence. A request that fails is marked failed and
- * the others go on; returns an error only when the whole batch cannot run.
- */
-MmsStatus	mms_gen_run(const MmsT5 *m, MmsT5Work *w, int n, MmsGenRequest **reqs, MmsError *err);
+/* Cancels a request: frees its caches, and it ends failed with MMS_ERR_CANCELLED. */
+void		mms_gen_request_cancel(MmsGenRequest *r);
+/* Ends a request as failed with the given error (e.g. its batch ran out of memory). */
+void		mms_gen_request_fail(MmsGenRequest *r, const MmsError *e);
+/* Not yet started (waiting to be encoded). */
+int			mms_gen_request_pending(const MmsGenRequest *r);
 
 #endif

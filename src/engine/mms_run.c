@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "generate.h"
+#include "scheduler.h"
 #include "gguf.h"
 #include "ops.h"
 #include "t5.h"

@@ -37,6 +37,7 @@ typedef struct TokCacheEntry
 } TokCacheEntry;
 
 static TokCacheEntry tok_cache[MAX_CACHED_TOKENIZERS];
+static int	tok_cache_used = 0;	/* entries [0, tok_cache_used) may be live */
 static uint64 tok_clock = 0;
 
 /* What one query remembers about the reference it was called with. */
@@ -72,7 +73,12 @@ load_tokenizer(const MmsModel *m)
 	Size		size;
 	char	   *buf;
 
-	for (int i = 0; i < MAX_CACHED_TOKENIZERS; i++)
+	/* a lowered mms.tokenizer_cache_size takes effect at once */
+	for (int i = mms_tokenizer_cache_size; i < MAX_CACHED_TOKENIZERS && tok_cache_used > mms_tokenizer_cache_size; i++)
+		evict(&tok_cache[i]);
+	tok_cache_used = Min(tok_cache_used, mms_tokenizer_cache_size);
+
+	for (int i = 0; i < tok_cache_used; i++)
 	{
 		TokCacheEntry *e = &tok_cache[i];
 
@@ -98,14 +104,14 @@ load_tokenizer(const MmsModel *m)
 	MemoryContextDelete(cxt);
 
 	/* nothing from here to the slot assignment may ERROR, or tok leaks */
-	for (int i = 0; i < Min(mms_tokenizer_cache_size, MAX_CACHED_TOKENIZERS); i++)
+	if (tok_cache_used < mms_tokenizer_cache_size)
+		slot = &tok_cache[tok_cache_used++];
+	else
 	{
-		if (slot == NULL || tok_cache[i].last_used < slot->last_used)
-			slot = &tok_cache[i];
+		for (int i = 0; i < tok_cache_used; i++)
+			if (slot == NULL || tok_cache[i].last_used < slot->last_used)
+				slot = &tok_cache[i];
 	}
-	/* a lowered cache size leaves entries beyond it: drop them now */
-	for (int i = mms_tokenizer_cache_size; i < MAX_CACHED_TOKENIZERS; i++)
-		evict(&tok_cache[i]);
 	evict(slot);
 	slot->model_id = m->id;
 	strlcpy(slot->sha256, m->sha256, sizeof(slot->sha256));

@@ -6,9 +6,11 @@ the tests must not need the .venv.
 
     python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf OUTDIR
 
-Also writes OUTDIR/other_tokenizer.gguf: the same model with a tokenizer that
-splits text differently (used to prove the tokenizer cache is dropped when a
-model is replaced).
+Also writes two valid variants: OUTDIR/other_tokenizer.gguf, the same model
+with a tokenizer that splits text differently (proves the tokenizer cache is
+dropped when a model is replaced), and OUTDIR/extra_metadata.gguf, with extra
+keys of every value type (short and long arrays, a string that is not UTF-8,
+NaN) for the catalog's metadata column.
 """
 
 import os
@@ -173,6 +175,22 @@ def main():
     v = copy(g)
     set_kv(v, b"tokenizer.ggml.add_space_prefix", False)
     files["other_tokenizer"] = write(v)
+
+    v = copy(g)
+    v["kvs"] += [
+        [b"test.i8", I8, -5],
+        [b"test.u64", U64, 2**64 - 1],
+        [b"test.f64", F64, 0.1],
+        [b"test.f32_nan", F32, float("nan")],
+        [b"test.flag", BOOL, False],
+        [b"test.not_utf8", STR, b"ab\xffcd"],
+        [b"test.short_ints", ARR, (I32, [1, -2, 3])],
+        [b"test.short_floats", ARR, (F32, [0.5, -1.25])],
+        [b"test.names", ARR, (STR, [b"alpha", b"beta"])],
+        [b"test.empty", ARR, (U8, [])],
+        [b"test.long", ARR, (U16, list(range(65)))],
+    ]
+    files["extra_metadata"] = write(v)
 
     for name, data in files.items():
         with open(os.path.join(outdir, name + ".gguf"), "wb") as f:

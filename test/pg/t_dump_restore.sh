@@ -1,0 +1,112 @@
+#!/bin/bash
+# t_dump_restore.sh — pg_dump / pg_restore carry the registry: every model,
+# version, alias and grant arrives in a new database with the same sha256 (of
+# the catalog and of the stored bytes), the same tokenization and the weights
+# still unreadable to ordinary roles; registration continues afterwards.
+# Run by test/pg/run.sh (PGHOST/PGPORT/PGUSER point at its cluster).
+set -u
+data=$MMS_TEST_DATA
+work=$TMPDIR_PG/dump
+mkdir -p "$work"
+ok() { echo "ok: $*"; }
+bad() { echo "FAILED: $*"; }
+sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+
+src=mms_dump_src
+dst=mms_dump_dst
+dropdb --if-exists $src 2>/dev/null; dropdb --if-exists $dst 2>/dev/null
+createdb $src || { bad "createdb $src"; exit 0; }
+
+setup=$(cat <<SQL
+CREATE EXTENSION mms;
+DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'regress_mms_dump_reader') THEN
+        CREATE ROLE regress_mms_dump_reader;
+    END IF;
+END \$\$;
+SELECT mms_import(f, '$data/' || f || '.gguf', author => 'dump test', description => 'fixture ' || f)
+FROM unnest(ARRAY['t5_relu_tied', 'flan_gated', 'depth_3_1', 'inner_48', 'flan_gated_f16',
+                  'flan_gated_bf16', 'flan_gated_q8_0', 'flan_gated_q4_0']) f;
+SELECT mms_import('flan_gated', '$data/bad/other_tokenizer.gguf', '7');
+SELECT mms_import('flan_gated', '$data/flan_gated_q8_0.gguf');
+SELECT mms_set_alias('flan_gated', 'default', 1);
+SELECT mms_set_alias('flan_gated', 'prod', 7);
+SELECT mms_set_alias('t5_relu_tied', 'prod', 1);
+SELECT mms_grant('flan_gated', 'regress_mms_dump_reader');
+SELECT mms_grant('inner_48', 'public');
+\lo_import '$data/flan_gated.gguf'
+SELECT mms_register('from_client', :LASTOID, NULL, 'a client', 'via lo_import');
+SELECT lo_unlink(:LASTOID);
+SQL
+)
+if sql -d $src >/dev/null <<<"$setup"; then ok "registry filled in $src"; else bad "registry setup in $src"; exit 0; fi
+
+# What must survive, as text.
+snapshot() {
+	local db=$1
+	sql -d "$db" >"$work/$db.models" <<'SQL'
+SELECT id, name, version, aliases, author, description, created_at, owner, arch, n_params,
+       tensor_types, d_model, d_ff, n_enc_layers, n_dec_layers, n_heads, d_kv, vocab_size,
+       context_length, ffn_kind, tied_embeddings, tokenizer, size, size_bytes, sha256,
+       weights, metadata
+FROM mms.models ORDER BY name, version;
+SQL
+	sql -d "$db" >"$work/$db.stored" <<'SQL'
+SELECT name, version, sha256 = encode(sha256(lo_get(weights)), 'hex') AS stored_bytes_match,
+       (SELECT lomowner::regrole FROM pg_largeobject_metadata WHERE oid = weights) AS lo_owner
+FROM mms.models ORDER BY name, version;
+SQL
+	sql -d "$db" >"$work/$db.grants" <<'SQL'
+SELECT model, grantee, grantor, granted_at FROM mms.grants ORDER BY model, grantee;
+SQL
+	sql -d "$db" >"$work/$db.tokens" <<'SQL'
+SELECT r, s, mms_tokenize(r, s)
+FROM (SELECT name || ':' || version FROM mms.models
+      UNION ALL SELECT 'flan_gated' UNION ALL SELECT 'flan_gated@prod'
+      UNION ALL SELECT 't5_relu_tied@prod') refs(r),
+     (VALUES ('Hello world, this is a test.'), ('  many   spaces  '),
+             ('ｆｕｌｌｗｉｄｔｈ ① ﬁ café'), ('$100.00 on 2024-06-01'), ('')) t(s)
+ORDER BY r, s;
+SQL
+	sql -d "$db" >"$work/$db.reader" <<'SQL'
+SET ROLE regress_mms_dump_reader;
+SELECT mms_tokenize('flan_gated', 'reader') IS NOT NULL;
+SELECT mms_tokenize('inner_48', 'reader') IS NOT NULL;
+CREATE FUNCTION pg_temp.try(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN EXECUTE sql; RETURN 'readable';
+EXCEPTION WHEN insufficient_privilege THEN RETURN 'denied'; END $$;
+SELECT name, version, pg_temp.try(format('SELECT lo_get(%s)', weights))
+FROM mms.models ORDER BY name, version;
+SQL
+}
+snapshot $src || bad "snapshot of $src"
+if grep -q '^f$' "$work/$src.reader" || grep -q 'readable' "$work/$src.reader"; then
+	bad "reader rights in $src are wrong"; cat "$work/$src.reader"
+fi
+
+if pg_dump -Fc -f "$work/mms.dump" $src; then ok "pg_dump -Fc $src"; else bad "pg_dump"; exit 0; fi
+createdb $dst
+if pg_restore --exit-on-error -d $dst "$work/mms.dump"; then ok "pg_restore into $dst"; else bad "pg_restore"; exit 0; fi
+snapshot $dst || bad "snapshot of $dst"
+
+n_models=$(sql -d $dst -c "SELECT count(*) FROM mms.models")
+[ "$n_models" = 11 ] && ok "11 model versions restored" || bad "$n_models model versions restored, expected 11"
+for what in models stored grants tokens reader; do
+	if cmp -s "$work/$src.$what" "$work/$dst.$what" && [ -s "$work/$dst.$what" ]; then
+		ok "identical $what after restore ($(wc -l <"$work/$dst.$what") lines)"
+	else
+		bad "$what differ after restore"; diff "$work/$src.$what" "$work/$dst.$what" | head -20
+	fi
+done
+if grep -q '|f|\|||' "$work/$dst.stored"; then bad "stored bytes or owners wrong"; cat "$work/$dst.stored"; else ok "stored bytes match sha256 in $dst"; fi
+
+# The restored registry keeps working: the id sequence came along.
+if out=$(sql -d $dst -c "SELECT mms_import('flan_gated', '$data/flan_gated.gguf'); SELECT max(id) = (SELECT id FROM mms.models WHERE name = 'flan_gated' AND version = 9) FROM mms.models; SELECT mms_unregister('from_client')") &&
+	[ "$out" = "$(printf '9\nt\n1')" ]; then
+	ok "register and unregister after restore"
+else
+	bad "register/unregister after restore: $out"
+fi
+
+dropdb $src; dropdb $dst
+psql -X -q -c "DROP ROLE IF EXISTS regress_mms_dump_reader"
