@@ -28,7 +28,7 @@ TEST_BINS = $(patsubst test/%.c,$(BUILD)/test/%,$(TEST_SRCS))
 # First rule, so the default goal; PGXS adds mms.so to it.
 all: engine
 
-engine: $(BUILD)/libmmsengine.a $(BUILD)/mms-run $(TEST_BINS)
+engine: $(BUILD)/libmmsengine.a $(BUILD)/mms-run $(BUILD)/mms-bench $(TEST_BINS)
 
 $(BUILD)/engine/%.o: src/engine/%.c $(ENGINE_HDRS)
 	@mkdir -p $(dir $@)
@@ -39,6 +39,9 @@ $(BUILD)/libmmsengine.a: $(ENGINE_OBJS)
 	ar rcs $@ $^
 
 $(BUILD)/mms-run: src/engine/mms_run.c $(BUILD)/libmmsengine.a
+	$(CC) $(ENGINE_CFLAGS) -o $@ $< $(BUILD)/libmmsengine.a $(LDLIBS_BLAS) $(LDLIBS)
+
+$(BUILD)/mms-bench: bench/bench_engine.c $(BUILD)/libmmsengine.a
 	$(CC) $(ENGINE_CFLAGS) -o $@ $< $(BUILD)/libmmsengine.a $(LDLIBS_BLAS) $(LDLIBS)
 
 $(BUILD)/test/%: test/%.c test/test_util.h test/golden.h $(BUILD)/libmmsengine.a

@@ -42,6 +42,22 @@ FROM generate_series(0, 4) i;
 SELECT count(*) AS rows, sum(array_length(mms_tokenize('tok', 'word ' || i), 1)) AS ids
 FROM generate_series(1, 1000) i;
 
+-- under a parallel plan the calls run in the leader (PARALLEL RESTRICTED)
+CREATE TABLE tok_inputs AS SELECT 'word ' || i AS s FROM generate_series(1, 5000) i;
+ANALYZE tok_inputs;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+EXPLAIN (COSTS OFF) SELECT sum(array_length(mms_tokenize('tok', s), 1)) FROM tok_inputs WHERE s <> '';
+SELECT count(*) AS rows, sum(array_length(mms_tokenize('tok', s), 1)) AS ids
+FROM tok_inputs WHERE s <> '';
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+RESET max_parallel_workers_per_gather;
+DROP TABLE tok_inputs;
+
 -- the cache follows the model: replace tok:1 by a file whose tokenizer has no
 -- space prefix, in the same session, and the ids change
 SELECT mms_tokenize('tok', 'Hello world');

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=test/fixtures/flan_gated.gguf
-run() { echo "\$ $*"; "$@"; echo; }
+run() { printf "$"; printf " %q" "$@"; printf "\n"; "$@"; echo; }
 echo "== mms-run on $model (a tiny random-weight flan-t5-shaped fixture: the text is noise, the mechanics are real)"
 run build/mms-run --model "$model" --tokenize "Hello, world!" "naïve café ﬁve"
 run build/mms-run --model "$model" --ids --max-new-tokens 8 "Hello, world!"

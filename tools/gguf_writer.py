@@ -185,7 +185,9 @@ class GGUFFile:
 
     def add_array(self, key, elem_type, values):
         assert all(k != key for k, *_ in self.kv), key
-        self.kv.append((key, GGUF_ARR, list(values), elem_type))
+        if not isinstance(values, (bytes, bytearray)):
+            values = list(values)
+        self.kv.append((key, GGUF_ARR, values, elem_type))
 
     def add_tensor(self, name, x, ggml_type):
         """x in numpy order ([out, in] for a Linear): ne is the reversed shape."""

@@ -231,6 +231,10 @@ admit(MmsSched *s)
 	int64_t		T = 0;
 	MmsError	e;
 
+	int			running = 0;
+
+	for (int i = 0; i < s->n_held; i++)
+		running += !mms_gen_request_pending(s->held[i].r) && !mms_gen_request_done(s->held[i].r);
 	for (int i = 0; i < s->n_held; i++)
 	{
 		MmsGenRequest *r = s->held[i].r;
@@ -238,6 +242,8 @@ admit(MmsSched *s)
 
 		if (!mms_gen_request_pending(r))
 			continue;
+		if (s->cfg.max_running > 0 && running + n >= s->cfg.max_running)
+			break;
 		mms_gen_request_input(r, &len);
 		if (n > 0 && s->cfg.max_encode_tokens > 0 && T + len > s->cfg.max_encode_tokens)
 			break;

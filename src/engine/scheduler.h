@@ -20,6 +20,7 @@ typedef struct MmsSchedConfig
 	size_t		max_bytes;		/* bound on decoder caches of admitted requests; 0 = none */
 	int			max_requests;	/* bound on requests held (waiting + running); 0 = none */
 	int			max_encode_tokens;	/* encoder tokens admitted per step; 0 = no cap */
+	int			max_running;	/* requests decoding at once; the rest wait; 0 = no cap */
 	int			threads;		/* BLAS threads for this instance; 0 = leave as is */
 } MmsSchedConfig;
 

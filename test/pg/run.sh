@@ -103,6 +103,11 @@ done
 if grep -qE 'PANIC|server process .* was terminated|TRAP:' "$tmp/server.log"; then
 	bad "server log shows a crash"
 	grep -E 'PANIC|terminated|TRAP:' "$tmp/server.log"
+elif grep -qiE 'WARNING: .*(leak|not closed|still referenced)' "$tmp/server.log"; then
+	bad "server log shows leaked resources"
+	grep -iE 'WARNING: .*(leak|not closed|still referenced)' "$tmp/server.log"
+else
+	ok "server log shows no crash and no leaked resources"
 fi
 
 echo "$passed passed, $failed failed"
