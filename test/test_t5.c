@@ -387,6 +387,67 @@ test_bad_requests(void **state)
 	unload_model(&l);
 }
 
+/*
+ * Weights in a caller's arena (how workers share one copy): one process fills
+ * it, another only points into it; both give the golden logits.
+ */
+static void
+test_shared_arena(void **state)
+{
+	size_t		size,
+				n_floats;
+	uint8_t    *buf = mms_test_read_file(MMS_FIXTURE_DIR "flan_gated_q8_0.gguf", &size);
+	Golden	   *gold = calloc(1, sizeof(Golden));
+	MmsGguf		g;
+	MmsError	err;
+	MmsT5	   *a,
+			   *b;
+	float	   *arena;
+
+	assert_int_equal(golden_load(MMS_FIXTURE_DIR "flan_gated_q8_0.golden", gold), 0);
+	assert_int_equal(mms_gguf_parse(buf, size, &g, &err), MMS_OK);
+	assert_int_equal(mms_t5_arena_floats(&g, &n_floats, &err), MMS_OK);
+	assert_true(n_floats > 0);	/* q8_0 tensors need dequantizing */
+	arena = malloc(n_floats * sizeof(float));
+	assert_int_equal(mms_t5_load_with_arena(&g, arena, n_floats - 1, 1, &a, &err), MMS_ERR_ARG);
+	assert_int_equal(mms_t5_load_with_arena(&g, arena, n_floats, 1, &a, &err), MMS_OK);
+	assert_int_equal(mms_t5_load_with_arena(&g, arena, n_floats, 0, &b, &err), MMS_OK);
+	assert_int_equal(mms_t5_owned_bytes(a), 0);
+	for (int which = 0; which < 2; which++)
+	{
+		MmsT5	   *m = which ? b : a;
+		MmsT5Work  *w = mms_t5_work_create();
+		GoldenCase *c = &gold->cases[1];
+		const int32_t *ids = c->input;
+		int32_t		len = c->n_input;
+		const MmsT5Config *cfg = mms_t5_config(m);
+		float	   *enc = malloc((size_t) len * (size_t) cfg->d_model * sizeof(float));
+		float	   *logits = malloc((size_t) cfg->vocab * sizeof(float));
+		MmsT5Cross *cross;
+		MmsT5State	st,
+				   *stp = &st;
+		int32_t		start = 0;
+
+		assert_int_equal(mms_t5_encode(m, w, 1, &ids, &len, enc, &err), MMS_OK);
+		assert_int_equal(mms_t5_cross_create(m, w, 1, enc, &len, &cross, &err), MMS_OK);
+		assert_int_equal(mms_t5_state_init(m, &st, cross, 2, &err), MMS_OK);
+		mms_t5_cross_release(cross);
+		assert_int_equal(mms_t5_decode_step(m, w, 1, &stp, &start, logits, &err), MMS_OK);
+		assert_true(max_abs_diff(logits, c->logits, (int) cfg->vocab) < TOL);
+		mms_t5_state_free(&st);
+		free(enc);
+		free(logits);
+		mms_t5_work_free(w);
+	}
+	mms_t5_free(a);
+	mms_t5_free(b);
+	free(arena);
+	mms_gguf_free(&g);
+	free(buf);
+	golden_free(gold);
+	free(gold);
+}
+
 int
 main(void)
 {
@@ -396,6 +457,7 @@ main(void)
 		cmocka_unit_test(test_sampling_reproducible),
 		cmocka_unit_test(test_missing_tensor),
 		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_shared_arena),
 	};
 
 	return cmocka_run_group_tests_name("t5", tests, NULL, NULL);

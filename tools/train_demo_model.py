@@ -515,7 +515,8 @@ def build_model(vocab_size, seed=0, config=None):
     cfg = T5Config(vocab_size=vocab_size, tie_word_embeddings=False,
                    decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS,
                    **(config or MODEL_CONFIG))
-    assert not cfg.scale_decoder_outputs
+    # 5.x: scale_decoder_outputs; 4.x: tie_word_embeddings decides the d_model^-0.5 scale
+    assert not getattr(cfg, "scale_decoder_outputs", cfg.tie_word_embeddings)
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(cfg)
     g = torch.Generator().manual_seed(seed + 1)

@@ -45,7 +45,8 @@ struct MmsT5Work
 typedef struct LoadCtx
 {
 	MmsT5	   *m;
-	int			fill;			/* 0: size the arena, 1: fill it */
+	int			fill;			/* 0: size the arena, 1: fill it, 2: it is filled, point into it */
+	float	   *arena;
 	size_t		used;			/* floats of arena used so far */
 } LoadCtx;
 
@@ -74,9 +75,9 @@ load_visit(void *vctx, const MmsT5TensorSpec *spec, const MmsGgufTensor *t, MmsE
 	{
 		if (ctx->fill)
 		{
-			float	   *dst = m->arena + ctx->used;
+			float	   *dst = ctx->arena + ctx->used;
 
-			if ((st = mms_gguf_dequantize(t, dst, err)) != MMS_OK)
+			if (ctx->fill == 1 && (st = mms_gguf_dequantize(t, dst, err)) != MMS_OK)
 				return st;
 			p = dst;
 		}
@@ -117,14 +118,38 @@ load_visit(void *vctx, const MmsT5TensorSpec *spec, const MmsGgufTensor *t, MmsE
 	return MMS_OK;
 }
 
+/* Sizes the arena: floats of the weights that cannot be used in place. */
 MmsStatus
-mms_t5_load(const MmsGguf *g, MmsT5 **out, MmsError *err)
+mms_t5_arena_floats(const MmsGguf *g, size_t *n_floats, MmsError *err)
+{
+	MmsT5		tmp;
+	LoadCtx		ctx;
+	MmsStatus	st;
+
+	memset(&tmp, 0, sizeof(tmp));
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.m = &tmp;
+	*n_floats = 0;
+	if ((st = mms_t5_read_config(g, &tmp.cfg, err)) != MMS_OK)
+		return st;
+	if ((st = mms_t5_walk_tensors(g, &tmp.cfg, load_visit, &ctx, err)) != MMS_OK)
+		return st;
+	*n_floats = ctx.used;
+	return MMS_OK;
+}
+
+MmsStatus
+mms_t5_load_with_arena(const MmsGguf *g, float *arena, size_t arena_floats, int fill,
+					   MmsT5 **out, MmsError *err)
 {
 	MmsT5	   *m;
 	LoadCtx		ctx;
 	MmsStatus	st;
+	size_t		need;
 
 	*out = NULL;
+	if ((st = mms_t5_arena_floats(g, &need, err)) != MMS_OK)
+		return st;
 	m = calloc(1, sizeof(*m));
 	if (m == NULL)
 		return mms_fail(err, MMS_ERR_NOMEM, "out of memory allocating the model");
@@ -137,24 +162,30 @@ mms_t5_load(const MmsGguf *g, MmsT5 **out, MmsError *err)
 		st = mms_fail(err, MMS_ERR_NOMEM, "out of memory allocating the model");
 		goto fail;
 	}
-
-	/* Two walks over the one tensor table: size the arena, then fill it. */
-	memset(&ctx, 0, sizeof(ctx));
-	ctx.m = m;
-	if ((st = mms_t5_walk_tensors(g, &m->cfg, load_visit, &ctx, err)) != MMS_OK)
-		goto fail;
-	if (ctx.used > 0)
+	if (arena == NULL && need > 0)
 	{
-		m->arena = malloc(ctx.used * sizeof(float));
+		/* a private arena: this process owns the dequantized weights */
+		m->arena = malloc(need * sizeof(float));
 		if (m->arena == NULL)
 		{
-			st = mms_fail(err, MMS_ERR_NOMEM, "out of memory dequantizing %zu weights", ctx.used);
+			st = mms_fail(err, MMS_ERR_NOMEM, "out of memory dequantizing %zu weights", need);
 			goto fail;
 		}
+		m->arena_floats = need;
+		arena = m->arena;
+		fill = 1;
 	}
-	m->arena_floats = ctx.used;
-	ctx.fill = 1;
-	ctx.used = 0;
+	else if (need > arena_floats)
+	{
+		st = mms_fail(err, MMS_ERR_ARG, "weight arena holds %zu floats, the model needs %zu",
+					  arena_floats, need);
+		goto fail;
+	}
+
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.m = m;
+	ctx.fill = fill ? 1 : 2;
+	ctx.arena = arena;
 	if ((st = mms_t5_walk_tensors(g, &m->cfg, load_visit, &ctx, err)) != MMS_OK)
 		goto fail;
 
@@ -174,6 +205,12 @@ mms_t5_load(const MmsGguf *g, MmsT5 **out, MmsError *err)
 fail:
 	mms_t5_free(m);
 	return st;
+}
+
+MmsStatus
+mms_t5_load(const MmsGguf *g, MmsT5 **out, MmsError *err)
+{
+	return mms_t5_load_with_arena(g, NULL, 0, 1, out, err);
 }
 
 void

@@ -47,6 +47,18 @@ typedef struct MmsT5State
  * (F32 tensors are used in place when suitably aligned).
  */
 MmsStatus	mms_t5_load(const MmsGguf *g, MmsT5 **out, MmsError *err);
+
+/*
+ * For weights shared between processes: the f32 floats a model needs besides
+ * its in-place F32 tensors (dequantized or realigned ones), and a load that
+ * puts them in a caller-provided arena (e.g. shared memory). With fill = 1
+ * the arena is written; with fill = 0 it is taken as already written by an
+ * earlier fill of the same file, and only pointers are set up (cheap).
+ * arena = NULL allocates a private one (= mms_t5_load).
+ */
+MmsStatus	mms_t5_arena_floats(const MmsGguf *g, size_t *n_floats, MmsError *err);
+MmsStatus	mms_t5_load_with_arena(const MmsGguf *g, float *arena, size_t arena_floats, int fill,
+								   MmsT5 **out, MmsError *err);
 void		mms_t5_free(MmsT5 *m);
 const MmsT5Config *mms_t5_config(const MmsT5 *m);
 /* Bytes of f32 weights the decoder reads per step (for bandwidth accounting). */
