@@ -448,6 +448,43 @@ test_shared_arena(void **state)
 	free(gold);
 }
 
+/* Metadata from a prefix of the file: tokenizer and validation work, loading weights refuses. */
+static void
+test_header_prefix(void **state)
+{
+	size_t		size;
+	uint8_t    *buf = mms_test_read_file(MMS_FIXTURE_DIR "flan_gated.gguf", &size);
+	MmsGguf		full,
+				pre;
+	MmsError	err;
+	MmsT5	   *m;
+	MmsT5Info	info;
+	size_t		hdr;
+
+	assert_int_equal(mms_gguf_parse(buf, size, &full, &err), MMS_OK);
+	hdr = (size_t) full.data_offset;
+	assert_int_equal(mms_gguf_parse_prefix(buf, 100, size, &pre, &err), MMS_ERR_LIMIT);
+	assert_int_equal(mms_gguf_parse_prefix(buf, hdr, size, &pre, &err), MMS_OK);
+	assert_int_equal(pre.n_tensors, full.n_tensors);
+	for (uint64_t i = 0; i < pre.n_tensors; i++)
+		assert_null(pre.tensors[i].data);
+	assert_int_equal(mms_t5_validate(&pre, &info, &err), MMS_OK);
+	{
+		MmsT5Info	finfo;
+
+		assert_int_equal(mms_t5_validate(&full, &finfo, &err), MMS_OK);
+		assert_memory_equal(&info.cfg, &finfo.cfg, sizeof(MmsT5Config));
+		assert_int_equal(info.n_params, finfo.n_params);
+	}
+	assert_int_equal(mms_t5_load(&pre, &m, &err), MMS_ERR_ARG);
+	assert_non_null(strstr(err.msg, "header-only"));
+	/* a file whose tensors claim more bytes than the file has is still refused */
+	mms_gguf_free(&pre);
+	assert_int_equal(mms_gguf_parse_prefix(buf, hdr, hdr + 10, &pre, &err), MMS_ERR_FORMAT);
+	mms_gguf_free(&full);
+	free(buf);
+}
+
 int
 main(void)
 {
@@ -458,6 +495,7 @@ main(void)
 		cmocka_unit_test(test_missing_tensor),
 		cmocka_unit_test(test_bad_requests),
 		cmocka_unit_test(test_shared_arena),
+		cmocka_unit_test(test_header_prefix),
 	};
 
 	return cmocka_run_group_tests_name("t5", tests, NULL, NULL);

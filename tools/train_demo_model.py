@@ -500,7 +500,7 @@ def encode_all(sp, rows):
 
 PAD, EOS = 0, 1
 
-MODEL_CONFIG = dict(d_model=256, d_kv=64, d_ff=640, num_layers=4, num_decoder_layers=4,
+MODEL_CONFIG = dict(d_model=256, d_kv=64, d_ff=512, num_layers=4, num_decoder_layers=4,
                     num_heads=4, feed_forward_proj="gated-gelu", dropout_rate=0.0,
                     relative_attention_num_buckets=32, relative_attention_max_distance=128,
                     layer_norm_epsilon=1e-6)

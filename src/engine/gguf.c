@@ -528,12 +528,13 @@ check_tensor_data(MmsGguf *g, MmsError *err)
 
 	if (g->n_tensors == 0)
 		return MMS_OK;
-	if (g->data_offset > g->size)
+	/* bounds are those of the whole file; a prefix parse may hold less of it */
+	if (g->data_offset > g->file_size)
 		return mms_fail(err, MMS_ERR_FORMAT,
 						"tensor data section starts at offset %" PRIu64
-						", past the end of the file (%zu bytes)",
-						g->data_offset, g->size);
-	avail = g->size - g->data_offset;
+						", past the end of the file (%" PRIu64 " bytes)",
+						g->data_offset, g->file_size);
+	avail = g->file_size - g->data_offset;
 	for (i = 0; i < g->n_tensors; i++)
 	{
 		MmsGgufTensor *t = &g->tensors[i];
@@ -543,10 +544,15 @@ check_tensor_data(MmsGguf *g, MmsError *err)
 			show_name(a, sizeof(a), t->name.ptr, t->name.len);
 			return mms_fail(err, MMS_ERR_FORMAT,
 							"tensor \"%s\" data (offset %" PRIu64 ", %" PRIu64
-							" bytes) extends past the end of the file (%zu bytes)",
-							a, t->offset, t->n_bytes, g->size);
+							" bytes) extends past the end of the file (%" PRIu64 " bytes)",
+							a, t->offset, t->n_bytes, g->file_size);
 		}
-		t->data = g->buf + g->data_offset + t->offset;
+		/* in the buffer only when the whole tensor is: else NULL (header-only parse) */
+		if (g->data_offset <= g->size && t->offset <= g->size - g->data_offset &&
+			t->n_bytes <= g->size - g->data_offset - t->offset)
+			t->data = g->buf + g->data_offset + t->offset;
+		else
+			t->data = NULL;
 	}
 
 	if (g->n_tensors < 2)
@@ -711,11 +717,45 @@ mms_gguf_parse(const void *buf, size_t size, MmsGguf *out, MmsError *err)
 	memset(&g, 0, sizeof(g));
 	g.buf = buf;
 	g.size = size;
+	g.file_size = size;
 	g.alignment = MMS_GGUF_DEFAULT_ALIGNMENT;
 	st = parse(&g, err);
 	if (st != MMS_OK)
 	{
 		mms_gguf_free(&g);
+		return st;
+	}
+	*out = g;
+	return MMS_OK;
+}
+
+MmsStatus
+mms_gguf_parse_prefix(const void *buf, size_t avail, uint64_t file_size, MmsGguf *out, MmsError *err)
+{
+	MmsGguf		g;
+	MmsStatus	st;
+
+	if (out == NULL)
+		return mms_fail(err, MMS_ERR_ARG, "mms_gguf_parse_prefix: output is NULL");
+	memset(out, 0, sizeof(*out));
+	if ((buf == NULL && avail > 0) || avail > file_size)
+		return mms_fail(err, MMS_ERR_ARG, "mms_gguf_parse_prefix: bad buffer");
+	memset(&g, 0, sizeof(g));
+	g.buf = buf;
+	g.size = avail;
+	g.file_size = file_size;
+	g.alignment = MMS_GGUF_DEFAULT_ALIGNMENT;
+	st = parse(&g, err);
+	if (st != MMS_OK)
+	{
+		/* data_offset is set once the header parsed: later errors are real */
+		int			header_done = g.data_offset != 0;
+
+		mms_gguf_free(&g);
+		/* running off a prefix is not a bad file: the caller should read more */
+		if (st == MMS_ERR_FORMAT && avail < file_size && !header_done)
+			return mms_fail(err, MMS_ERR_LIMIT,
+							"gguf header does not fit in the first %zu bytes", avail);
 		return st;
 	}
 	*out = g;

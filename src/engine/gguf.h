@@ -93,6 +93,7 @@ typedef struct MmsGguf
 	MmsGgufTensor *tensors;
 	uint64_t	alignment;
 	uint64_t	data_offset;	/* aligned start of the tensor data section */
+	uint64_t	file_size;		/* size of the whole file (= size unless a prefix parse) */
 } MmsGguf;
 
 /*
@@ -102,6 +103,16 @@ typedef struct MmsGguf
  */
 MmsStatus	mms_gguf_parse(const void *buf, size_t size, MmsGguf *out, MmsError *err);
 void		mms_gguf_free(MmsGguf *g);
+
+/*
+ * Parses the header (metadata and tensor infos) from the first avail bytes of
+ * a file of file_size bytes, checking tensor ranges against file_size.
+ * Tensors not wholly inside the prefix get data = NULL. MMS_ERR_LIMIT means
+ * the header runs past the prefix: read more and retry. For readers that need
+ * only metadata (tokenizer, registry) without reading gigabytes of weights.
+ */
+MmsStatus	mms_gguf_parse_prefix(const void *buf, size_t avail, uint64_t file_size,
+								  MmsGguf *out, MmsError *err);
 
 const MmsGgufKV *mms_gguf_find_kv(const MmsGguf *g, const char *key);
 const MmsGgufTensor *mms_gguf_find_tensor(const MmsGguf *g, const char *name);

@@ -66,6 +66,9 @@ load_visit(void *vctx, const MmsT5TensorSpec *spec, const MmsGgufTensor *t, MmsE
 
 	if (t == NULL)
 		return MMS_OK;
+	if (t->data == NULL)
+		return mms_fail(err, MMS_ERR_ARG, "tensor \"%s\" data is not in the buffer (header-only parse)",
+						spec->name);
 	if (usable_in_place(t))
 	{
 		if (ctx->fill)

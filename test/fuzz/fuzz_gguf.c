@@ -97,6 +97,18 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	MmsError	err;
 	uint64_t	budget = FUZZ_MAX_ELEMS;
 
+	/* the header-only parse over a prefix must be as safe, and agree on the metadata */
+	if (mms_gguf_parse_prefix(data, size / 2, size, &g, &err) == MMS_OK)
+	{
+		for (uint64_t k = 0; k < g.n_kv; k++)
+			walk_kv(&g, data, size / 2, &g.kv[k]);
+		for (uint64_t t = 0; t < g.n_tensors; t++)
+			if (g.tensors[t].data != NULL &&
+				(g.tensors[t].data < data || g.tensors[t].data + g.tensors[t].n_bytes > data + size / 2))
+				__builtin_trap();
+		mms_gguf_free(&g);
+	}
+
 	if (mms_gguf_parse(data, size, &g, &err) != MMS_OK)
 	{
 		static const uint8_t zero[sizeof(MmsGguf)];
