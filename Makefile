@@ -16,7 +16,7 @@ BUILD    ?= build
 # Engine, split by what it needs: CORE has no BLAS (the registry links it
 # into the preloaded library), MATH uses OpenBLAS (inference workers only).
 ENGINE_CORE = mms_error gguf quant tokenizer t5_meta
-ENGINE_MATH = ops t5 generate scheduler
+ENGINE_MATH = pool gemm_small ops t5 generate scheduler
 ENGINE_OBJS = $(patsubst %,$(BUILD)/engine/%.o,$(ENGINE_CORE) $(ENGINE_MATH))
 ENGINE_HDRS = $(wildcard src/engine/*.h)
 
@@ -54,7 +54,7 @@ $(BUILD)/test/%: test/%.c test/test_util.h test/golden.h $(BUILD)/libmmsengine.a
 # OpenBLAS starts threads when loaded, and this library may be preloaded into
 # the postmaster. Engine objects come from build/ (compiled -O3 -fPIC above).
 MODULE_big  = mms
-PG_SRCS     = $(wildcard src/pg/*.c)
+PG_SRCS     = $(filter-out src/pg/worker%.c,$(wildcard src/pg/*.c))
 PG_OBJS     = $(patsubst src/pg/%.c,build/pg/%.o,$(PG_SRCS))
 OBJS        = $(PG_OBJS) $(patsubst %,build/engine/%.o,$(ENGINE_CORE))
 PG_CPPFLAGS = -Isrc/engine
@@ -67,7 +67,7 @@ PGFILEDESC  = "mms - T5 model registry and serving"
 REGRESS      = $(filter-out mms--%,$(basename $(notdir $(wildcard sql/*.sql))))
 REGRESS_OUT ?= build/regress
 REGRESS_OPTS = --load-extension=mms --outputdir=$(REGRESS_OUT)
-EXTRA_CLEAN  = build build-asan build-fuzz
+EXTRA_CLEAN  = build build-asan build-fuzz mms_worker$(DLSUFFIX)
 
 # PGXS would also build LLVM bitcode for every object (for JIT inlining), and
 # has no rule for engine objects outside the source tree; the extension gains
@@ -78,9 +78,30 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-build/pg/%.o: src/pg/%.c src/pg/mms.h $(ENGINE_HDRS)
+PG_HDRS = $(wildcard src/pg/*.h)
+
+build/pg/%.o: src/pg/%.c $(PG_HDRS) $(ENGINE_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(CPPFLAGS) -c -o $@ $<
+
+# mms_worker.so: the inference workers' library = src/pg/worker*.c + the whole
+# engine, linked with OpenBLAS. Only worker processes load it (as their
+# bgw_library_name); the postmaster never does. The registry functions it calls
+# (large-object reads, shared state) resolve against the preloaded mms.so;
+# -Bsymbolic keeps its own engine copy bound to itself.
+WORKER_OBJS = $(patsubst src/pg/%.c,build/pg/%.o,$(wildcard src/pg/worker*.c))
+
+mms_worker$(DLSUFFIX): $(WORKER_OBJS) $(ENGINE_OBJS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -shared -Wl,-Bsymbolic -o $@ $^ $(LDLIBS_BLAS) -lm
+
+all: mms_worker$(DLSUFFIX)
+
+install: install-worker
+
+install-worker: mms_worker$(DLSUFFIX) installdirs
+	$(INSTALL_SHLIB) mms_worker$(DLSUFFIX) '$(DESTDIR)$(pkglibdir)/'
+
+.PHONY: install-worker
 
 # --- tests -----------------------------------------------------------------
 

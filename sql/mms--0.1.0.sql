@@ -184,3 +184,84 @@ COMMENT ON FUNCTION mms_tokenize(text, text) IS
 CREATE FUNCTION mms_detokenize(model text, ids integer[]) RETURNS text
     AS 'MODULE_PATHNAME', 'mms_detokenize'
     LANGUAGE C STRICT STABLE PARALLEL RESTRICTED;
+
+-- ---- inference -------------------------------------------------------------
+-- Needs shared_preload_libraries = 'mms' (else an ERROR says so). The calling
+-- backend resolves the model and checks the grant as the caller, then an
+-- inference worker (mms_worker.so) runs it; see src/pg/dispatch.c.
+-- VOLATILE: sampling draws; PARALLEL UNSAFE: requests go through this
+-- backend's shared-memory slots and latch.
+
+CREATE FUNCTION mms_generate(model text, input text, options jsonb DEFAULT '{}')
+    RETURNS text
+    AS 'MODULE_PATHNAME', 'mms_generate'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_generate(text, text, jsonb) IS
+    'text the model generates for input (HF generate() options in jsonb)';
+
+CREATE FUNCTION mms_generate(model text, inputs text[], options jsonb DEFAULT '{}')
+    RETURNS text[]
+    AS 'MODULE_PATHNAME', 'mms_generate_array'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_generate(text, text[], jsonb) IS
+    'generates for every input as one batch; results in input order, NULL for NULL';
+
+-- Deterministic for a given model version: STABLE.
+CREATE FUNCTION mms_score(model text, input text, target text) RETURNS float8
+    AS 'MODULE_PATHNAME', 'mms_score'
+    LANGUAGE C STRICT STABLE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_score(text, text, text) IS
+    'log-probability of target (and its eos) given input, by teacher forcing';
+
+CREATE FUNCTION mms_load(model text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'mms_load'
+    LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_load(text) IS
+    'starts the model''s inference worker and loads its weights into the shared cache';
+
+CREATE FUNCTION mms_unload(model text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'mms_unload'
+    LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_unload(text) IS
+    'stops the model''s idle workers and drops its cached weights; false if busy or not cached';
+
+CREATE FUNCTION mms_stat_reset() RETURNS void
+    AS 'MODULE_PATHNAME', 'mms_stat_reset'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_stat_reset() IS 'zeroes mms.stat_models (superusers and mms_admin)';
+
+CREATE FUNCTION mms.cache_rows(OUT database text, OUT model text, OUT model_id bigint,
+                               OUT bytes bigint, OUT state text, OUT refcount integer,
+                               OUT last_used timestamptz, OUT loaded_at timestamptz,
+                               OUT load_ms float8)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'mms_cache'
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+CREATE FUNCTION mms.worker_rows(OUT pid integer, OUT database text, OUT model text,
+                                OUT state text, OUT batch_size integer, OUT queued integer,
+                                OUT requests_served bigint, OUT started_at timestamptz,
+                                OUT last_active timestamptz)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'mms_workers'
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+CREATE FUNCTION mms.stat_model_rows(OUT database text, OUT model text, OUT calls bigint,
+                                    OUT input_tokens bigint, OUT output_tokens bigint,
+                                    OUT total_ms float8, OUT mean_ms float8, OUT queue_ms float8,
+                                    OUT errors bigint, OUT cancels bigint, OUT cache_loads bigint,
+                                    OUT decode_steps bigint, OUT decode_rows bigint,
+                                    OUT mean_batch float8, OUT max_batch integer,
+                                    OUT stats_reset timestamptz)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'mms_stat_models'
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+CREATE VIEW mms.cache AS SELECT * FROM mms.cache_rows();
+COMMENT ON VIEW mms.cache IS 'model weights in the shared cache (all databases)';
+CREATE VIEW mms.workers AS SELECT * FROM mms.worker_rows();
+COMMENT ON VIEW mms.workers IS 'inference workers (all databases)';
+CREATE VIEW mms.stat_models AS SELECT * FROM mms.stat_model_rows();
+COMMENT ON VIEW mms.stat_models IS
+    'per-model calls, tokens, time, errors, cancels, cache loads and decoder batching since mms_stat_reset()';
+GRANT SELECT ON mms.cache, mms.workers, mms.stat_models TO PUBLIC;

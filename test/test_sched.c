@@ -11,6 +11,7 @@
 
 #include "generate.h"
 #include "gguf.h"
+#include "pool.h"
 #include "scheduler.h"
 #include "t5.h"
 
@@ -24,6 +25,8 @@ setup(void **state)
 	size_t		size;
 	MmsError	err;
 
+	/* two engine threads: the pool and single-threaded BLAS inside it are exercised here */
+	mms_set_threads(2);
 	buf = mms_test_read_file(MMS_FIXTURE_DIR "flan_gated.gguf", &size);
 	if (mms_gguf_parse(buf, size, &gg, &err) != MMS_OK || mms_t5_load(&gg, &model, &err) != MMS_OK)
 		fail_msg("load: %s", err.msg);

@@ -286,8 +286,7 @@ main(int argc, char **argv)
 
 	if (mms_t5_load(&g, &model, &err) != MMS_OK)
 		die(1, "model \"%s\": %s", model_path, err.msg);
-	if (threads > 0)
-		mms_blas_set_threads(threads);
+	mms_blas_set_threads(threads > 0 ? threads : (int) sysconf(_SC_NPROCESSORS_ONLN));
 	work = mms_t5_work_create();
 	reqs = calloc((size_t) n_inputs, sizeof(*reqs));
 	if (work == NULL || reqs == NULL)

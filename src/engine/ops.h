@@ -37,7 +37,7 @@ int			mms_t5_rel_bucket(int64_t rel, int bidirectional, int n_buckets, int max_d
 void		mms_linear(float *y, const float *x, const float *w, int64_t rows, int64_t n_in,
 					   int64_t n_out, int accumulate);
 
-/* Number of BLAS threads for this process. */
+/* Threads of this process's engine (see pool.h); the old name is kept. */
 void		mms_blas_set_threads(int n);
 int			mms_blas_get_threads(void);
 

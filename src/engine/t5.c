@@ -11,7 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "ops.h"
+#include "pool.h"
 
 typedef struct MmsT5Block
 {
@@ -368,6 +371,53 @@ attend_row(const float *q, const float *k, const float *v, int64_t stride, int64
 
 /* ---------------------------------------------------------------- encoder */
 
+/* One (input, head) of encoder self-attention: two small GEMMs around a softmax. */
+typedef struct EncAttnJob
+{
+	const MmsT5Config *c;
+	const float *q,
+			   *k,
+			   *v;				/* (T, inner) */
+	float	   *att;			/* (T, inner) */
+	const float *bias;			/* (n_head, 2 Lmax): bias by rel + Lmax - 1 */
+	int64_t		Lmax;
+	const int32_t *offs,
+			   *lens;
+	float	   *scratch;		/* threads x Lmax^2 */
+} EncAttnJob;
+
+static void
+enc_attn_task(void *arg, int task, int thread)
+{
+	const EncAttnJob *j = arg;
+	const MmsT5Config *c = j->c;
+	int			s = task / (int) c->n_head;
+	int64_t		hd = task % c->n_head;
+	int64_t		L = j->lens[s],
+				off = j->offs[s],
+				in = c->inner,
+				dk = c->d_kv;
+	float	   *S = j->scratch + (size_t) thread * (size_t) (j->Lmax * j->Lmax);
+	const float *Q = j->q + off * in + hd * dk;
+	const float *K = j->k + off * in + hd * dk;
+	const float *V = j->v + off * in + hd * dk;
+
+	/* scores = Q K^T (no 1/sqrt(d_kv): T5 folds it into the weights) */
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) L, (int) L, (int) dk, 1.0f,
+				Q, (int) in, K, (int) in, 0.0f, S, (int) L);
+	for (int64_t i = 0; i < L; i++)
+	{
+		float	   *row = S + i * L;
+		const float *bi = j->bias + hd * 2 * j->Lmax + (j->Lmax - 1 - i);	/* key j: rel j - i */
+
+		for (int64_t jj = 0; jj < L; jj++)
+			row[jj] += bi[jj];
+		mms_softmax(row, L);
+	}
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int) L, (int) dk, (int) L, 1.0f,
+				S, (int) L, V, (int) in, 0.0f, j->att + off * in + hd * dk, (int) in);
+}
+
 MmsStatus
 mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids,
 			  const int32_t *lens, float *out, MmsError *err)
@@ -389,6 +439,7 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 			   *f2,
 			   *bias;
 	int32_t    *bucket;
+	int32_t    *offs;
 	MmsStatus	st;
 
 	for (int s = 0; s < n_seq; s++)
@@ -401,10 +452,17 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 	if (T == 0)
 		return MMS_OK;
 	/* x lives in out; scratch: h, q, k, v, att (T x inner), f1, f2 (T x d_ff), bias (heads x 2L) */
-	base = work_floats(w, (size_t) (T * d + 4 * T * in + 2 * T * ff + c->n_head * 2 * Lmax), err);
+	base = work_floats(w, (size_t) (T * d + 4 * T * in + 2 * T * ff + c->n_head * 2 * Lmax) +
+					   (size_t) mms_threads() * (size_t) (Lmax * Lmax), err);
+	offs = malloc((size_t) n_seq * sizeof(int32_t));
+	if (offs == NULL)
+		return mms_fail(err, MMS_ERR_NOMEM, "out of memory encoding %d inputs", n_seq);
 	bucket = work_ints(w, (size_t) (2 * Lmax), err);
 	if (base == NULL || bucket == NULL)
+	{
+		free(offs);
 		return err ? err->code : MMS_ERR_NOMEM;
+	}
 	h = base;
 	q = h + T * d;
 	k = q + T * in;
@@ -416,8 +474,14 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 	x = out;
 
 	for (int s = 0, off = 0; s < n_seq; off += lens[s], s++)
+	{
+		offs[s] = off;
 		if ((st = embed(m, ids[s], lens[s], x + (int64_t) off * d, err)) != MMS_OK)
+		{
+			free(offs);
 			return st;
+		}
+	}
 	/* bucket[rel + Lmax - 1] for rel in [-(Lmax-1), Lmax-1]: same for every block */
 	for (int64_t r = -(Lmax - 1); r <= Lmax - 1; r++)
 		bucket[r + Lmax - 1] = mms_t5_rel_bucket(r, 1, (int) c->n_buckets, MMS_T5_MAX_DISTANCE);
@@ -436,27 +500,16 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 			for (int64_t r = 0; r < 2 * Lmax - 1; r++)
 				bias[hd * 2 * Lmax + r] = rel_b[(int64_t) bucket[r] * c->n_head + hd];
 
-		for (int s = 0, off = 0; s < n_seq; off += lens[s], s++)
 		{
-			int64_t		L = lens[s];
-			float	   *scores = f1;	/* free until the FFN */
+			EncAttnJob	job = {c, q, k, v, att, bias, Lmax, offs, lens, bias + c->n_head * 2 * Lmax};
 
-			for (int64_t hd = 0; hd < c->n_head; hd++)
-				for (int64_t i = 0; i < L; i++)
-				{
-					int64_t		row = off + i;
-
-					/* keys j = 0..L-1 have rel = j - i: bias index j - i + Lmax - 1 */
-					attend_row(q + row * in + hd * c->d_kv, k + (int64_t) off * in + hd * c->d_kv,
-							   v + (int64_t) off * in + hd * c->d_kv, in, L, c->d_kv,
-							   bias + hd * 2 * Lmax + (Lmax - 1 - i), scores,
-							   att + row * in + hd * c->d_kv);
-				}
+			mms_parallel(n_seq * (int) c->n_head, enc_attn_task, &job);
 		}
 		mms_linear(x, att, b->w[MMS_W_ATTN_O], T, in, d, 1);
 		feed_forward(m, b, x, T, h, f1, f2);
 	}
 	mms_rmsnorm_rows(x, x, m->enc_norm, T, d, c->eps);
+	free(offs);
 	return MMS_OK;
 }
 
@@ -609,6 +662,63 @@ mms_t5_state_copy(const MmsT5 *m, MmsT5State *dst, const MmsT5State *src)
 
 /* ---------------------------------------------------------------- decoder step */
 
+/* One decoder row's self- (cross = 0) or cross-attention (cross = 1), all heads. */
+typedef struct DecAttnJob
+{
+	const MmsT5Config *c;
+	MmsT5State *const *st;
+	int64_t		layer;
+	const float *q;				/* (n, inner) */
+	const float *k,
+			   *v;				/* self: the new token's (n, inner), appended to the cache */
+	float	   *att;			/* (n, inner) */
+	const float *rel_b;			/* (n_buckets, n_head) */
+	const int32_t *bucket;		/* (n, max_keys) */
+	int64_t		max_keys;
+	float	   *scratch;		/* threads x 2 max_keys */
+	int			cross;
+} DecAttnJob;
+
+static void
+dec_attn_task(void *arg, int i, int thread)
+{
+	const DecAttnJob *j = arg;
+	const MmsT5Config *c = j->c;
+	int64_t		in = c->inner,
+				dk = c->d_kv,
+				l = j->layer;
+	float	   *scores = j->scratch + (size_t) thread * 2 * (size_t) j->max_keys;
+	float	   *bias = scores + j->max_keys;
+	MmsT5State *s = j->st[i];
+
+	if (j->cross)
+	{
+		const MmsT5Cross *cr = s->cross;
+		int64_t		L = cr->enc_len;
+
+		for (int64_t hd = 0; hd < c->n_head; hd++)
+			attend_row(j->q + i * in + hd * dk, cr->k + l * L * in + hd * dk,
+					   cr->v + l * L * in + hd * dk, in, L, dk, NULL, scores,
+					   j->att + i * in + hd * dk);
+	}
+	else
+	{
+		int64_t		p = s->pos;
+		float	   *kc = s->k + (l * s->cap) * in;
+		float	   *vc = s->v + (l * s->cap) * in;
+
+		memcpy(kc + p * in, j->k + i * in, (size_t) in * sizeof(float));
+		memcpy(vc + p * in, j->v + i * in, (size_t) in * sizeof(float));
+		for (int64_t hd = 0; hd < c->n_head; hd++)
+		{
+			for (int64_t jj = 0; jj <= p; jj++)
+				bias[jj] = j->rel_b[(int64_t) j->bucket[i * j->max_keys + jj] * c->n_head + hd];
+			attend_row(j->q + i * in + hd * dk, kc + hd * dk, vc + hd * dk, in, p + 1, dk,
+					   bias, scores, j->att + i * in + hd * dk);
+		}
+	}
+}
+
 MmsStatus
 mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 				   const int32_t *tokens, float *logits, MmsError *err)
@@ -616,8 +726,7 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 	const MmsT5Config *c = &m->cfg;
 	int64_t		d = c->d_model,
 				in = c->inner,
-				ff = c->d_ff,
-				dk = c->d_kv;
+				ff = c->d_ff;
 	int64_t		max_keys = 1;
 	float	   *x,
 			   *h,
@@ -627,8 +736,7 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 			   *att,
 			   *f1,
 			   *f2,
-			   *scores,
-			   *bias;
+			   *scores;
 	int32_t    *bucket;
 	MmsStatus	rc;
 
@@ -641,7 +749,8 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 		max_keys = st[i]->pos + 1 > max_keys ? st[i]->pos + 1 : max_keys;
 		max_keys = st[i]->cross->enc_len > max_keys ? st[i]->cross->enc_len : max_keys;
 	}
-	x = work_floats(w, (size_t) (2 * n * d + 4 * n * in + 2 * n * ff + 2 * max_keys), err);
+	x = work_floats(w, (size_t) (2 * n * d + 4 * n * in + 2 * n * ff) +
+					(size_t) (2 * max_keys) * (size_t) mms_threads(), err);
 	/* bucket of every (row, key) pair, the same in every block: computed once per step */
 	bucket = work_ints(w, (size_t) n * (size_t) max_keys, err);
 	if (x == NULL || bucket == NULL)
@@ -657,8 +766,7 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 	att = v + n * in;
 	f1 = att + n * in;
 	f2 = f1 + n * ff;
-	scores = f2 + n * ff;
-	bias = scores + max_keys;
+	scores = f2 + n * ff;		/* threads x (scores, bias) of max_keys each */
 	if ((rc = embed(m, tokens, n, x, err)) != MMS_OK)
 		return rc;
 
@@ -672,37 +780,20 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 		mms_linear(q, h, b->w[MMS_W_ATTN_Q], n, d, in, 0);
 		mms_linear(k, h, b->w[MMS_W_ATTN_K], n, d, in, 0);
 		mms_linear(v, h, b->w[MMS_W_ATTN_V], n, d, in, 0);
-		for (int i = 0; i < n; i++)
 		{
-			MmsT5State *s = st[i];
-			int64_t		p = s->pos;
-			float	   *kc = s->k + (l * s->cap) * in;
-			float	   *vc = s->v + (l * s->cap) * in;
+			DecAttnJob	job = {c, st, l, q, k, v, att, rel_b, bucket, max_keys, scores, 0};
 
-			memcpy(kc + p * in, k + i * in, (size_t) in * sizeof(float));
-			memcpy(vc + p * in, v + i * in, (size_t) in * sizeof(float));
-			for (int64_t hd = 0; hd < c->n_head; hd++)
-			{
-				for (int64_t j = 0; j <= p; j++)
-					bias[j] = rel_b[(int64_t) bucket[i * max_keys + j] * c->n_head + hd];
-				attend_row(q + i * in + hd * dk, kc + hd * dk, vc + hd * dk, in, p + 1, dk,
-						   bias, scores, att + i * in + hd * dk);
-			}
+			mms_parallel(n, dec_attn_task, &job);
 		}
 		mms_linear(x, att, b->w[MMS_W_ATTN_O], n, in, d, 1);
 
 		/* cross-attention over the encoder output, no position bias */
 		mms_rmsnorm_rows(h, x, b->w[MMS_W_CROSS_NORM], n, d, c->eps);
 		mms_linear(q, h, b->w[MMS_W_CROSS_Q], n, d, in, 0);
-		for (int i = 0; i < n; i++)
 		{
-			const MmsT5Cross *cr = st[i]->cross;
-			int64_t		L = cr->enc_len;
+			DecAttnJob	job = {c, st, l, q, NULL, NULL, att, NULL, NULL, max_keys, scores, 1};
 
-			for (int64_t hd = 0; hd < c->n_head; hd++)
-				attend_row(q + i * in + hd * dk, cr->k + l * L * in + hd * dk,
-						   cr->v + l * L * in + hd * dk, in, L, dk, NULL, scores,
-						   att + i * in + hd * dk);
+			mms_parallel(n, dec_attn_task, &job);
 		}
 		mms_linear(x, att, b->w[MMS_W_CROSS_O], n, in, d, 1);
 		feed_forward(m, b, x, n, h, f1, f2);

@@ -1,16 +1,21 @@
 /*
- * mms.c — the extension's entry point: module magic, _PG_init and the GUCs of
- * the registry. The SQL functions live in the files named after their concern
+ * mms.c — the extension's entry point: module magic, _PG_init, the GUCs of
+ * the registry and of inference, and (when preloaded) the shared-memory hooks
+ * and the launcher. The SQL functions live in the files named after their concern
  * (register.c, manage.c, resolve.c, tokenize.c).
  */
 #include "postgres.h"
 
 #include <limits.h>
 
+#include "commands/dbcommands.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/guc.h"
 
 #include "mms.h"
+#include "serve.h"
 
 PG_MODULE_MAGIC;
 
@@ -18,7 +23,33 @@ PG_MODULE_MAGIC;
 int			mms_max_model_size_kb = 8 * 1024 * 1024;
 int			mms_tokenizer_cache_size = 8;
 
+/* inference (serve.h) */
+int			mms_max_workers = 4;
+int			mms_threads_per_worker = 1;
+int			mms_worker_idle_timeout_ms = 300 * 1000;
+int			mms_cache_size_mb = 1024;
+int			mms_max_input_tokens = 1024;
+int			mms_max_new_tokens = 512;
+int			mms_max_requests = 256;
+int			mms_max_batch = 64;
+
 void		_PG_init(void);
+
+static ProcessUtility_hook_type prev_process_utility = NULL;
+
+/* DROP DATABASE: idle inference workers connected to it go first. */
+static void
+mms_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					ProcessUtilityContext context, ParamListInfo params,
+					QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	if (IsA(pstmt->utilityStmt, DropdbStmt))
+		mms_release_database(get_database_oid(((DropdbStmt *) pstmt->utilityStmt)->dbname, true));
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+}
 
 void
 _PG_init(void)
@@ -50,5 +81,107 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("mms.max_workers",
+							"Most inference workers running at once, all models together.",
+							"Each is a background worker: keep max_worker_processes above it.",
+							&mms_max_workers,
+							4,
+							1,
+							MMS_MAX_WORKERS,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.threads_per_worker",
+							"BLAS threads each inference worker uses.",
+							NULL,
+							&mms_threads_per_worker,
+							1,
+							1,
+							256,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.worker_idle_timeout",
+							"An inference worker with no request for this long exits.",
+							NULL,
+							&mms_worker_idle_timeout_ms,
+							300 * 1000,
+							100,
+							INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.cache_size",
+							"Shared memory for cached model weights; unused models are evicted beyond it.",
+							"Cached weights live in dynamic shared memory (/dev/shm on Linux).",
+							&mms_cache_size_mb,
+							1024,
+							1,
+							INT_MAX / 2,
+							PGC_SIGHUP,
+							GUC_UNIT_MB,
+							NULL, NULL, NULL);
+
+	/* sizes the request slots, hence fixed at server start */
+	DefineCustomIntVariable("mms.max_input_tokens",
+							"Longest input (in tokens, eos included) an inference call accepts.",
+							NULL,
+							&mms_max_input_tokens,
+							1024,
+							16,
+							65536,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.max_new_tokens",
+							"Largest max_new_tokens option (and longest scored target) a call may ask for.",
+							NULL,
+							&mms_max_new_tokens,
+							512,
+							1,
+							MMS_GEN_MAX_NEW_TOKENS,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.max_requests",
+							"Inference requests in flight at once, all sessions together (shared-memory slots).",
+							NULL,
+							&mms_max_requests,
+							256,
+							8,
+							65536,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.max_batch",
+							"Most requests one inference worker decodes together.",
+							NULL,
+							&mms_max_batch,
+							64,
+							1,
+							4096,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("mms");
+
+	/*
+	 * Inference needs shared memory and the launcher, which only a preloaded
+	 * library can set up. This library never links OpenBLAS (it lives in the
+	 * postmaster); the workers load mms_worker, which does.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		mms_shmem_install_hooks();
+		mms_launcher_register();
+		prev_process_utility = ProcessUtility_hook;
+		ProcessUtility_hook = mms_process_utility;
+	}
 }

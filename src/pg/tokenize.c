@@ -24,6 +24,7 @@
 #include "utils/timestamp.h"
 
 #include "mms.h"
+#include "serve.h"
 #include "tokenizer.h"
 
 #define MAX_CACHED_TOKENIZERS 64
@@ -120,9 +121,13 @@ load_tokenizer(const MmsModel *m)
 	return tok;
 }
 
-/* Resolves the model argument once per query and checks use rights. */
-static MmsTokenizer *
-tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text)
+/*
+ * Resolves the model argument once per query and checks use rights; returns
+ * the model's tokenizer, and the model itself in *model (valid for the query)
+ * when model is not NULL. Inference (dispatch.c) shares it.
+ */
+MmsTokenizer *
+mms_tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text, const MmsModel **model)
 {
 	QueryCache *qc = (QueryCache *) fcinfo->flinfo->fn_extra;
 	char	   *ref = text_to_cstring(ref_text);
@@ -149,6 +154,8 @@ tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text)
 		qc->generation = mms_registry_generation;
 	}
 	pfree(ref);
+	if (model)
+		*model = &qc->model;
 	return load_tokenizer(&qc->model);
 }
 
@@ -158,7 +165,7 @@ PG_FUNCTION_INFO_V1(mms_tokenize);
 Datum
 mms_tokenize(PG_FUNCTION_ARGS)
 {
-	MmsTokenizer *tok = tokenizer_for_call(fcinfo, PG_GETARG_TEXT_PP(0));
+	MmsTokenizer *tok = mms_tokenizer_for_call(fcinfo, PG_GETARG_TEXT_PP(0), NULL);
 	text	   *input = PG_GETARG_TEXT_PP(1);
 	int			len = VARSIZE_ANY_EXHDR(input);
 	char	   *utf8 = pg_server_to_any(VARDATA_ANY(input), len, PG_UTF8);
@@ -197,7 +204,7 @@ PG_FUNCTION_INFO_V1(mms_detokenize);
 Datum
 mms_detokenize(PG_FUNCTION_ARGS)
 {
-	MmsTokenizer *tok = tokenizer_for_call(fcinfo, PG_GETARG_TEXT_PP(0));
+	MmsTokenizer *tok = mms_tokenizer_for_call(fcinfo, PG_GETARG_TEXT_PP(0), NULL);
 	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
 	int			n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
 	int32_t    *ids;

@@ -64,7 +64,7 @@ echo "== cluster in $tmp (port $port)"
 as_server initdb -D "$tmp/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$tmp/initdb.log" 2>&1 ||
 	{ cat "$tmp/initdb.log"; echo "initdb failed"; exit 1; }
 as_server pg_ctl -D "$tmp/data" -l "$tmp/server.log" -w \
-	-o "-c port=$port -c listen_addresses='' -c unix_socket_directories=$tmp -c fsync=off" start >/dev/null ||
+	-o "-c port=$port -c listen_addresses='' -c unix_socket_directories=$tmp -c fsync=off -c shared_preload_libraries=mms -c mms.max_new_tokens=4096" start >/dev/null ||
 	{ cat "$tmp/server.log"; echo "server did not start"; exit 1; }
 
 export PGHOST="$tmp" PGPORT="$port" PGUSER=postgres
@@ -100,7 +100,7 @@ for t in test/pg/t_*.sh test/pg/t_*.py; do
 	failed=$((failed + $(grep -c '^FAILED: ' <<<"$out")))
 done
 
-if grep -qE 'PANIC|server process .* was terminated|TRAP:' "$tmp/server.log"; then
+if grep -qE 'PANIC|server process .* was terminated|terminated by signal|TRAP:' "$tmp/server.log"; then
 	bad "server log shows a crash"
 	grep -E 'PANIC|terminated|TRAP:' "$tmp/server.log"
 elif grep -qiE 'WARNING: .*(leak|not closed|still referenced)' "$tmp/server.log"; then

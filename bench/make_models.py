@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""Builds the models and inputs the benchmark (make bench) compares engines on.
+Everything goes to bench/out/ (gitignored, never committed).
+
+  small  a random-weight model shaped like flan-t5-small (d_model 512, d_ff 1024
+         gated-GELU, 8+8 layers, 6 heads, d_kv 64, vocab 32128, untied), seeded:
+           bench/out/small-hf/       transformers directory (+ T5Tokenizer)
+           bench/out/small.gguf      the engine's file (F32, tools/gguf_writer.py)
+  demo   models/datefix.gguf (the project's trained model), rebuilt as an HF model
+         from the GGUF tensors, with models/datefix.spm.model as tokenizer:
+           bench/out/demo-hf/
+and, for each model <m>, the peers' exports:
+           bench/out/<m>-onnx/       optimum ONNX export, fp32, with KV cache
+           bench/out/<m>-ct2-f32/    CTranslate2, float32
+           bench/out/<m>-ct2-int8/   CTranslate2, int8
+           bench/out/inputs-<m>.txt  benchmark inputs (see write_inputs)
+
+Steps whose outputs exist are skipped (a .done stamp per directory) unless
+--force; the demo ones are redone when models/datefix.gguf is newer.
+
+    .venv/bin/python bench/make_models.py            # small only
+    .venv/bin/python bench/make_models.py --demo     # small and demo
+    .venv/bin/python bench/make_models.py --models demo
+
+Needs torch, transformers, sentencepiece, gguf, optimum[onnxruntime] (optimum-onnx)
+and ctranslate2 in the venv.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+sys.path.insert(0, str(ROOT / "tools"))
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+SMALL_SP = ROOT / "test" / "fixtures" / "tok_nfkc.model"
+DEMO_GGUF = ROOT / "models" / "datefix.gguf"
+DEMO_SP = ROOT / "models" / "datefix.spm.model"
+
+SMALL_SHAPE = dict(d_model=512, d_ff=1024, feed_forward_proj="gated-gelu", num_layers=8,
+                   num_decoder_layers=8, num_heads=6, d_kv=64, vocab_size=32128,
+                   tie_word_embeddings=False, dropout_rate=0.0)
+SEED = 0
+
+# Inputs: ids drawn from [3, min(vocab, 1000)), each line ends with eos (1); the
+# lengths below count the eos.
+N_DECODE, LEN_DECODE = 32, 16
+N_ENCODE, LEN_ENCODE = 32, 128
+N_MIXED, MIXED_MIN, MIXED_MAX = 1000, 8, 64
+EOS = 1
+
+
+def log(*a):
+    print("[make_models]", *a, file=sys.stderr, flush=True)
+
+
+def stamp_ok(d, source=None):
+    """d/.done exists and is newer than `source` (if given)."""
+    s = Path(d) / ".done"
+    if not s.exists():
+        return False
+    return source is None or s.stat().st_mtime >= Path(source).stat().st_mtime
+
+
+def stamp(d, info=None):
+    (Path(d) / ".done").write_text(json.dumps(info or {}, indent=1) + "\n")
+
+
+def fresh_dir(d):
+    d = Path(d)
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return d
+
+
+# ---------------------------------------------------------------------------
+# HF models
+# ---------------------------------------------------------------------------
+
+def sp_size(sp_path):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=str(sp_path)).vocab_size()
+
+
+def untie(model):
+    """transformers 5.x ties lm_head to shared whatever the config says (see
+    tools/gguf_writer.py t5_is_tied); give an untied model its own Parameter."""
+    import gguf_writer as gw
+    import torch
+    if not model.config.tie_word_embeddings and gw.t5_is_tied(model):
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    assert gw.t5_is_tied(model) == bool(model.config.tie_word_embeddings)
+
+
+def build_small():
+    """flan-t5-small's shape, every weight drawn from one seeded generator in
+    named_parameters() order (independent of transformers' own init): Linear
+    [out, in] ~ N(0, 1/in), embeddings and lm_head ~ N(0, 1), the relative bias
+    ~ N(0, 1), norms ~ U(0.5, 1.5). The logits then spread widely (std ~20), so
+    a greedy path has few near-ties and engines that agree to fp32 rounding
+    agree on the ids."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+    cfg = T5Config(decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS, **SMALL_SHAPE)
+    torch.manual_seed(SEED)
+    model = T5ForConditionalGeneration(cfg)
+    untie(model)
+    g = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layer_norm.weight"):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif name in ("shared.weight", "lm_head.weight") or \
+                    name.endswith("relative_attention_bias.weight"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            else:
+                assert p.ndim == 2, name
+                p.copy_(torch.randn(p.shape, generator=g) * p.shape[1] ** -0.5)
+    return model.eval()
+
+
+def gguf_kv(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    v = f.contents()
+    return v
+
+
+def build_from_gguf(gguf_path):
+    """Inverse of tools/gguf_writer.py write_t5_gguf: a T5ForConditionalGeneration
+    holding exactly the GGUF's weights (F32 as stored; F16/BF16/Q8_0/Q4_0
+    dequantized). Returns (model, {special ids})."""
+    import gguf
+    import torch
+    import gguf_writer as gw
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    r = gguf.GGUFReader(str(gguf_path))
+    arch = gguf_kv(r, "general.architecture")
+    assert arch == "t5", arch
+    tensors = {t.name: t for t in r.tensors}
+    n_vocab = len(r.fields["tokenizer.ggml.tokens"].data)
+    gated = "enc.blk.0.ffn_gate.weight" in tensors
+    tied = "output.weight" not in tensors
+    eps = gguf_kv(r, "t5.attention.layer_norm_rms_epsilon",
+                  gguf_kv(r, "t5.attention.layer_norm_epsilon", 1e-6))
+    n_layer = int(gguf_kv(r, "t5.block_count"))
+    cfg = T5Config(
+        vocab_size=n_vocab,
+        d_model=int(gguf_kv(r, "t5.embedding_length")),
+        d_ff=int(gguf_kv(r, "t5.feed_forward_length")),
+        num_layers=n_layer,
+        num_decoder_layers=int(gguf_kv(r, "t5.decoder_block_count", n_layer)),
+        num_heads=int(gguf_kv(r, "t5.attention.head_count")),
+        d_kv=int(gguf_kv(r, "t5.attention.key_length")),
+        relative_attention_num_buckets=int(gguf_kv(r, "t5.attention.relative_buckets_count", 32)),
+        layer_norm_epsilon=float(eps),
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings=tied,
+        dropout_rate=0.0,
+        n_positions=int(gguf_kv(r, "t5.context_length", 512)),
+        decoder_start_token_id=int(gguf_kv(r, "t5.decoder_start_token_id", 0)),
+        eos_token_id=int(gguf_kv(r, "tokenizer.ggml.eos_token_id", 1)),
+        pad_token_id=int(gguf_kv(r, "tokenizer.ggml.padding_token_id", 0)),
+    )
+    model = T5ForConditionalGeneration(cfg)
+    untie(model)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    seen = set()
+    with torch.no_grad():
+        for gname, hname, x in gw.t5_tensors(model):
+            t = tensors[gname]
+            ttype = int(t.tensor_type)
+            shape = tuple(reversed([int(d) for d in t.shape]))
+            if ttype == gw.F32:
+                arr = np.asarray(t.data, dtype=np.float32).reshape(shape)
+            else:
+                arr = gw.decode(np.asarray(t.data).tobytes(), ttype, shape)
+            assert arr.shape == tuple(x.shape), (gname, arr.shape, x.shape)
+            params[hname].copy_(torch.from_numpy(np.array(arr)))
+            seen.add(gname)
+    # Layers past 0 may carry their own copy of the relative bias; HF shares
+    # layer 0's, so they must be equal.
+    for name, t in tensors.items():
+        if name not in seen:
+            assert name.endswith("attn_rel_b.weight"), f"unmapped GGUF tensor {name}"
+            stack = "encoder" if name.startswith("enc.") else "decoder"
+            ref = params[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+            arr = np.asarray(t.data, dtype=np.float32).reshape(tuple(ref.shape))
+            assert np.array_equal(arr, ref.numpy()), f"{name} differs from layer 0's"
+    return model.eval()
+
+
+def save_hf(model, sp_path, out_dir):
+    """save_pretrained + a T5Tokenizer whose vocabulary has exactly vocab_size
+    distinct strings (the SentencePiece pieces, then <extra_id_k> for the rest),
+    so CTranslate2's vocabulary maps ids <-> strings one to one."""
+    import torch
+    from transformers import GenerationConfig, T5Tokenizer
+    from safetensors.torch import load_file
+    out_dir = fresh_dir(out_dir)
+    cfg = model.config
+    model.save_pretrained(out_dir)
+    GenerationConfig(decoder_start_token_id=cfg.decoder_start_token_id,
+                     eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
+                     ).save_pretrained(out_dir)
+    n_sp = sp_size(sp_path)
+    extra = cfg.vocab_size - n_sp
+    assert extra >= 0, (cfg.vocab_size, n_sp)
+    tok = T5Tokenizer(vocab_file=str(sp_path), extra_ids=extra, legacy=True)
+    assert len(tok) == cfg.vocab_size, (len(tok), cfg.vocab_size)
+    vocab = tok.get_vocab()
+    assert len(vocab) == cfg.vocab_size and sorted(vocab.values()) == list(range(cfg.vocab_size))
+    tok.save_pretrained(out_dir)
+    # Check what was written: the lm_head must be there when untied.
+    sd = load_file(str(out_dir / "model.safetensors"))
+    if not cfg.tie_word_embeddings:
+        assert "lm_head.weight" in sd, "untied lm_head not saved"
+        assert torch.equal(sd["lm_head.weight"], model.lm_head.weight.detach())
+    return out_dir
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------
+# Peers
+# ---------------------------------------------------------------------------
+
+def export_onnx(hf_dir, out_dir):
+    from optimum.exporters.onnx import main_export
+    out_dir = fresh_dir(out_dir)
+    t = time.time()
+    main_export(str(hf_dir), str(out_dir), task="text2text-generation-with-past",
+                dtype="fp32", device="cpu", do_validation=True, local_files_only=True,
+                library_name="transformers")
+    log(f"onnx export {out_dir.name}: {time.time() - t:.0f}s,",
+        sorted(p.name for p in out_dir.glob("*.onnx")))
+    return out_dir
+
+
+def export_ct2(hf_dir, out_dir, quantization):
+    import ctranslate2
+    out_dir = fresh_dir(out_dir)
+    t = time.time()
+    ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(
+        str(out_dir), quantization=quantization, force=True)
+    log(f"ct2 {quantization} {out_dir.name}: {time.time() - t:.0f}s")
+    return out_dir
+
+
+def ct2_vocab(ct2_dir):
+    d = Path(ct2_dir)
+    j = d / "shared_vocabulary.json"
+    if j.exists():
+        return json.loads(j.read_text())
+    return (d / "shared_vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def check_ct2_vocab(ct2_dir, hf_dir, vocab_size):
+    from transformers import AutoTokenizer
+    v = ct2_vocab(ct2_dir)
+    assert len(v) == vocab_size, (len(v), vocab_size)
+    assert len(set(v)) == vocab_size, "CTranslate2 vocabulary has duplicate strings"
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    assert tok.convert_ids_to_tokens(list(range(vocab_size))) == v, "vocab order differs"
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+def write_inputs(path, vocab_size):
+    """One input per line: space-separated ids, the last one eos (1). Ids from
+    [3, min(vocab, 1000)), numpy default_rng(0). Lines 0..31: length 16 (decode
+    workloads); 32..63: length 128 (encoder workload); 64..1063: lengths uniform
+    in [8, 64] (mixed workload). Lengths count the eos."""
+    rng = np.random.default_rng(0)
+    hi = min(vocab_size, 1000)
+    lengths = [LEN_DECODE] * N_DECODE + [LEN_ENCODE] * N_ENCODE + \
+        list(rng.integers(MIXED_MIN, MIXED_MAX + 1, size=N_MIXED))
+    lines = []
+    for n in lengths:
+        ids = list(rng.integers(3, hi, size=int(n) - 1)) + [EOS]
+        lines.append(" ".join(str(int(i)) for i in ids))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------
+
+def build(name, force):
+    hf_dir = OUT / f"{name}-hf"
+    t0 = time.time()
+    if name == "small":
+        sp_path, source = SMALL_SP, None
+    else:
+        if not DEMO_GGUF.exists() or not DEMO_SP.exists():
+            sys.exit(f"make_models: {DEMO_GGUF} / {DEMO_SP} missing (train it first)")
+        sp_path, source = DEMO_SP, DEMO_GGUF
+    redo = force or not stamp_ok(hf_dir, source)
+    if redo:
+        import gguf_writer as gw
+        import torch
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        if name == "small":
+            log("building small (random flan-t5-small shape)")
+            model = build_small()
+            extra = model.config.vocab_size - sp_size(sp_path)
+            size, _ = gw.write_t5_gguf(str(OUT / "small.gguf"), model, str(sp_path), "f32",
+                                       extra_pad_tokens=extra, name="bench-small-random")
+            log(f"small.gguf: {size / 1e6:.1f} MB")
+        else:
+            log(f"rebuilding demo from {DEMO_GGUF}")
+            model = build_from_gguf(DEMO_GGUF)
+        save_hf(model, sp_path, hf_dir)
+        stamp(hf_dir, {"params": n_params(model), "vocab_size": model.config.vocab_size,
+                       "sp_model": str(sp_path.relative_to(ROOT)),
+                       "gguf": str((OUT / "small.gguf") if name == "small" else DEMO_GGUF)})
+        del model
+    info = json.loads((hf_dir / ".done").read_text())
+    vocab_size = info["vocab_size"]
+
+    onnx_dir = OUT / f"{name}-onnx"
+    if redo or not stamp_ok(onnx_dir, hf_dir / ".done"):
+        export_onnx(hf_dir, onnx_dir)
+        stamp(onnx_dir)
+    for q, sub in (("float32", "ct2-f32"), ("int8", "ct2-int8")):
+        d = OUT / f"{name}-{sub}"
+        if redo or not stamp_ok(d, hf_dir / ".done"):
+            export_ct2(hf_dir, d, q)
+            check_ct2_vocab(d, hf_dir, vocab_size)
+            stamp(d)
+    inp = OUT / f"inputs-{name}.txt"
+    write_inputs(inp, vocab_size)  # cheap and deterministic: always rewritten
+    log(f"{name}: done in {time.time() - t0:.0f}s ({info['params'] / 1e6:.1f}M params,"
+        f" vocab {vocab_size})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--demo", action="store_true", help="also build the demo model")
+    ap.add_argument("--models", help="comma list of small,demo (overrides --demo)")
+    ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    a = ap.parse_args()
+    models = a.models.split(",") if a.models else (["small", "demo"] if a.demo else ["small"])
+    for m in models:
+        if m not in ("small", "demo"):
+            sys.exit(f"make_models: unknown model {m}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    for m in models:
+        build(m, a.force)
+
+
+if __name__ == "__main__":
+    main()

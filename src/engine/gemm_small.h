@@ -1,0 +1,13 @@
+/*
+ * gemm_small.h — y[m, o] (+)= x[m, :] . w[o, :] for o in [o0, o1), for a few
+ * rows m: the decoder's matrix products (see gemm_small.c for why).
+ */
+#ifndef MMS_GEMM_SMALL_H
+#define MMS_GEMM_SMALL_H
+
+#include <stdint.h>
+
+void		mms_small_gemm(float *y, int64_t ldy, const float *x, const float *w, int64_t rows,
+						   int64_t k, int64_t o0, int64_t o1, int accumulate);
+
+#endif
