@@ -245,9 +245,13 @@ def export_onnx(hf_dir, out_dir):
     from optimum.exporters.onnx import main_export
     out_dir = fresh_dir(out_dir)
     t = time.time()
+    # no_post_process: no decoder_model_merged.onnx. optimum-onnx 0.1.0's merged
+    # decoder fails at the second step of generate() (ORT: "invalid dimensions
+    # for input past_key_values.6.encoder.value"); decoder_model.onnx +
+    # decoder_with_past_model.onnx work, and are what the peers load.
     main_export(str(hf_dir), str(out_dir), task="text2text-generation-with-past",
                 dtype="fp32", device="cpu", do_validation=True, local_files_only=True,
-                library_name="transformers")
+                library_name="transformers", no_post_process=True)
     log(f"onnx export {out_dir.name}: {time.time() - t:.0f}s,",
         sorted(p.name for p in out_dir.glob("*.onnx")))
     return out_dir

@@ -133,14 +133,12 @@ class OnnxRuntime(TorchGenerate):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.model = ORTModelForSeq2SeqLM.from_pretrained(
-            str(OUT / f"{model}-onnx"), session_options=so, use_cache=True,
+            str(OUT / f"{model}-onnx"), session_options=so, use_cache=True, use_merged=False,
             provider="CPUExecutionProvider")
         sess = self.model.encoder.session
         self.enc_session = sess
         self.enc_inputs = [i.name for i in sess.get_inputs()]
-        log("onnxruntime", ort.__version__, "encoder inputs", self.enc_inputs,
-            "decoder", Path(self.model.decoder.session._model_path).name
-            if hasattr(self.model.decoder.session, "_model_path") else "")
+        log("onnxruntime", ort.__version__, "encoder inputs", self.enc_inputs)
 
     def encode(self, batch):
         ids, mask = _pad(batch)

@@ -485,6 +485,50 @@ test_header_prefix(void **state)
 	free(buf);
 }
 
+/* An encoder-only file (arch t5encoder) encodes like its source model and refuses to generate. */
+static void
+test_encoder_only(void **state)
+{
+	Golden	   *gold = calloc(1, sizeof(Golden));
+	size_t		size;
+	uint8_t    *buf = mms_test_read_file(MMS_FIXTURE_DIR "t5encoder.gguf", &size);
+	MmsGguf		g;
+	MmsError	err;
+	MmsT5Info	info;
+	MmsT5	   *m;
+	MmsT5Work  *w = mms_t5_work_create();
+	MmsGenOptions o;
+	MmsGenRequest *req = NULL;
+
+	assert_int_equal(golden_load(MMS_FIXTURE_DIR "flan_gated.golden", gold), 0);
+	assert_int_equal(mms_gguf_parse(buf, size, &g, &err), MMS_OK);
+	assert_int_equal(mms_t5_validate(&g, &info, &err), MMS_OK);
+	assert_string_equal(info.arch, "t5encoder");
+	assert_int_equal(info.cfg.n_dec_layer, 0);
+	assert_int_equal(mms_t5_load(&g, &m, &err), MMS_OK);
+	for (int k = 0; k < gold->n_cases; k++)
+	{
+		GoldenCase *c = &gold->cases[k];
+		const int32_t *ids = c->input;
+		int32_t		len = c->n_input;
+		float	   *enc = malloc((size_t) len * 32 * sizeof(float));
+
+		assert_int_equal(mms_t5_encode(m, w, 1, &ids, &len, enc, &err), MMS_OK);
+		assert_true(max_abs_diff(enc, c->enc, len * 32) < TOL);
+		free(enc);
+	}
+	mms_gen_options_default(&o);
+	assert_int_equal(mms_gen_request_create(m, gold->cases[0].input, gold->cases[0].n_input, &o, &req, &err),
+					 MMS_ERR_UNSUPPORTED);
+	assert_non_null(strstr(err.msg, "encoder-only"));
+	mms_t5_work_free(w);
+	mms_t5_free(m);
+	mms_gguf_free(&g);
+	free(buf);
+	golden_free(gold);
+	free(gold);
+}
+
 int
 main(void)
 {
@@ -496,6 +540,7 @@ main(void)
 		cmocka_unit_test(test_bad_requests),
 		cmocka_unit_test(test_shared_arena),
 		cmocka_unit_test(test_header_prefix),
+		cmocka_unit_test(test_encoder_only),
 	};
 
 	return cmocka_run_group_tests_name("t5", tests, NULL, NULL);
