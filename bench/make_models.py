@@ -142,7 +142,7 @@ def gguf_kv(reader, key, default=None):
 def build_from_gguf(gguf_path):
     """Inverse of tools/gguf_writer.py write_t5_gguf: a T5ForConditionalGeneration
     holding exactly the GGUF's weights (F32 as stored; F16/BF16/Q8_0/Q4_0
-    dequantized). Returns (model, {special ids})."""
+    dequantized), and the GGUF vocabulary. Returns (model, tokens)."""
     import gguf
     import torch
     import gguf_writer as gw
@@ -201,7 +201,18 @@ def build_from_gguf(gguf_path):
             ref = params[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
             arr = np.asarray(t.data, dtype=np.float32).reshape(tuple(ref.shape))
             assert np.array_equal(arr, ref.numpy()), f"{name} differs from layer 0's"
-    return model.eval()
+    # The tokenizer must be the one the GGUF was written with.
+    tokens = [bytes(r.fields["tokenizer.ggml.tokens"].parts[i]).decode("utf-8")
+              for i in r.fields["tokenizer.ggml.tokens"].data]
+    return model.eval(), tokens
+
+
+def check_tokens(gguf_tokens, sp_path):
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(sp_path))
+    n = sp.vocab_size()
+    bad = [i for i in range(n) if sp.IdToPiece(i) != gguf_tokens[i]]
+    assert not bad, f"{sp_path} does not match the GGUF vocabulary (ids {bad[:5]}...)"
 
 
 def save_hf(model, sp_path, out_dir):
@@ -316,6 +327,8 @@ def build(name, force):
             sys.exit(f"make_models: {DEMO_GGUF} / {DEMO_SP} missing (train it first)")
         sp_path, source = DEMO_SP, DEMO_GGUF
     redo = force or not stamp_ok(hf_dir, source)
+    if not redo and source is not None:
+        redo = json.loads((hf_dir / ".done").read_text()).get("gguf") != str(source)
     if redo:
         import gguf_writer as gw
         import torch
@@ -329,10 +342,11 @@ def build(name, force):
             log(f"small.gguf: {size / 1e6:.1f} MB")
         else:
             log(f"rebuilding demo from {DEMO_GGUF}")
-            model = build_from_gguf(DEMO_GGUF)
+            model, tokens = build_from_gguf(DEMO_GGUF)
+            check_tokens(tokens, sp_path)
         save_hf(model, sp_path, hf_dir)
         stamp(hf_dir, {"params": n_params(model), "vocab_size": model.config.vocab_size,
-                       "sp_model": str(sp_path.relative_to(ROOT)),
+                       "sp_model": str(sp_path),
                        "gguf": str((OUT / "small.gguf") if name == "small" else DEMO_GGUF)})
         del model
     info = json.loads((hf_dir / ".done").read_text())
@@ -355,11 +369,18 @@ def build(name, force):
 
 
 def main():
+    global DEMO_GGUF, DEMO_SP
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", action="store_true", help="also build the demo model")
     ap.add_argument("--models", help="comma list of small,demo (overrides --demo)")
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    ap.add_argument("--demo-gguf", help=f"demo source (default {DEMO_GGUF.relative_to(ROOT)})")
+    ap.add_argument("--demo-spm", help=f"demo tokenizer (default {DEMO_SP.relative_to(ROOT)})")
     a = ap.parse_args()
+    if a.demo_gguf:
+        DEMO_GGUF = Path(a.demo_gguf).resolve()
+    if a.demo_spm:
+        DEMO_SP = Path(a.demo_spm).resolve()
     models = a.models.split(",") if a.models else (["small", "demo"] if a.demo else ["small"])
     for m in models:
         if m not in ("small", "demo"):

@@ -207,6 +207,13 @@ def make_engine(name, model, threads):
 # Worker: one engine, all workloads
 # ---------------------------------------------------------------------------
 
+def prefix(x, y):
+    n = 0
+    while n < min(len(x), len(y)) and x[n] == y[n]:
+        n += 1
+    return n
+
+
 def ref_path(model):
     return OUT / f"ref-{model}.json"
 
@@ -278,12 +285,17 @@ def worker(a):
                 rec["match"] = ids[wname] == ref[wname]
                 if wname != "decode_b1":
                     rec["match_seqs"] = sum(x == y for x, y in zip(out, ref[wname]))
+                # tokens equal before the first difference, over all sequences
+                want = [ref[wname]] if wname == "decode_b1" else ref[wname]
+                rec["match_prefix_tokens"] = sum(prefix(x, y) for x, y in zip(out, want))
             else:
                 rec["match"] = None
         records.append(rec)
         log(f"{name} {wname}: {best:.3f}s")
     if name == "transformers":
         ref_path(a.model).write_text(json.dumps(ids) + "\n")
+    else:
+        (OUT / f"ids-{a.model}-{name}.json").write_text(json.dumps(ids) + "\n")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     for r in records:
         r["peak_rss_mb"] = round(peak, 1)

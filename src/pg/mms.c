@@ -125,18 +125,6 @@ _PG_init(void)
 							GUC_UNIT_MB,
 							NULL, NULL, NULL);
 
-	/* sizes the request slots, hence fixed at server start */
-	DefineCustomIntVariable("mms.max_input_tokens",
-							"Longest input (in tokens, eos included) an inference call accepts.",
-							NULL,
-							&mms_max_input_tokens,
-							1024,
-							16,
-							65536,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
-
 	DefineCustomIntVariable("mms.max_new_tokens",
 							"Largest max_new_tokens option (and longest scored target) a call may ask for.",
 							NULL,
@@ -145,17 +133,6 @@ _PG_init(void)
 							1,
 							MMS_GEN_MAX_NEW_TOKENS,
 							PGC_SUSET,
-							0,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("mms.max_requests",
-							"Inference requests in flight at once, all sessions together (shared-memory slots).",
-							NULL,
-							&mms_max_requests,
-							256,
-							8,
-							65536,
-							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);
 
@@ -170,8 +147,6 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 
-	MarkGUCPrefixReserved("mms");
-
 	/*
 	 * Inference needs shared memory and the launcher, which only a preloaded
 	 * library can set up. This library never links OpenBLAS (it lives in the
@@ -179,9 +154,37 @@ _PG_init(void)
 	 */
 	if (process_shared_preload_libraries_in_progress)
 	{
+		/*
+		 * These size the request slots, hence are fixed at server start; a
+		 * library loaded later may not define them (nor use them).
+		 */
+		DefineCustomIntVariable("mms.max_input_tokens",
+								"Longest input (in tokens, eos included) an inference call accepts.",
+								NULL,
+								&mms_max_input_tokens,
+								1024,
+								16,
+								65536,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("mms.max_requests",
+								"Inference requests in flight at once, all sessions together (shared-memory slots).",
+								NULL,
+								&mms_max_requests,
+								256,
+								8,
+								65536,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
 		mms_shmem_install_hooks();
 		mms_launcher_register();
 		prev_process_utility = ProcessUtility_hook;
 		ProcessUtility_hook = mms_process_utility;
 	}
+
+	MarkGUCPrefixReserved("mms");
 }

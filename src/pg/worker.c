@@ -12,6 +12,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "libpq/pqsignal.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -23,6 +24,7 @@
 #include "utils/timestamp.h"
 
 #include "generate.h"
+#include "pool.h"
 #include "scheduler.h"
 #include "worker.h"
 
@@ -90,6 +92,25 @@ worker_exit(int code, Datum arg)
 	ConditionVariableBroadcast(&mms_shared->cv);
 	LWLockRelease(mms_shared->lock);
 	mms_wake_launcher();
+}
+
+static void
+noop_task(void *arg, int task, int thread)
+{
+}
+
+/*
+ * Starts the engine's pool threads with every signal blocked, so that they
+ * inherit a blocked mask: PostgreSQL's handlers (SIGTERM, SIGHUP, latch
+ * wakeups) must run on this, the main, thread. The pool starts its threads
+ * lazily, on the first parallel call.
+ */
+static void
+start_engine_threads(void)
+{
+	PG_SETMASK(&BlockSig);
+	mms_parallel(1, noop_task, NULL);
+	PG_SETMASK(&UnBlockSig);
 }
 
 /* Loads or attaches the model; a failure is kept for the callers, then rethrown. */
@@ -290,6 +311,7 @@ mms_worker_main(Datum arg)
 		ereport(ERROR,
 				(errcode(mms_engine_sqlstate(err.code)),
 				 errmsg("could not start the scheduler: %s", err.msg)));
+	start_engine_threads();
 
 	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
 	me()->state = MMS_W_READY;

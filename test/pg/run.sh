@@ -64,7 +64,7 @@ echo "== cluster in $tmp (port $port)"
 as_server initdb -D "$tmp/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$tmp/initdb.log" 2>&1 ||
 	{ cat "$tmp/initdb.log"; echo "initdb failed"; exit 1; }
 as_server pg_ctl -D "$tmp/data" -l "$tmp/server.log" -w \
-	-o "-c port=$port -c listen_addresses='' -c unix_socket_directories=$tmp -c fsync=off -c shared_preload_libraries=mms -c mms.max_new_tokens=4096" start >/dev/null ||
+	-o "-c port=$port -c listen_addresses='' -c unix_socket_directories=$tmp -c fsync=off -c shared_preload_libraries=mms -c mms.max_new_tokens=4096 -c mms.threads_per_worker=2" start >/dev/null ||
 	{ cat "$tmp/server.log"; echo "server did not start"; exit 1; }
 
 export PGHOST="$tmp" PGPORT="$port" PGUSER=postgres

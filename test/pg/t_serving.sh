@@ -180,4 +180,21 @@ else
 	bad "no worker with OpenBLAS found"
 fi
 
+# mms.threads_per_worker = 2 in this cluster: the engine's threads must leave
+# every signal to the main thread (PostgreSQL's handlers are not thread-aware)
+if [ -n "$wpid" ]; then
+	n_threads=0
+	n_masked=0
+	for t in /proc/$wpid/task/*; do
+		[ "$(basename "$t")" = "$wpid" ] && continue
+		n_threads=$((n_threads + 1))
+		blk=$(awk '/^SigBlk/ {print $2}' "$t/status")
+		# SIGTERM (15), SIGHUP (1), SIGUSR1 (10) blocked
+		(( (0x$blk & 0x4201) == 0x4201 )) && n_masked=$((n_masked + 1))
+	done
+	[ $n_threads -ge 1 ] && [ $n_masked = $n_threads ] &&
+		ok "the worker's $n_threads extra threads block SIGTERM, SIGHUP and SIGUSR1" ||
+		bad "$n_masked of $n_threads worker threads block signals"
+fi
+
 dropdb $db && ok "DROP DATABASE stops the idle workers connected to it" || bad "dropdb $db"

@@ -1,0 +1,80 @@
+#!/bin/bash
+# t_replica.sh — clusters of its own, beside the one of test/pg/run.sh:
+#   - a primary on 127.0.0.1 and a streaming replica made by pg_basebackup -R
+#     over loopback, both with shared_preload_libraries = 'mms': the replica
+#     (hot standby, read-only) answers mms_generate for a model registered on
+#     the primary, with the primary's result;
+#   - the same primary restarted without the preload: inference functions fail
+#     with an ERROR whose hint says to add mms to shared_preload_libraries.
+# Neither log may show a process terminated by a signal.
+set -u
+data=$MMS_TEST_DATA
+work=$TMPDIR_PG/replica
+mkdir -p "$work"
+chmod 755 "$work"
+ok() { echo "ok: $*"; }
+bad() { echo "FAILED: $*"; }
+if [ "$(id -u)" = 0 ]; then as_server() { runuser -u postgres -- "$@"; }; chown postgres "$work"; else as_server() { "$@"; }; fi
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+p1=$(free_port)
+p2=$(free_port)
+opts="-c listen_addresses=127.0.0.1 -c unix_socket_directories=$work -c fsync=off"
+cleanup() {
+	for d in primary replica; do
+		[ -f "$work/$d/postmaster.pid" ] && as_server pg_ctl -D "$work/$d" -m immediate -w stop >/dev/null 2>&1
+	done
+}
+trap cleanup EXIT
+q() { local port=$1; shift; psql -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"; }
+
+as_server initdb -D "$work/primary" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$work/initdb.log" 2>&1 ||
+	{ bad "initdb: $(tail -3 "$work/initdb.log")"; exit 0; }
+as_server pg_ctl -D "$work/primary" -l "$work/primary.log" -w \
+	-o "-c port=$p1 $opts -c shared_preload_libraries=mms" start >/dev/null ||
+	{ bad "primary did not start: $(tail -5 "$work/primary.log")"; exit 0; }
+q $p1 -c "CREATE EXTENSION mms" -c "SELECT mms_import('rep', '$data/flan_gated.gguf')" >/dev/null ||
+	{ bad "setup on the primary"; exit 0; }
+want=$(q $p1 -c "SELECT mms_generate('rep', 'from the replica', '{\"max_new_tokens\": 12, \"num_beams\": 2}')")
+[ -n "$want" ] && ok "the primary generates" || bad "the primary does not generate"
+
+as_server pg_basebackup -h 127.0.0.1 -p $p1 -U postgres -D "$work/replica" -R -X stream -c fast >"$work/basebackup.log" 2>&1 ||
+	{ bad "pg_basebackup: $(tail -3 "$work/basebackup.log")"; exit 0; }
+as_server pg_ctl -D "$work/replica" -l "$work/replica.log" -w \
+	-o "-c port=$p2 $opts -c shared_preload_libraries=mms" start >/dev/null ||
+	{ bad "replica did not start: $(tail -5 "$work/replica.log")"; exit 0; }
+# a second model, registered after the base backup, arrives by streaming
+q $p1 -c "SELECT mms_import('rep2', '$data/t5_relu_tied.gguf')" >/dev/null
+want2=$(q $p1 -c "SELECT mms_generate('rep2', 'streamed', '{\"max_new_tokens\": 8}')")
+for _ in $(seq 100); do
+	[ "$(q $p2 -c "SELECT count(*) FROM mms.models" 2>/dev/null)" = 2 ] && break
+	sleep 0.1
+done
+[ "$(q $p2 -c "SELECT pg_is_in_recovery()")" = t ] && ok "the replica is a hot standby" || bad "the replica is not in recovery"
+got=$(q $p2 -c "SELECT mms_generate('rep', 'from the replica', '{\"max_new_tokens\": 12, \"num_beams\": 2}')" 2>&1)
+[ "$got" = "$want" ] && ok "the replica answers mms_generate with the primary's result" || bad "replica: '$got', primary: '$want'"
+got=$(q $p2 -c "SELECT mms_generate('rep2', 'streamed', '{\"max_new_tokens\": 8}')" 2>&1)
+[ "$got" = "$want2" ] && ok "a model registered after the base backup serves on the replica" || bad "replica rep2: '$got', primary: '$want2'"
+got=$(q $p2 -c "SELECT model, state FROM mms.workers ORDER BY model" 2>&1 | tr '\n' ' ')
+[ "$got" = "rep2:1|ready rep:1|ready " ] && ok "the replica runs its own workers ($got)" || bad "replica workers: $got"
+as_server pg_ctl -D "$work/replica" -m fast -w stop >/dev/null
+
+# the primary again, without the preload
+as_server pg_ctl -D "$work/primary" -m fast -w stop >/dev/null
+as_server pg_ctl -D "$work/primary" -l "$work/primary.log" -w -o "-c port=$p1 $opts" start >/dev/null ||
+	{ bad "primary did not restart"; exit 0; }
+for f in "mms_generate('rep', 'x')" "mms_generate('rep', ARRAY['x'])" "mms_score('rep', 'x', 'y')" "mms_load('rep')"; do
+	out=$(q $p1 -c "SELECT $f" 2>&1)
+	if grep -q "not preloaded" <<<"$out" && grep -q "HINT:  Add mms to shared_preload_libraries" <<<"$out"; then
+		ok "without the preload, $f fails with a hint"
+	else
+		bad "without the preload, $f: $out"
+	fi
+done
+tok=$(q $p1 -c "SELECT array_length(mms_tokenize('rep', 'still works'), 1) > 0")
+[ "$tok" = t ] && ok "without the preload, the registry and tokenizer still work" || bad "tokenize without preload: $tok"
+
+if grep -hE "terminated by signal|PANIC|TRAP:" "$work/primary.log" "$work/replica.log"; then
+	bad "a process of the primary or the replica was terminated by a signal"
+else
+	ok "no process of the primary or the replica was terminated by a signal"
+fi
