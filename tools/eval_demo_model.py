@@ -36,6 +36,11 @@ import gguf_writer as gw  # noqa: E402
 PAD, EOS = tdm.PAD, tdm.EOS
 
 
+def rel(path):
+    r = os.path.relpath(path, ROOT)
+    return path if r.startswith("..") else r
+
+
 def kv(reader, key):
     f = reader.fields[key]
     v = f.contents()
@@ -143,10 +148,10 @@ def main():
     if use_dir:
         model = tdm.load_hf_dir(args.hf_dir)
         check_same_weights(model, args.f32)
-        src = f"{args.hf_dir} (weights checked equal to {os.path.relpath(args.f32, ROOT)})"
+        src = f"{args.hf_dir} (weights checked equal to {rel(args.f32)})"
     else:
         model = hf_from_gguf(args.f32)
-        src = f"rebuilt from {os.path.relpath(args.f32, ROOT)}"
+        src = f"rebuilt from {rel(args.f32)}"
     hf_text, hf_ids = tdm.greedy(model, sp, inputs, max_new_tokens=args.max_new_tokens)
     t_hf = time.time() - t
     print(f"transformers model: {src}; generate() greedy, {t_hf:.1f} s")
@@ -181,7 +186,7 @@ def main():
         return sum(texts[i] == want[i] for i in idx) / len(idx), len(idx)
 
     n, nd = len(inputs), sum(is_date)
-    print(f"\nheld-out: {os.path.relpath(args.heldout, ROOT)}: {n} examples "
+    print(f"\nheld-out: {rel(args.heldout)}: {n} examples "
           f"({nd} dates, {n - nd} numbers); greedy, max {args.max_new_tokens} new tokens, "
           f"exact match")
     print(f"{'':26} {'all':>8} {'dates':>8} {'numbers':>8} {'time s':>8}")

@@ -150,11 +150,23 @@ make_room(Size need, const MmsModelKey *k)
 				mms_wake_procno(w->procno);
 				asked = true;
 			}
-			else if (w->state == MMS_W_READY && w->stop_requested)
+			else if (w->state != MMS_W_FREE && w->state != MMS_W_EXITED && !mms_key_equal(&w->model, k))
+			{
+				/*
+				 * Busy right now (a request in flight, or one just answered
+				 * and not yet released): it may go idle before the deadline.
+				 */
 				asked = true;
+			}
 		}
 		LWLockRelease(mms_shared->lock);
-		if (!asked || GetCurrentTimestamp() > deadline)
+		/*
+		 * Even with nobody to ask, wait until the deadline: a worker that was
+		 * just told to stop (or just exited) releases its attachment only
+		 * when its process detaches, a moment after its state changes.
+		 */
+		(void) asked;
+		if (GetCurrentTimestamp() > deadline)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("model cache is full: model \"%s:%d\" needs %zu kB, %zu kB of mms.cache_size (%d MB) hold models in use",
