@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -96,8 +97,20 @@ mms_parallel(int n_tasks, MmsTaskFn fn, void *arg)
 	while (n_started < n_threads - 1)
 	{
 		pthread_t	th;
+		sigset_t	all,
+					old;
+		int			rc;
 
-		if (pthread_create(&th, NULL, worker_main, (void *) (long) (n_started + 1)) != 0)
+		/*
+		 * Our threads must never run a signal handler: in a PostgreSQL
+		 * worker the handlers touch process state. They inherit the mask
+		 * in force at creation, so block everything around it.
+		 */
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		rc = pthread_create(&th, NULL, worker_main, (void *) (long) (n_started + 1));
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (rc != 0)
 			break;				/* fewer threads: the caller still does every task */
 		pthread_detach(th);
 		n_started++;
