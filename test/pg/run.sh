@@ -14,43 +14,15 @@
 set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-bindir=$(pg_config --bindir)
-export PATH="$bindir:$PATH"
-
 passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "ok: $*"; }
 bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
 
-if [ "$(id -u)" = 0 ]; then
-	server_user=postgres
-	as_server() { runuser -u "$server_user" -- "$@"; }
-	if [ "${MMS_NO_INSTALL:-0}" != 1 ]; then
-		make -s install >/dev/null || { echo "make install failed"; exit 1; }
-	fi
-else
-	server_user=$(id -un)
-	as_server() { "$@"; }
+if [ "$(id -u)" = 0 ] && [ "${MMS_NO_INSTALL:-0}" != 1 ]; then
+	make -s install >/dev/null || { echo "make install failed"; exit 1; }
 fi
-
-tmp=$(mktemp -d /tmp/mms-pgtest.XXXXXX)
-chmod 755 "$tmp"
-cleanup() {
-	if [ "${KEEP:-0}" = 1 ]; then
-		echo "kept $tmp (server still running: pg_ctl -D $tmp/data stop)"
-		return
-	fi
-	if [ -f "$tmp/data/postmaster.pid" ]; then
-		as_server pg_ctl -D "$tmp/data" -m immediate -w stop >/dev/null 2>&1
-	fi
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# A port nobody listens on; the socket lives in $tmp and TCP stays off, so
-# clusters of concurrent runs cannot collide.
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+. tools/pg-cluster.sh
 
 # Model files the server may read (mms_import) and the client may \lo_import.
 files="$tmp/files"
@@ -58,16 +30,9 @@ mkdir -p "$files/bad"
 cp test/fixtures/*.gguf "$files/"
 python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf "$files/bad" || { echo "could not build bad files"; exit 1; }
 chmod -R a+rX "$files"
-chown -R "$server_user" "$tmp" 2>/dev/null || true
 
 echo "== cluster in $tmp (port $port)"
-as_server initdb -D "$tmp/data" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$tmp/initdb.log" 2>&1 ||
-	{ cat "$tmp/initdb.log"; echo "initdb failed"; exit 1; }
-as_server pg_ctl -D "$tmp/data" -l "$tmp/server.log" -w \
-	-o "-c port=$port -c listen_addresses='' -c unix_socket_directories=$tmp -c fsync=off -c shared_preload_libraries=mms -c mms.max_new_tokens=4096 -c mms.threads_per_worker=2" start >/dev/null ||
-	{ cat "$tmp/server.log"; echo "server did not start"; exit 1; }
-
-export PGHOST="$tmp" PGPORT="$port" PGUSER=postgres
+cluster_start mms.max_new_tokens=4096 mms.threads_per_worker=2 || exit 1
 export MMS_TEST_DATA="$files" MMS_ROOT="$root"
 mkdir -p "$tmp/regress"
 
