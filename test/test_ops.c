@@ -137,6 +137,37 @@ test_softmax(void **state)
 	assert_true(isinf(lse) && lse < 0);
 }
 
+/* The vectorized log-sum-exp against a double-precision loop, over a vocabulary-sized row. */
+static void
+test_logsumexp_wide(void **state)
+{
+	int			n = 32131;		/* not a multiple of 8: the tail path too */
+	float	   *x = malloc((size_t) n * sizeof(float));
+	unsigned	seed = 1;
+
+	for (int t = 0; t < 50; t++)
+	{
+		double		mx = -INFINITY,
+					s = 0,
+					ref;
+
+		for (int i = 0; i < n; i++)
+		{
+			seed = seed * 1103515245u + 12345u;
+			x[i] = ((float) (seed >> 8) / 16777216.0f - 0.5f) * (float) (1 + t % 10) * 20.0f;
+		}
+		if (t % 7 == 0)
+			x[t] = -INFINITY;	/* masked tokens */
+		for (int i = 0; i < n; i++)
+			mx = fmax(mx, x[i]);
+		for (int i = 0; i < n; i++)
+			s += exp((double) x[i] - mx);
+		ref = mx + log(s);
+		assert_true(fabs(mms_logsumexp(x, n) - ref) < 1e-5);
+	}
+	free(x);
+}
+
 static void
 test_gelu_mul_relu(void **state)
 {
@@ -196,6 +227,7 @@ main(void)
 		cmocka_unit_test(test_kernel_ref),
 		cmocka_unit_test(test_bucket_ranges),
 		cmocka_unit_test(test_softmax),
+		cmocka_unit_test(test_logsumexp_wide),
 		cmocka_unit_test(test_gelu_mul_relu),
 		cmocka_unit_test(test_linear),
 	};
