@@ -9,12 +9,14 @@
 #include <string.h>
 
 #include "ops.h"
+#include "pool.h"
 
 typedef struct Held
 {
 	MmsGenRequest *r;
 	size_t		bytes;			/* accounted at submit */
 	int			cancel;
+	int			row;			/* first row of its logits in the current step */
 } Held;
 
 struct MmsSched
@@ -294,6 +296,22 @@ admit(MmsSched *s)
 	s->stats.encoded_tokens += (uint64_t) T;
 }
 
+typedef struct AdvanceJob
+{
+	MmsSched   *s;
+	int64_t		vocab;
+} AdvanceJob;
+
+static void
+advance_task(void *arg, int i, int thread)
+{
+	const AdvanceJob *j = arg;
+	Held	   *h = &j->s->held[i];
+
+	if (!mms_gen_request_done(h->r))
+		mms_gen_request_advance(h->r, j->s->logits + (size_t) h->row * (size_t) j->vocab, NULL);
+}
+
 MmsStatus
 mms_sched_step(MmsSched *s, int *n_held, MmsError *err)
 {
@@ -343,17 +361,16 @@ mms_sched_step(MmsSched *s, int *n_held, MmsError *err)
 			}
 			else
 			{
+				AdvanceJob	job = {s, c->vocab};
 				int			off = 0;
 
+				/* each request reads its own rows of logits: advance them in parallel */
 				for (int i = 0; i < s->n_held; i++)
 				{
-					int			k = mms_gen_request_rows(s->held[i].r, s->st + off, s->tok + off);
-
-					if (k > 0)
-						mms_gen_request_advance(s->held[i].r,
-												s->logits + (size_t) off * (size_t) c->vocab, NULL);
-					off += k;
+					s->held[i].row = off;
+					off += mms_gen_request_rows(s->held[i].r, s->st + off, s->tok + off);
 				}
+				mms_parallel(s->n_held, advance_task, &job);
 				s->stats.steps++;
 				s->stats.rows += (uint64_t) rows;
 			}
