@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "generate.h"
@@ -29,7 +30,7 @@ static const char usage[] =
 "               [--length-penalty X] [--early-stopping true|false|never]\n"
 "               [--temperature T] [--top-k K] [--top-p P] [--seed S] [--sample]\n"
 "               [--repetition-penalty R] [--threads N] [--ids] [--input-ids \"i j k\"]\n"
-"               [--tokenize] [--score TARGET] INPUT...\n"
+"               [--tokenize] [--score TARGET] [--latency N] INPUT...\n"
 "Prints one line per INPUT: the generated text (--ids: token ids; --tokenize:\n"
 "the input's token ids; --score: log P(TARGET | INPUT)). Sampling is on when\n"
 "--sample, --temperature, --top-k or --top-p is given (temperature 0 = greedy).\n";
@@ -110,13 +111,49 @@ print_ids(const int32_t *ids, size_t n)
 	putchar('\n');
 }
 
+/*
+ * --latency N: the first INPUT N times, one request at a time, model loaded
+ * once; prints each call's milliseconds (tokenize + generate + detokenize).
+ * The baseline the SQL path's latency is compared with (bench/pg_bench.sh).
+ */
+static int
+run_latency(MmsT5 *model, MmsTokenizer *tok, const char *input, const MmsGenOptions *gopt, int runs)
+{
+	for (int r = 0; r < runs; r++)
+	{
+		struct timespec t0,
+					t1;
+		int32_t    *ids;
+		size_t		n,
+					len;
+		char	   *text;
+		MmsGenRequest *req;
+		MmsError	err;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		if (mms_tok_encode(tok, input, strlen(input), 1, &ids, &n, &err) != MMS_OK ||
+			mms_gen_request_create(model, ids, (int32_t) n, gopt, &req, &err) != MMS_OK ||
+			mms_gen_run(model, NULL, 1, &req, &err) != MMS_OK ||
+			mms_gen_request_result(req) == NULL ||
+			mms_tok_decode(tok, mms_gen_request_result(req)->ids,
+						   (size_t) mms_gen_request_result(req)->n_ids, &text, &len, &err) != MMS_OK)
+			die(1, "%s", err.msg);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		printf("%.3f\n", (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) * 1e-6);
+		free(ids);
+		free(text);
+		mms_gen_request_free(req);
+	}
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
 	enum
 	{
 		O_MAXNEW = 256, O_MINNEW, O_BEAMS, O_LP, O_ES, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_SAMPLE,
-		O_REP, O_THREADS, O_IDS, O_INIDS, O_TOK, O_SCORE, O_HELP
+		O_REP, O_THREADS, O_IDS, O_INIDS, O_TOK, O_SCORE, O_LATENCY, O_HELP
 	};
 	static const struct option longopts[] = {
 		{"model", required_argument, NULL, 'm'},
@@ -136,6 +173,7 @@ main(int argc, char **argv)
 		{"input-ids", required_argument, NULL, O_INIDS},
 		{"tokenize", no_argument, NULL, O_TOK},
 		{"score", required_argument, NULL, O_SCORE},
+		{"latency", required_argument, NULL, O_LATENCY},
 		{"help", no_argument, NULL, O_HELP},
 		{NULL, 0, NULL, 0}
 	};
@@ -148,6 +186,7 @@ main(int argc, char **argv)
 				opt,
 				n_inputs;
 	int			sample_requested = 0;
+	int			latency_runs = 0;
 	double		temperature = 1.0;
 	MmsGenOptions gopt;
 	MmsError	err;
@@ -229,6 +268,9 @@ main(int argc, char **argv)
 			case O_SCORE:
 				score_target = optarg;
 				break;
+			case O_LATENCY:
+				latency_runs = (int) parse_int("--latency", optarg, 1, 1000000);
+				break;
 			case 'h':
 			case O_HELP:
 				fputs(usage, stdout);
@@ -288,6 +330,8 @@ main(int argc, char **argv)
 		die(1, "model \"%s\": %s", model_path, err.msg);
 	mms_blas_set_threads(threads > 0 ? threads : (int) sysconf(_SC_NPROCESSORS_ONLN));
 	work = mms_t5_work_create();
+	if (latency_runs > 0)
+		return run_latency(model, tok, argv[optind], &gopt, latency_runs);
 	reqs = calloc((size_t) n_inputs, sizeof(*reqs));
 	if (work == NULL || reqs == NULL)
 		die(1, "out of memory");

@@ -1,0 +1,95 @@
+#!/bin/bash
+# bench/pg_bench.sh — mms inside PostgreSQL, measured side by side with the
+# engine alone (issue 5's benchmark). In one throwaway cluster:
+#   1. single-call latency p50/p99 (pgbench, 1 client) vs the engine's own
+#      latency for the same request (build/mms-bench --latency);
+#   2. 10,000 rows through INSERT ... SELECT: one call per row vs the array
+#      API (64 rows a call), rows/s, vs the engine's batched throughput on the
+#      same inputs;
+#   3. 16 concurrent pgbench clients: throughput, p50/p99, and the
+#      proportional memory (PSS) of all PostgreSQL processes vs the model size.
+# MODEL=path.gguf (default models/datefix.gguf); THREADS (default nproc).
+# Not a test: it prints numbers, asserts nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+model=${MODEL:-models/datefix.gguf}
+threads=${THREADS:-$(nproc)}
+rows=${ROWS:-10000}
+[ -f "$model" ] || { echo "no model $model" >&2; exit 1; }
+[ "$(id -u)" = 0 ] && make -s install >/dev/null
+. tools/pg-cluster.sh
+cp "$model" "$tmp/model.gguf"
+chmod a+r "$tmp/model.gguf"
+cluster_start "mms.threads_per_worker=$threads" max_connections=64 || exit 1
+sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+pss_total() {
+	local sum=0 k
+	for pid in $(pgrep -u "$server_user" postgres); do
+		k=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || true)
+		sum=$((sum + ${k:-0}))
+	done
+	echo $((sum / 1024))
+}
+sql -c "CREATE EXTENSION mms" -c "SELECT mms_import('m', '$tmp/model.gguf')" >/dev/null
+pss_base=$(pss_total)
+sql -c "SELECT mms_load('m')" >/dev/null
+
+# The inputs: messy dates (the demo model's task; noise for other models, same work).
+sql <<SQL
+CREATE TABLE raw AS
+SELECT i AS id, 'normalize date: ' || CASE i % 4 WHEN 0 THEN to_char(d, 'FMMonth FMDDth, YYYY')
+       WHEN 1 THEN to_char(d, 'FMMM/FMDD/YYYY') WHEN 2 THEN to_char(d, 'FMDD FMMonth YYYY')
+       ELSE to_char(d, 'YYYY.MM.DD') END AS raw
+FROM (SELECT i, date '1950-01-01' + (i * 7919 % 30000) AS d FROM generate_series(1, $rows) i) s;
+SQL
+sql -c "COPY (SELECT raw FROM raw ORDER BY id) TO STDOUT" > "$tmp/inputs.txt"
+opts='{"max_new_tokens": 12}'
+
+pct() { sort -n | awk '{a[NR]=$1} END {i50=int(NR*0.5); i99=int(NR*0.99); if (i50<1) i50=1; if (i99<1) i99=1; printf "%.2f %.2f\n", a[i50], a[i99]}'; }
+
+# --- 1. latency -------------------------------------------------------------------
+echo "SELECT mms_generate('m', 'normalize date: March 3rd, 2021', '$opts');" > "$tmp/one.sql"
+pgbench -n -c 1 -t 200 -f "$tmp/one.sql" -l --log-prefix="$tmp/lat" postgres >/dev/null 2>&1
+read -r p50 p99 < <(cat "$tmp"/lat.* | awk '{print $3 / 1000.0}' | pct)
+read -r e50 e99 < <("$root/build/mms-run" --model "$model" --threads "$threads" --latency 200 \
+	--max-new-tokens 12 "normalize date: March 3rd, 2021" | pct)
+echo "latency, one short call (ms): SQL p50 $p50 p99 $p99; engine alone p50 $e50 p99 $e99;" \
+	"overhead p50 $(awk -v a="$p50" -v b="$e50" 'BEGIN {printf "%.1f%%", (a / b - 1) * 100}')"
+
+# --- 2. batch scoring -------------------------------------------------------------
+t0=$(date +%s.%N)
+sql -c "CREATE TABLE out1 AS SELECT id, mms_generate('m', raw, '$opts') AS iso FROM raw"
+t1=$(date +%s.%N)
+sql <<SQL
+CREATE TABLE out2 AS
+SELECT b.ids[o.n] AS id, o.iso
+FROM (SELECT chunk, array_agg(id ORDER BY id) AS ids, array_agg(raw ORDER BY id) AS raws
+      FROM (SELECT id, raw, (row_number() OVER (ORDER BY id) - 1) / 64 AS chunk FROM raw) s
+      GROUP BY chunk) b,
+     unnest(mms_generate('m', b.raws, '$opts')) WITH ORDINALITY AS o(iso, n);
+SQL
+t2=$(date +%s.%N)
+same=$(sql -c "SELECT count(*) FROM out1 JOIN out2 USING (id) WHERE out1.iso = out2.iso")
+mapfile -t lines < "$tmp/inputs.txt"
+t3=$(date +%s.%N)
+"$root/build/mms-run" --model "$model" --threads "$threads" --max-new-tokens 12 "${lines[@]}" > "$tmp/engine.out"
+t4=$(date +%s.%N)
+awk -v n="$rows" -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v e="$t4" -v same="$same" 'BEGIN {
+	s = n / (b - a); r = n / (c - b); g = n / (e - d);
+	printf "batch %d rows: scalar %.1f rows/s, array API %.1f rows/s (%.1fx scalar), engine alone %.1f rows/s (array = %.0f%% of it, incl. its model load); results equal: %d/%d\n", n, s, r, r / s, g, 100 * r / g, same, n }'
+
+# --- 3. 16 concurrent clients ------------------------------------------------------
+cat > "$tmp/mix.sql" <<SQL
+\set id random(1, $rows)
+SELECT mms_generate('m', raw, '$opts') FROM raw WHERE id = :id;
+SQL
+rm -f "$tmp"/lat.*
+pgbench -n -c 16 -j 4 -T "${SECONDS16:-20}" -f "$tmp/mix.sql" -l --log-prefix="$tmp/c16" postgres > "$tmp/c16.txt" 2>&1
+tps=$(grep -oE 'tps = [0-9.]+' "$tmp/c16.txt" | head -1 | cut -d' ' -f3)
+read -r c50 c99 < <(cat "$tmp"/c16.* | awk '{print $3 / 1000.0}' | pct)
+pss=$(pss_total)
+msize=$(stat -c %s "$model")
+batch=$(sql -c "SELECT round(mean_batch::numeric, 1) || ' mean / ' || max_batch || ' max' FROM mms.stat_models")
+echo "16 clients: $tps calls/s, p50 $c50 ms, p99 $c99 ms; decode batch $batch;" \
+	"PSS of all PostgreSQL processes $pss MB, $((pss - pss_base)) MB more than before loading, for a $((msize / 1048576)) MB model"
