@@ -20,8 +20,24 @@ static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t done = PTHREAD_COND_INITIALIZER;
 static int	n_threads = 1;		/* wanted, including the caller */
 static int	n_started = 0;		/* pool threads running (excludes the caller) */
-static unsigned long generation = 0;	/* bumped per job */
-static int	busy = 0;			/* pool threads still inside the current job */
+static atomic_ulong generation = 0;	/* bumped per job */
+static atomic_int busy = 0;		/* pool threads still inside the current job */
+
+/*
+ * A forward pass forks and joins a hundred times a step; a thread woken by
+ * a condition variable takes tens of microseconds to run. Both sides first
+ * spin briefly (SPIN_ITERS pauses, tens of microseconds) on the shared
+ * counters, then sleep.
+ */
+#define SPIN_ITERS 20000
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#endif
+}
 
 static MmsTaskFn job_fn;
 static void *job_arg;
@@ -43,22 +59,28 @@ worker_main(void *p)
 	int			thread = (int) (long) p;
 	unsigned long seen = 0;
 
-	pthread_mutex_lock(&mu);
 	for (;;)
 	{
-		while (generation == seen)
+		for (int i = 0; i < SPIN_ITERS && atomic_load(&generation) == seen; i++)
+			cpu_relax();
+		pthread_mutex_lock(&mu);
+		while (atomic_load(&generation) == seen)
 			pthread_cond_wait(&wake, &mu);
-		seen = generation;
+		seen = atomic_load(&generation);
 		if (thread >= n_threads)
 		{
 			/* not part of this job (pool was shrunk) */
+			pthread_mutex_unlock(&mu);
 			continue;
 		}
 		pthread_mutex_unlock(&mu);
 		run_tasks(thread);
-		pthread_mutex_lock(&mu);
-		if (--busy == 0)
+		if (atomic_fetch_sub(&busy, 1) == 1)
+		{
+			pthread_mutex_lock(&mu);
 			pthread_cond_signal(&done);
+			pthread_mutex_unlock(&mu);
+		}
 	}
 	return NULL;
 }
@@ -129,17 +151,23 @@ mms_parallel(int n_tasks, MmsTaskFn fn, void *arg)
 	job_tasks = n_tasks;
 	atomic_store(&next_task, 0);
 	/* every started thread wakes; those with index >= n_threads skip the job */
-	busy = 0;
-	for (int i = 1; i <= n_started; i++)
-		busy += i < n_threads;
-	generation++;
+	{
+		int			b = 0;
+
+		for (int i = 1; i <= n_started; i++)
+			b += i < n_threads;
+		atomic_store(&busy, b);
+	}
+	atomic_fetch_add(&generation, 1);
 	pthread_cond_broadcast(&wake);
 	pthread_mutex_unlock(&mu);
 
 	run_tasks(0);
 
+	for (int i = 0; i < SPIN_ITERS && atomic_load(&busy) > 0; i++)
+		cpu_relax();
 	pthread_mutex_lock(&mu);
-	while (busy > 0)
+	while (atomic_load(&busy) > 0)
 		pthread_cond_wait(&done, &mu);
 	pthread_mutex_unlock(&mu);
 }
