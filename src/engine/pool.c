@@ -29,7 +29,7 @@ static atomic_int busy = 0;		/* pool threads still inside the current job */
  * spin briefly (SPIN_ITERS pauses, tens of microseconds) on the shared
  * counters, then sleep.
  */
-#define SPIN_ITERS 20000
+#define SPIN_ITERS 2000
 
 static inline void
 cpu_relax(void)
