@@ -624,9 +624,51 @@ def length_bucketed_batches(src, batch, rng):
     return batches
 
 
+class ThreadChooser:
+    """torch threads: a fixed count, or (0 = auto) on a machine shared with other jobs,
+    every 300 steps time 15 steps on 1 thread and 15 on all cores and keep the faster
+    (with more runnable threads than cores, 2 threads can be 3x slower than 1)."""
+
+    def __init__(self, n, log):
+        import torch
+        self.torch, self.log = torch, log
+        self.fixed = n
+        self.choices = [1, os.cpu_count() or 1] if not n else [n]
+        self.best = self.choices[-1]
+        self.cost = {}
+        self.cur = None
+        self.set(self.best)
+
+    def set(self, n):
+        if n != self.cur:
+            self.torch.set_num_threads(n)
+            self.cur = n
+
+    def before_step(self, step):
+        if len(self.choices) == 1:
+            return
+        c = step % 300
+        if c == 0:
+            self.cost = {k: [0.0, 0] for k in self.choices}
+        if c < 15 * len(self.choices):
+            self.set(self.choices[c // 15])
+        elif c == 15 * len(self.choices):
+            per = {k: v[0] / max(1, v[1]) for k, v in self.cost.items()}
+            best = min(per, key=per.get)
+            if best != self.best:
+                self.log(f"threads: {best} ({', '.join(f'{k}: {1e6 * v:.0f} us/token' for k, v in per.items())})")
+            self.best = best
+            self.set(best)
+
+    def after_step(self, secs, tokens):
+        if self.cur in self.cost and self.cost:
+            self.cost[self.cur][0] += secs
+            self.cost[self.cur][1] += tokens
+
+
 def train(model, sp, train_rows, val_rows, args, log):
     import torch
-    torch.set_num_threads(args.threads)
+    threads = ThreadChooser(args.threads, log)
     src, tgt = encode_all(sp, train_rows)
     log(f"encoded: mean input {sum(map(len, src)) / len(src):.1f} ids (max "
         f"{max(map(len, src))}), mean target {sum(map(len, tgt)) / len(tgt):.1f} ids (max "
@@ -674,6 +716,8 @@ def train(model, sp, train_rows, val_rows, args, log):
         idx = order[pos]
         pos += 1
         x, m, y = make_batch(src, tgt, idx)
+        threads.before_step(step)
+        t_step = time.time()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, frac)
         loss = model(input_ids=x, attention_mask=m, labels=y).loss
@@ -684,6 +728,7 @@ def train(model, sp, train_rows, val_rows, args, log):
         step += 1
         run_loss += loss.item()
         run_n += 1
+        threads.after_step(time.time() - t_step, x.numel() + y.numel())
         if step % 50 == 0:
             log(f"step {step:6d}  {(time.time() - t0) / 60:5.1f} min  loss {run_loss / run_n:.4f}"
                 f"  lr {lr_at(step, frac):.2e}")
@@ -726,7 +771,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads; 0 = pick 1 or all cores by timing, as the load changes")
     ap.add_argument("--vocab", type=int, default=1000)
     ap.add_argument("--eval-every", type=float, default=4.0, help="minutes")
     ap.add_argument("--ckpt-every", type=float, default=3.0, help="minutes")
@@ -752,14 +798,19 @@ def main():
         logf.flush()
 
     import torch
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     spm_path = os.path.join(MODELS, "datefix.spm.model")
     hf_dir = os.path.join(WORK, "hf")
     if not args.export_only:
         train_rows, val_rows, heldout = make_data(log)
         write_tsv(os.path.join(MODELS, "datefix_heldout.tsv"), heldout)
         write_tsv(os.path.join(WORK, "validation.tsv"), val_rows)
-        sp = train_tokenizer(train_rows, spm_path, args.vocab, log)
+        if args.resume and os.path.exists(spm_path):
+            import sentencepiece as spm
+            sp = spm.SentencePieceProcessor(model_file=spm_path)  # the checkpoint's
+            log(f"tokenizer: {spm_path} kept ({sp.vocab_size()} pieces)")
+        else:
+            sp = train_tokenizer(train_rows, spm_path, args.vocab, log)
         model = build_model(sp.vocab_size())
         c = model.config
         log(f"model: d_model {c.d_model}, d_ff {c.d_ff} (gated-gelu), {c.num_layers}+"

@@ -53,7 +53,10 @@ hsum256(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
-/* Four weight rows at a time against every input row; k a multiple of 8. */
+/*
+ * Four weight rows against two input rows at a time (eight accumulators):
+ * each weight vector loaded from L1 feeds two FMAs; k a multiple of 8.
+ */
 __attribute__((target("avx2,fma")))
 static void
 small_gemm_avx2(float *y, int64_t ldy, const float *x, const float *w, int64_t rows, int64_t k,
@@ -67,8 +70,56 @@ small_gemm_avx2(float *y, int64_t ldy, const float *x, const float *w, int64_t r
 				   *w1 = w0 + k,
 				   *w2 = w1 + k,
 				   *w3 = w2 + k;
+		int64_t		m = 0;
 
-		for (int64_t m = 0; m < rows; m++)
+		for (; m + 2 <= rows; m += 2)
+		{
+			const float *xa = x + m * k,
+					   *xb = xa + k;
+			__m256		a0 = _mm256_setzero_ps(),
+						a1 = _mm256_setzero_ps(),
+						a2 = _mm256_setzero_ps(),
+						a3 = _mm256_setzero_ps(),
+						b0 = _mm256_setzero_ps(),
+						b1 = _mm256_setzero_ps(),
+						b2 = _mm256_setzero_ps(),
+						b3 = _mm256_setzero_ps();
+			float		r[8];
+
+			for (int64_t i = 0; i < k; i += 8)
+			{
+				__m256		xv = _mm256_loadu_ps(xa + i);
+				__m256		xw = _mm256_loadu_ps(xb + i);
+				__m256		v0 = _mm256_loadu_ps(w0 + i);
+				__m256		v1 = _mm256_loadu_ps(w1 + i);
+				__m256		v2 = _mm256_loadu_ps(w2 + i);
+				__m256		v3 = _mm256_loadu_ps(w3 + i);
+
+				a0 = _mm256_fmadd_ps(xv, v0, a0);
+				a1 = _mm256_fmadd_ps(xv, v1, a1);
+				a2 = _mm256_fmadd_ps(xv, v2, a2);
+				a3 = _mm256_fmadd_ps(xv, v3, a3);
+				b0 = _mm256_fmadd_ps(xw, v0, b0);
+				b1 = _mm256_fmadd_ps(xw, v1, b1);
+				b2 = _mm256_fmadd_ps(xw, v2, b2);
+				b3 = _mm256_fmadd_ps(xw, v3, b3);
+			}
+			r[0] = hsum256(a0);
+			r[1] = hsum256(a1);
+			r[2] = hsum256(a2);
+			r[3] = hsum256(a3);
+			r[4] = hsum256(b0);
+			r[5] = hsum256(b1);
+			r[6] = hsum256(b2);
+			r[7] = hsum256(b3);
+			for (int j = 0; j < 8; j++)
+			{
+				float	   *dst = y + (m + j / 4) * ldy + o + j % 4;
+
+				*dst = accumulate ? *dst + r[j] : r[j];
+			}
+		}
+		for (; m < rows; m++)
 		{
 			const float *xm = x + m * k;
 			__m256		a0 = _mm256_setzero_ps(),
@@ -86,20 +137,10 @@ small_gemm_avx2(float *y, int64_t ldy, const float *x, const float *w, int64_t r
 				a2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w2 + i), a2);
 				a3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w3 + i), a3);
 			}
-			if (accumulate)
-			{
-				ym[0] += hsum256(a0);
-				ym[1] += hsum256(a1);
-				ym[2] += hsum256(a2);
-				ym[3] += hsum256(a3);
-			}
-			else
-			{
-				ym[0] = hsum256(a0);
-				ym[1] = hsum256(a1);
-				ym[2] = hsum256(a2);
-				ym[3] = hsum256(a3);
-			}
+			ym[0] = accumulate ? ym[0] + hsum256(a0) : hsum256(a0);
+			ym[1] = accumulate ? ym[1] + hsum256(a1) : hsum256(a1);
+			ym[2] = accumulate ? ym[2] + hsum256(a2) : hsum256(a2);
+			ym[3] = accumulate ? ym[3] + hsum256(a3) : hsum256(a3);
 		}
 	}
 	for (; o < o1; o++)
