@@ -179,6 +179,26 @@ test_gelu_mul_relu(void **state)
 	assert_true(fabsf(g[0] - 2.0f * mms_gelu_new(-1.0f)) < 1e-7f);
 	assert_true(g[1] == 0.0f);
 	assert_true(fabsf(g[3] - 0.5f * mms_gelu_new(2.0f)) < 1e-7f);
+	/* the vectorized path (8 at a time) against the scalar one over a wide range */
+	{
+		float		a[203],
+					u[203];
+
+		for (int i = 0; i < 203; i++)
+		{
+			a[i] = -12.0f + 0.12f * (float) i;
+			u[i] = 1.0f + 0.01f * (float) i;
+		}
+		mms_gelu_mul(a, u, 203);
+		for (int i = 0; i < 203; i++)
+		{
+			float		x = -12.0f + 0.12f * (float) i;
+			float		want = mms_gelu_new(x) * u[i];
+
+			if (fabsf(a[i] - want) > 2e-6f * (1.0f + fabsf(want)))
+				fail_msg("gelu_mul(%g) = %.9g, scalar %.9g", x, a[i], want);
+		}
+	}
 	mms_relu(r, 3);
 	assert_true(r[0] == 0.0f && r[1] == 0.0f && r[2] == 2.5f);
 }

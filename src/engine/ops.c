@@ -13,6 +13,27 @@
 #include <immintrin.h>
 #endif
 
+#if defined(__x86_64__)
+static int64_t gelu_mul_avx2(float *gate, const float *up, int64_t n);
+#endif
+
+static int
+have_avx2(void)
+{
+#if defined(__x86_64__)
+	static int	cached = -1;
+
+	if (cached < 0)
+	{
+		__builtin_cpu_init();
+		cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+	}
+	return cached;
+#else
+	return 0;
+#endif
+}
+
 void
 mms_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
 {
@@ -79,7 +100,13 @@ gelu_task(void *arg, int task, int thread)
 	int64_t		i0 = task * j->chunk;
 	int64_t		i1 = i0 + j->chunk < j->n ? i0 + j->chunk : j->n;
 
-	for (int64_t i = i0; i < i1; i++)
+	int64_t		done = 0;
+
+#if defined(__x86_64__)
+	if (have_avx2())
+		done = gelu_mul_avx2(j->gate + i0, j->up + i0, i1 - i0);
+#endif
+	for (int64_t i = i0 + done; i < i1; i++)
 		j->gate[i] = mms_gelu_new(j->gate[i]) * j->up[i];
 }
 
@@ -135,22 +162,38 @@ sum_exp_c(const float *x, int64_t n, float mx)
  * vocabulary-wide log-sum-exp of every decoder row is otherwise a visible
  * share of a batched decode step.
  */
+/* exp(v) for v in [-87, 88], about 1 ulp: range reduction v = k ln2 + r, degree-6 polynomial. */
+__attribute__((target("avx2,fma")))
+static inline __m256
+exp256(__m256 v)
+{
+	const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+	const __m256 ln2hi = _mm256_set1_ps(0.693359375f);
+	const __m256 ln2lo = _mm256_set1_ps(-2.12194440e-4f);
+	__m256		k,
+				r,
+				p;
+	__m256i		e;
+
+	k = _mm256_round_ps(_mm256_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	r = _mm256_fnmadd_ps(k, ln2hi, v);
+	r = _mm256_fnmadd_ps(k, ln2lo, r);
+	p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+	p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+	e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+	return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
 __attribute__((target("avx2,fma")))
 static double
 sum_exp_avx2(const float *x, int64_t n, float mx)
 {
 	const __m256 vmx = _mm256_set1_ps(mx);
 	const __m256 lo = _mm256_set1_ps(-87.0f);
-	const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
-	const __m256 ln2hi = _mm256_set1_ps(0.693359375f);
-	const __m256 ln2lo = _mm256_set1_ps(-2.12194440e-4f);
-	const __m256 p0 = _mm256_set1_ps(1.9875691500e-4f);
-	const __m256 p1 = _mm256_set1_ps(1.3981999507e-3f);
-	const __m256 p2 = _mm256_set1_ps(8.3334519073e-3f);
-	const __m256 p3 = _mm256_set1_ps(4.1665795894e-2f);
-	const __m256 p4 = _mm256_set1_ps(1.6666665459e-1f);
-	const __m256 p5 = _mm256_set1_ps(5.0000001201e-1f);
-	const __m256 one = _mm256_set1_ps(1.0f);
 	__m256		acc = _mm256_setzero_ps();
 	double		sum = 0.0;
 	float		lanes[8];
@@ -160,24 +203,9 @@ sum_exp_avx2(const float *x, int64_t n, float mx)
 	{
 		__m256		v = _mm256_sub_ps(_mm256_loadu_ps(x + i), vmx);
 		__m256		under = _mm256_cmp_ps(v, lo, _CMP_LT_OQ);
-		__m256		k,
-					r,
-					p;
-		__m256i		e;
 
-		v = _mm256_max_ps(v, lo);
-		k = _mm256_round_ps(_mm256_mul_ps(v, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-		r = _mm256_fnmadd_ps(k, ln2hi, v);
-		r = _mm256_fnmadd_ps(k, ln2lo, r);
-		p = _mm256_fmadd_ps(p0, r, p1);
-		p = _mm256_fmadd_ps(p, r, p2);
-		p = _mm256_fmadd_ps(p, r, p3);
-		p = _mm256_fmadd_ps(p, r, p4);
-		p = _mm256_fmadd_ps(p, r, p5);
-		p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
-		e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-		p = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-		acc = _mm256_add_ps(acc, _mm256_andnot_ps(under, p));	/* exp(< -87) counts as 0 */
+		/* exp(< -87) counts as 0 (and masks -inf) */
+		acc = _mm256_add_ps(acc, _mm256_andnot_ps(under, exp256(_mm256_max_ps(v, lo))));
 		if (((i >> 3) & 1023) == 1023)
 		{
 			/* flush to double now and then, so float lanes never sum too much */
@@ -194,12 +222,38 @@ sum_exp_avx2(const float *x, int64_t n, float mx)
 		sum += exp((double) x[i] - mx);
 	return sum;
 }
+
+/* gate = gelu_new(gate) * up, with tanh(u) = 1 - 2 / (exp(2u) + 1). */
+__attribute__((target("avx2,fma")))
+static int64_t
+gelu_mul_avx2(float *gate, const float *up, int64_t n)
+{
+	const __m256 k0 = _mm256_set1_ps(0.7978845608028654f);
+	const __m256 k1 = _mm256_set1_ps(0.044715f);
+	const __m256 lim = _mm256_set1_ps(9.0f);	/* tanh(9) == 1 in float */
+	const __m256 one = _mm256_set1_ps(1.0f);
+	const __m256 two = _mm256_set1_ps(2.0f);
+	const __m256 half = _mm256_set1_ps(0.5f);
+	int64_t		i = 0;
+
+	for (; i + 8 <= n; i += 8)
+	{
+		__m256		x = _mm256_loadu_ps(gate + i);
+		__m256		u = _mm256_mul_ps(k0, _mm256_fmadd_ps(_mm256_mul_ps(k1, x), _mm256_mul_ps(x, x), x));
+		__m256		t;
+
+		u = _mm256_max_ps(_mm256_min_ps(u, lim), _mm256_sub_ps(_mm256_setzero_ps(), lim));
+		t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(exp256(_mm256_mul_ps(two, u)), one)));
+		x = _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, t));
+		_mm256_storeu_ps(gate + i, _mm256_mul_ps(x, _mm256_loadu_ps(up + i)));
+	}
+	return i;
+}
 #endif
 
 double
 mms_logsumexp(const float *x, int64_t n)
 {
-	static int	have_avx2 = -1;
 	float		mx = -INFINITY;
 	double		sum;
 
@@ -208,12 +262,7 @@ mms_logsumexp(const float *x, int64_t n)
 	if (mx == -INFINITY || !isfinite(mx))
 		return mx;
 #if defined(__x86_64__)
-	if (have_avx2 < 0)
-	{
-		__builtin_cpu_init();
-		have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-	}
-	sum = have_avx2 ? sum_exp_avx2(x, n, mx) : sum_exp_c(x, n, mx);
+	sum = have_avx2() ? sum_exp_avx2(x, n, mx) : sum_exp_c(x, n, mx);
 #else
 	sum = sum_exp_c(x, n, mx);
 #endif
