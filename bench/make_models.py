@@ -327,6 +327,8 @@ def build(name, force):
             sys.exit(f"make_models: {DEMO_GGUF} / {DEMO_SP} missing (train it first)")
         sp_path, source = DEMO_SP, DEMO_GGUF
     redo = force or not stamp_ok(hf_dir, source)
+    if not redo and name == "small":
+        redo = not (OUT / "small.gguf").exists()
     if not redo and source is not None:
         redo = json.loads((hf_dir / ".done").read_text()).get("gguf") != str(source)
     if redo:

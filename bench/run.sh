@@ -9,10 +9,7 @@ cd "$(dirname "$0")/.."
 threads=${THREADS:-$(nproc)}
 models=${MODELS:-"small demo"}
 quick=${QUICK:+--quick}
-tools/venv.sh >/dev/null
-py=.venv/bin/python
-$py -c "import onnxruntime, optimum, ctranslate2" 2>/dev/null ||
-	.venv/bin/pip install -q onnxruntime onnx "optimum[onnxruntime]" ctranslate2
+py=$(tools/venv.sh bench)
 mkdir -p bench/out
 out=bench/out/results.jsonl
 : > "$out"

@@ -1,19 +1,30 @@
 #!/bin/bash
-# Creates the Python virtual environment the tools use (fixtures, goldens, benchmarks)
-# at <repo>/.venv, if it is missing or incomplete, and prints its python path.
-# Safe to run repeatedly. Never needed at run time or by `make test`.
-#
+# Creates a Python virtual environment for the tools, if it is missing or
+# incomplete, and prints its python path. Safe to run repeatedly. Never needed
+# at run time or by `make test`.
+#   tools/venv.sh        -> .venv: the reference (fixtures, goldens, training),
+#                           transformers pinned to the version the goldens came from
+#   tools/venv.sh bench  -> .venv-bench: the benchmark peers. optimum's ONNX export
+#                           needs an older transformers, so it lives apart.
 # torch is pinned to 2.13.0: that is the CPU build available locally; plain `torch`
 # (or a newer one) would download a CUDA build of several GB.
 set -eu
 root="$(cd "$(dirname "$0")/.." && pwd)"
-venv="$root/.venv"
+if [ "${1:-}" = bench ]; then
+	venv="$root/.venv-bench"
+	check='import torch, transformers, sentencepiece, gguf, numpy, google.protobuf, onnxruntime, optimum, ctranslate2'
+	pkgs=(torch==2.13.0 "transformers<4.58" sentencepiece gguf numpy protobuf onnx onnxruntime "optimum[onnxruntime]" ctranslate2)
+else
+	venv="$root/.venv"
+	check='import torch, transformers, sentencepiece, gguf, numpy, google.protobuf; assert transformers.__version__ == "5.24.0"'
+	pkgs=(torch==2.13.0 transformers==5.24.0 sentencepiece gguf numpy protobuf)
+fi
 py="$venv/bin/python"
 
 if [ ! -x "$py" ]; then
 	python3 -m venv "$venv" >&2
 fi
-if ! "$py" -c 'import torch, transformers, sentencepiece, gguf, numpy, google.protobuf' 2>/dev/null; then
-	"$venv/bin/pip" install -q torch==2.13.0 transformers sentencepiece gguf numpy protobuf >&2
+if ! "$py" -c "$check" 2>/dev/null; then
+	"$venv/bin/pip" install -q "${pkgs[@]}" >&2
 fi
 echo "$py"
