@@ -625,19 +625,22 @@ def length_bucketed_batches(src, batch, rng):
 
 
 class ThreadChooser:
-    """torch threads: a fixed count, or (0 = auto) on a machine shared with other jobs,
-    every 300 steps time 15 steps on 1 thread and 15 on all cores and keep the faster
-    (with more runnable threads than cores, 2 threads can be 3x slower than 1)."""
+    """torch threads: a fixed count, or (0 = auto, for a machine shared with other
+    jobs) every minute time a few steps on 1 thread and on all cores and keep the
+    faster: with more runnable threads than cores, 2 threads can be 3x slower than 1."""
+
+    TRIAL = 6  # steps per choice
 
     def __init__(self, n, log):
         import torch
         self.torch, self.log = torch, log
-        self.fixed = n
         self.choices = [1, os.cpu_count() or 1] if not n else [n]
-        self.best = self.choices[-1]
-        self.cost = {}
         self.cur = None
-        self.set(self.best)
+        self.best = 1
+        self.trial_at = 0.0   # time of the last trial
+        self.trial = None     # steps done in the running trial
+        self.cost = {}
+        self.set(self.choices[0])
 
     def set(self, n):
         if n != self.cur:
@@ -647,21 +650,25 @@ class ThreadChooser:
     def before_step(self, step):
         if len(self.choices) == 1:
             return
-        c = step % 300
-        if c == 0:
+        if self.trial is None and time.time() - self.trial_at >= 60:
+            self.trial = 0
             self.cost = {k: [0.0, 0] for k in self.choices}
-        if c < 15 * len(self.choices):
-            self.set(self.choices[c // 15])
-        elif c == 15 * len(self.choices):
-            per = {k: v[0] / max(1, v[1]) for k, v in self.cost.items()}
-            best = min(per, key=per.get)
-            if best != self.best:
-                self.log(f"threads: {best} ({', '.join(f'{k}: {1e6 * v:.0f} us/token' for k, v in per.items())})")
-            self.best = best
-            self.set(best)
+        if self.trial is None:
+            return
+        if self.trial < self.TRIAL * len(self.choices):
+            self.set(self.choices[self.trial // self.TRIAL])
+            self.trial += 1
+            return
+        per = {k: v[0] / max(1, v[1]) for k, v in self.cost.items()}
+        best = min(per, key=per.get)
+        if best != self.best:
+            self.log(f"threads: {best} ({', '.join(f'{k}: {1e6 * v:.0f} us/token' for k, v in per.items())})")
+        self.best = best
+        self.set(best)
+        self.trial, self.trial_at = None, time.time()
 
     def after_step(self, secs, tokens):
-        if self.cur in self.cost and self.cost:
+        if self.trial is not None and self.cur in self.cost:
             self.cost[self.cur][0] += secs
             self.cost[self.cur][1] += tokens
 
