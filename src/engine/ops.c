@@ -125,23 +125,32 @@ mms_relu(float *x, int64_t n)
 		x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
+#if defined(__x86_64__)
+static int64_t softmax_exp_avx2(float *x, int64_t n, float mx, double *sum);
+#endif
+
 void
 mms_softmax(float *x, int64_t n)
 {
 	float		mx = -INFINITY;
 	double		sum = 0.0;
 	float		inv;
+	int64_t		i = 0;
 
-	for (int64_t i = 0; i < n; i++)
-		mx = x[i] > mx ? x[i] : mx;
-	for (int64_t i = 0; i < n; i++)
+	for (int64_t j = 0; j < n; j++)
+		mx = x[j] > mx ? x[j] : mx;
+#if defined(__x86_64__)
+	if (have_avx2())
+		i = softmax_exp_avx2(x, n, mx, &sum);
+#endif
+	for (; i < n; i++)
 	{
 		x[i] = expf(x[i] - mx);
 		sum += x[i];
 	}
 	inv = (float) (1.0 / sum);
-	for (int64_t i = 0; i < n; i++)
-		x[i] *= inv;
+	for (int64_t j = 0; j < n; j++)
+		x[j] *= inv;
 }
 
 /* sum(exp(x[i] - mx)) in plain C, double accumulation */
@@ -221,6 +230,32 @@ sum_exp_avx2(const float *x, int64_t n, float mx)
 	for (; i < n; i++)
 		sum += exp((double) x[i] - mx);
 	return sum;
+}
+
+/* x[i] = exp(x[i] - mx) for whole vectors of 8; adds them to *sum; returns how many. */
+__attribute__((target("avx2,fma")))
+static int64_t
+softmax_exp_avx2(float *x, int64_t n, float mx, double *sum)
+{
+	const __m256 vmx = _mm256_set1_ps(mx);
+	const __m256 lo = _mm256_set1_ps(-87.0f);
+	__m256		acc = _mm256_setzero_ps();
+	float		lanes[8];
+	int64_t		i = 0;
+
+	for (; i + 8 <= n; i += 8)
+	{
+		__m256		v = _mm256_sub_ps(_mm256_loadu_ps(x + i), vmx);
+		__m256		under = _mm256_cmp_ps(v, lo, _CMP_LT_OQ);
+		__m256		e = _mm256_andnot_ps(under, exp256(_mm256_max_ps(v, lo)));
+
+		_mm256_storeu_ps(x + i, e);
+		acc = _mm256_add_ps(acc, e);
+	}
+	_mm256_storeu_ps(lanes, acc);
+	for (int j = 0; j < 8; j++)
+		*sum += lanes[j];
+	return i;
 }
 
 /* gate = gelu_new(gate) * up, with tanh(u) = 1 - 2 / (exp(2u) + 1). */
