@@ -610,6 +610,43 @@ def accuracy(model, sp, rows):
     return sum(ok) / len(ok), sum(d) / max(1, len(d)), sum(n) / max(1, len(n)), texts
 
 
+def adamw_scale_class():
+    """AdamW whose step is scaled by each tensor's RMS (Adafactor's scale_parameter,
+    as nanoT5's AdamWScale). T5's init gives tensors very different scales (embedding
+    std 1, query std (d_model*d_kv)^-0.5 ~ 0.008): plain AdamW's absolute step either
+    barely moves the former or destabilizes the latter; a relative step does neither."""
+    import torch
+
+    class AdamWScale(torch.optim.Optimizer):
+        def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0):
+            super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+        @torch.no_grad()
+        def step(self):
+            for group in self.param_groups:
+                b1, b2 = group["betas"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    st = self.state[p]
+                    if not st:
+                        st["step"] = 0
+                        st["m"] = torch.zeros_like(p)
+                        st["v"] = torch.zeros_like(p)
+                    st["step"] += 1
+                    t = st["step"]
+                    st["m"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                    st["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                    denom = st["v"].sqrt().add_(group["eps"])
+                    step = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                    step *= max(1e-3, p.norm().item() / math.sqrt(p.numel()))
+                    p.addcdiv_(st["m"], denom, value=-step)
+                    if group["weight_decay"]:
+                        p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+    return AdamWScale
+
+
 def length_bucketed_batches(src, batch, rng):
     """One epoch: shuffled, then sorted by input length within windows of 50
     batches, cut into batches, batches shuffled (less padding, still random)."""

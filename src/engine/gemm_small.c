@@ -53,6 +53,91 @@ hsum256(__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
+/* y[m..m+3][o..o+2] from weight rows w, w+k, w+2k and input rows xm .. xm+3k. */
+__attribute__((target("avx2,fma")))
+static void
+block_3x4(float *y, int64_t ldy, const float *xm, const float *w, int64_t k, int64_t o, int64_t m,
+		  int accumulate)
+{
+	const float *w0 = w,
+			   *w1 = w + k,
+			   *w2 = w + 2 * k;
+	const float *x0 = xm,
+			   *x1 = xm + k,
+			   *x2 = xm + 2 * k,
+			   *x3 = xm + 3 * k;
+	__m256		c[12];
+	float		r[12];
+
+	for (int j = 0; j < 12; j++)
+		c[j] = _mm256_setzero_ps();
+	for (int64_t i = 0; i < k; i += 8)
+	{
+		__m256		a0 = _mm256_loadu_ps(w0 + i);
+		__m256		a1 = _mm256_loadu_ps(w1 + i);
+		__m256		a2 = _mm256_loadu_ps(w2 + i);
+		__m256		b;
+
+		b = _mm256_loadu_ps(x0 + i);
+		c[0] = _mm256_fmadd_ps(b, a0, c[0]);
+		c[1] = _mm256_fmadd_ps(b, a1, c[1]);
+		c[2] = _mm256_fmadd_ps(b, a2, c[2]);
+		b = _mm256_loadu_ps(x1 + i);
+		c[3] = _mm256_fmadd_ps(b, a0, c[3]);
+		c[4] = _mm256_fmadd_ps(b, a1, c[4]);
+		c[5] = _mm256_fmadd_ps(b, a2, c[5]);
+		b = _mm256_loadu_ps(x2 + i);
+		c[6] = _mm256_fmadd_ps(b, a0, c[6]);
+		c[7] = _mm256_fmadd_ps(b, a1, c[7]);
+		c[8] = _mm256_fmadd_ps(b, a2, c[8]);
+		b = _mm256_loadu_ps(x3 + i);
+		c[9] = _mm256_fmadd_ps(b, a0, c[9]);
+		c[10] = _mm256_fmadd_ps(b, a1, c[10]);
+		c[11] = _mm256_fmadd_ps(b, a2, c[11]);
+	}
+	for (int j = 0; j < 12; j++)
+		r[j] = hsum256(c[j]);
+	for (int j = 0; j < 12; j++)
+	{
+		float	   *dst = y + (m + j / 3) * ldy + o + j % 3;
+
+		*dst = accumulate ? *dst + r[j] : r[j];
+	}
+}
+
+/* y[m..m+3][o] from one weight row. */
+__attribute__((target("avx2,fma")))
+static void
+block_1x4(float *y, int64_t ldy, const float *xm, const float *w0, int64_t k, int64_t o, int64_t m,
+		  int accumulate)
+{
+	__m256		c0 = _mm256_setzero_ps(),
+				c1 = _mm256_setzero_ps(),
+				c2 = _mm256_setzero_ps(),
+				c3 = _mm256_setzero_ps();
+	float		r[4];
+
+	for (int64_t i = 0; i < k; i += 8)
+	{
+		__m256		a = _mm256_loadu_ps(w0 + i);
+
+		c0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + i), a, c0);
+		c1 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + k + i), a, c1);
+		c2 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 2 * k + i), a, c2);
+		c3 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 3 * k + i), a, c3);
+	}
+	r[0] = hsum256(c0);
+	r[1] = hsum256(c1);
+	r[2] = hsum256(c2);
+	r[3] = hsum256(c3);
+	for (int j = 0; j < 4; j++)
+	{
+		float	   *dst = y + (m + j) * ldy + o;
+
+		*dst = accumulate ? *dst + r[j] : r[j];
+	}
+}
+
 /*
  * Four weight rows against two input rows at a time (eight accumulators):
  * each weight vector loaded from L1 feeds two FMAs; k a multiple of 8.
@@ -72,6 +157,15 @@ small_gemm_avx2(float *y, int64_t ldy, const float *x, const float *w, int64_t r
 				   *w3 = w2 + k;
 		int64_t		m = 0;
 
+		/* many rows: 3 weight rows x 4 input rows (12 accumulators), then the 4th weight row */
+		if (rows >= 8)
+		{
+			for (; m + 4 <= rows; m += 4)
+			{
+				block_3x4(y, ldy, x + m * k, w0, k, o, m, accumulate);
+				block_1x4(y, ldy, x + m * k, w3, k, o + 3, m, accumulate);
+			}
+		}
 		for (; m + 2 <= rows; m += 2)
 		{
 			const float *xa = x + m * k,
@@ -163,6 +257,49 @@ small_gemm_avx2(float *y, int64_t ldy, const float *x, const float *w, int64_t r
 #endif
 
 static int	have_avx2 = -1;
+
+#ifdef MMS_HAVE_X86
+__attribute__((target("avx2,fma")))
+static float
+dot_avx2(const float *a, const float *b, int64_t n)
+{
+	__m256		acc0 = _mm256_setzero_ps(),
+				acc1 = _mm256_setzero_ps();
+	int64_t		i = 0;
+	float		t;
+
+	for (; i + 16 <= n; i += 16)
+	{
+		acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+		acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+	}
+	for (; i + 8 <= n; i += 8)
+		acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+	t = hsum256(_mm256_add_ps(acc0, acc1));
+	for (; i < n; i++)
+		t += a[i] * b[i];
+	return t;
+}
+#endif
+
+float
+mms_dot(const float *a, const float *b, int64_t n)
+{
+	float		s = 0.0f;
+
+#ifdef MMS_HAVE_X86
+	if (have_avx2 < 0)
+	{
+		__builtin_cpu_init();
+		have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+	}
+	if (have_avx2)
+		return dot_avx2(a, b, n);
+#endif
+	for (int64_t i = 0; i < n; i++)
+		s += a[i] * b[i];
+	return s;
+}
 
 void
 mms_small_gemm(float *y, int64_t ldy, const float *x, const float *w, int64_t rows, int64_t k,

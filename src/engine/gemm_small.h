@@ -1,6 +1,7 @@
 /*
  * gemm_small.h — y[m, o] (+)= x[m, :] . w[o, :] for o in [o0, o1), for a few
- * rows m: the decoder's matrix products (see gemm_small.c for why).
+ * rows m: the decoder's matrix products (see gemm_small.c for why); and
+ * the dot product of attention scores.
  */
 #ifndef MMS_GEMM_SMALL_H
 #define MMS_GEMM_SMALL_H
@@ -9,5 +10,8 @@
 
 void		mms_small_gemm(float *y, int64_t ldy, const float *x, const float *w, int64_t rows,
 						   int64_t k, int64_t o0, int64_t o1, int accumulate);
+
+/* a . b over n floats (attention scores). */
+float		mms_dot(const float *a, const float *b, int64_t n);
 
 #endif

@@ -339,7 +339,7 @@ mms_t5_rel_bucket(int64_t rel, int bidirectional, int n_buckets, int max_distanc
 }
 
 /* Rows at or below this use the weight-streaming kernel; above, OpenBLAS sgemm. */
-#define MMS_SMALL_ROWS 24
+#define MMS_SMALL_ROWS 32
 
 typedef struct LinearJob
 {

@@ -13,6 +13,7 @@
 
 #include <cblas.h>
 
+#include "gemm_small.h"
 #include "ops.h"
 #include "pool.h"
 
@@ -350,11 +351,8 @@ attend_row(const float *q, const float *k, const float *v, int64_t stride, int64
 {
 	for (int64_t j = 0; j < n_keys; j++)
 	{
-		const float *kj = k + j * stride;
-		float		s = 0.0f;
+		float		s = mms_dot(q, k + j * stride, d_kv);
 
-		for (int64_t d = 0; d < d_kv; d++)
-			s += q[d] * kj[d];
 		scores[j] = bias ? s + bias[j] : s;
 	}
 	mms_softmax(scores, n_keys);
