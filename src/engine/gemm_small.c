@@ -7,6 +7,7 @@
  */
 #include "gemm_small.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -254,9 +255,72 @@ small_gemm_avx2(float *y, int64_t ldy, const float *x, const float *w, int64_t r
 		}
 	}
 }
+
+/*
+ * AVX-512: four weight rows x six input rows (24 accumulators of 16 floats)
+ * per pass; k a multiple of 16. About twice the AVX2 kernel where the CPU
+ * has it.
+ */
+__attribute__((target("avx512f")))
+static void
+small_gemm_avx512(float *y, int64_t ldy, const float *x, const float *w, int64_t rows, int64_t k,
+				  int64_t o0, int64_t o1, int accumulate)
+{
+	int64_t		o = o0;
+
+	for (; o < o1; o += 4)
+	{
+		int			nw = o1 - o < 4 ? (int) (o1 - o) : 4;
+		const float *wr[4];
+		int64_t		m = 0;
+
+		for (int a = 0; a < 4; a++)
+			wr[a] = w + (o + (a < nw ? a : 0)) * k;
+		while (m < rows)
+		{
+			int			nm = rows - m < 6 ? (int) (rows - m) : 6;
+			const float *xr[6];
+			__m512		c[4][6];
+
+			for (int b = 0; b < 6; b++)
+				xr[b] = x + (m + (b < nm ? b : 0)) * k;
+			for (int a = 0; a < 4; a++)
+				for (int b = 0; b < 6; b++)
+					c[a][b] = _mm512_setzero_ps();
+			for (int64_t i = 0; i < k; i += 16)
+			{
+				__m512		wa[4];
+
+				/* the next four weight rows, while these are in use: memory stays busy */
+				if (m == 0 && o + 8 <= o1)
+					for (int a = 0; a < 4; a++)
+						_mm_prefetch((const char *) (wr[a] + 4 * k + i), _MM_HINT_T0);
+				for (int a = 0; a < 4; a++)
+					wa[a] = _mm512_loadu_ps(wr[a] + i);
+				for (int b = 0; b < 6; b++)
+				{
+					__m512		xv = _mm512_loadu_ps(xr[b] + i);
+
+					for (int a = 0; a < 4; a++)
+						c[a][b] = _mm512_fmadd_ps(xv, wa[a], c[a][b]);
+				}
+			}
+			for (int b = 0; b < nm; b++)
+				for (int a = 0; a < nw; a++)
+				{
+					float	   *dst = y + (m + b) * ldy + o + a;
+					float		r = _mm512_reduce_add_ps(c[a][b]);
+
+					*dst = accumulate ? *dst + r : r;
+				}
+			m += nm;
+		}
+	}
+}
 #endif
 
 static int	have_avx2 = -1;
+static int	have_avx512 = -1;
 
 #ifdef MMS_HAVE_X86
 __attribute__((target("avx2,fma")))
@@ -310,6 +374,13 @@ mms_small_gemm(float *y, int64_t ldy, const float *x, const float *w, int64_t ro
 	{
 		__builtin_cpu_init();
 		have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+	}
+	if (have_avx512 < 0)
+		have_avx512 = __builtin_cpu_supports("avx512f") && getenv("MMS_NO_AVX512") == NULL;
+	if (have_avx512 && k % 16 == 0 && rows >= 4)
+	{
+		small_gemm_avx512(y, ldy, x, w, rows, k, o0, o1, accumulate);
+		return;
 	}
 	if (have_avx2 && k % 8 == 0)
 	{
