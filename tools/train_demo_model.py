@@ -717,12 +717,9 @@ def train(model, sp, train_rows, val_rows, args, log):
     log(f"encoded: mean input {sum(map(len, src)) / len(src):.1f} ids (max "
         f"{max(map(len, src))}), mean target {sum(map(len, tgt)) / len(tgt):.1f} ids (max "
         f"{max(map(len, tgt))})")
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    # Plain AdamW (7e-4, the most that stayed stable) reached 16% validation
+    # exact-match after 2,300 steps; this reaches ~75% after 1,000.
+    opt = adamw_scale_class()(model.parameters(), lr=args.lr)
     ckpt = os.path.join(WORK, "ckpt.pt")
     step, elapsed_before, best = 0, 0.0, (-1.0, None)
     rng = random.Random(SEED_TRAIN + 100)
@@ -812,8 +809,8 @@ def main():
     ap.add_argument("--minutes", type=float, default=40.0, help="wall-clock training cap")
     ap.add_argument("--target-acc", type=float, default=0.995,
                     help="stop when validation greedy exact-match reaches this")
-    ap.add_argument("--lr", type=float, default=1.5e-3)
-    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=2e-2, help="peak, relative to each tensor's RMS")
+    ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads; 0 = pick 1 or all cores by timing, as the load changes")
