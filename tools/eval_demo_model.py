@@ -202,9 +202,12 @@ def main():
     wrong = [i for i in range(n) if mm_text[i] != want[i]]
     if args.show:
         print("\nexamples (input -> mms-run F32 output):")
-        step = max(1, n // args.show)
-        for i in list(range(0, n, step))[:args.show]:
-            print(f"  {inputs[i]!r} -> {mm_text[i]}")
+        half = (args.show + 1) // 2
+        dates = [i for i in range(n) if is_date[i]]
+        nums = [i for i in range(n) if not is_date[i]]
+        for sel in (dates, nums):
+            for i in sel[::max(1, len(sel) // half)][:half]:
+                print(f"  {inputs[i]!r} -> {mm_text[i]}")
         if wrong:
             print(f"errors ({len(wrong)}; expected / got):")
             for i in wrong[:args.show]:
