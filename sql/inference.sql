@@ -52,8 +52,10 @@ SELECT bool_and(o.result = mms_generate('gen_flan', i.raw, '{"max_new_tokens": 4
 FROM gen_out o JOIN gen_in i USING (id);
 
 -- scoring: log P(target | input), over target's tokens and eos
-SELECT round(mms_score('gen_flan', 'Hello, world!', 'target text')::numeric, 6);
-SELECT round(mms_score('gen_relu', 'Hello, world!', 'target text')::numeric, 6);
+-- 2 decimals: kernels differ in the last float bits across CPUs; the exact
+-- comparison with mms-run is in test/pg/t_inference_cli.py
+SELECT round(mms_score('gen_flan', 'Hello, world!', 'target text')::numeric, 2);
+SELECT round(mms_score('gen_relu', 'Hello, world!', 'target text')::numeric, 2);
 SELECT mms_score('gen_flan', 'Hello', 'a') > mms_score('gen_flan', 'Hello', 'a b c d e f g') AS longer_is_less_likely;
 SELECT mms_score('gen_flan', NULL, 'x') IS NULL AS strict;
 
