@@ -267,40 +267,35 @@ mms_t5_work_free(MmsT5Work *w)
 	free(w);
 }
 
-static float *
-work_floats(MmsT5Work *w, size_t n, MmsError *err)
+/* Grows *buf to n elements of elem bytes (contents not kept); NULL with err set on failure. */
+static void *
+work_grow(void **buf, size_t *cap, size_t n, size_t elem, MmsError *err)
 {
-	if (n > w->cap)
+	if (n > *cap)
 	{
-		float	   *p = realloc(w->buf, n * sizeof(float));
+		void	   *p = realloc(*buf, n * elem);
 
 		if (p == NULL)
 		{
-			mms_fail(err, MMS_ERR_NOMEM, "out of memory for %zu bytes of scratch", n * sizeof(float));
+			mms_fail(err, MMS_ERR_NOMEM, "out of memory for %zu bytes of scratch", n * elem);
 			return NULL;
 		}
-		w->buf = p;
-		w->cap = n;
+		*buf = p;
+		*cap = n;
 	}
-	return w->buf;
+	return *buf;
+}
+
+static float *
+work_floats(MmsT5Work *w, size_t n, MmsError *err)
+{
+	return work_grow((void **) &w->buf, &w->cap, n, sizeof(float), err);
 }
 
 static int32_t *
 work_ints(MmsT5Work *w, size_t n, MmsError *err)
 {
-	if (n > w->icap)
-	{
-		int32_t    *p = realloc(w->ibuf, n * sizeof(int32_t));
-
-		if (p == NULL)
-		{
-			mms_fail(err, MMS_ERR_NOMEM, "out of memory for %zu bytes of scratch", n * sizeof(int32_t));
-			return NULL;
-		}
-		w->ibuf = p;
-		w->icap = n;
-	}
-	return w->ibuf;
+	return work_grow((void **) &w->ibuf, &w->icap, n, sizeof(int32_t), err);
 }
 
 /* ---------------------------------------------------------------- shared pieces */
