@@ -253,36 +253,13 @@ raise_call_error(const MmsModel *m, const MmsSlotError *e)
 static int32 *
 tokenize(MmsTokenizer *tok, text *t, int32 limit, const char *what, const char *guc, int32 *n)
 {
-	int			len = VARSIZE_ANY_EXHDR(t);
-	char	   *utf8 = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
-	int32_t    *ids = NULL;
-	size_t		n_ids = 0;
-	int32	   *out;
-	MmsError	err;
-	MmsStatus	st;
+	int32	   *out = mms_encode_text(tok, t, n);
 
-	if (utf8 != VARDATA_ANY(t))
-		len = strlen(utf8);
-	st = mms_tok_encode(tok, utf8, (size_t) len, 1, &ids, &n_ids, &err);
-	if (st != MMS_OK)
-		ereport(ERROR,
-				(errcode(mms_engine_sqlstate(st)),
-				 errmsg("could not tokenize: %s", err.msg)));
-	if (n_ids > (size_t) limit)
-	{
-		free(ids);
+	if (*n > limit)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s has %zu tokens, more than %s (%d)", what, n_ids, guc, limit),
+				 errmsg("%s has %d tokens, more than %s (%d)", what, *n, guc, limit),
 				 errhint("Shorten the text, or ask a superuser to raise %s.", guc)));
-	}
-	out = palloc_extended(Max(n_ids, 1) * sizeof(int32), MCXT_ALLOC_NO_OOM);
-	if (out)
-		memcpy(out, ids, n_ids * sizeof(int32));
-	free(ids);
-	if (out == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	*n = (int32) n_ids;
 	return out;
 }
 

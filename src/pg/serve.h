@@ -263,6 +263,9 @@ extern void mms_release_database(Oid dboid);
 extern MmsTokenizer *mms_tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text,
 											const MmsModel **model);
 
+/* Token ids of t with the final eos, palloc'd (the engine's malloc is freed); ERROR on failure. */
+extern int32 *mms_encode_text(MmsTokenizer *tok, text *t, int32 *n);
+
 /* ---- options.c ---- */
 extern void mms_parse_options(Jsonb *opts, MmsOptionSet *out);
 

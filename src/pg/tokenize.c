@@ -159,6 +159,38 @@ mms_tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text, const MmsModel *
 	return load_tokenizer(&qc->model);
 }
 
+int32 *
+mms_encode_text(MmsTokenizer *tok, text *t, int32 *n)
+{
+	int			len = VARSIZE_ANY_EXHDR(t);
+	char	   *utf8 = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
+	int32_t    *ids = NULL;
+	size_t		n_ids = 0;
+	int32	   *out;
+	MmsError	err;
+	MmsStatus	st;
+
+	if (utf8 != VARDATA_ANY(t))
+		len = strlen(utf8);
+	st = mms_tok_encode(tok, utf8, (size_t) len, 1, &ids, &n_ids, &err);
+	if (st != MMS_OK)
+		ereport(ERROR,
+				(errcode(mms_engine_sqlstate(st)),
+				 errmsg("could not tokenize: %s", err.msg)));
+	/* copy out of the engine's malloc before anything can ERROR */
+	out = palloc_extended(Max(n_ids, 1) * sizeof(int32), MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
+	if (out != NULL)
+		memcpy(out, ids, n_ids * sizeof(int32));
+	free(ids);
+	if (out == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory"),
+				 errdetail("Failed to allocate %zu token ids.", n_ids)));
+	*n = (int32) n_ids;
+	return out;
+}
+
 PG_FUNCTION_INFO_V1(mms_tokenize);
 
 /* mms_tokenize(model text, input text) RETURNS int[]: ids with the final eos. */
@@ -166,35 +198,13 @@ Datum
 mms_tokenize(PG_FUNCTION_ARGS)
 {
 	MmsTokenizer *tok = mms_tokenizer_for_call(fcinfo, PG_GETARG_TEXT_PP(0), NULL);
-	text	   *input = PG_GETARG_TEXT_PP(1);
-	int			len = VARSIZE_ANY_EXHDR(input);
-	char	   *utf8 = pg_server_to_any(VARDATA_ANY(input), len, PG_UTF8);
-	int32_t    *ids = NULL;
-	size_t		n_ids = 0;
-	MmsError	err;
-	MmsStatus	st;
-	Datum	   *elems;
+	int32		n;
+	int32	   *ids = mms_encode_text(tok, PG_GETARG_TEXT_PP(1), &n);
+	Datum	   *elems = palloc_extended(Max(n, 1) * sizeof(Datum), MCXT_ALLOC_HUGE);
 
-	if (utf8 != VARDATA_ANY(input))
-		len = strlen(utf8);
-	st = mms_tok_encode(tok, utf8, (size_t) len, 1, &ids, &n_ids, &err);
-	if (st != MMS_OK)
-		ereport(ERROR,
-				(errcode(mms_engine_sqlstate(st)),
-				 errmsg("could not tokenize: %s", err.msg)));
-
-	/* copy out of the engine's malloc before anything can ERROR */
-	elems = palloc_extended(Max(n_ids, 1) * sizeof(Datum), MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
-	if (elems != NULL)
-		for (size_t i = 0; i < n_ids; i++)
-			elems[i] = Int32GetDatum(ids[i]);
-	free(ids);
-	if (elems == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory"),
-				 errdetail("Failed to allocate %zu token ids.", n_ids)));
-	PG_RETURN_ARRAYTYPE_P(construct_array(elems, (int) n_ids, INT4OID, sizeof(int32), true,
+	for (int32 i = 0; i < n; i++)
+		elems[i] = Int32GetDatum(ids[i]);
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, (int) n, INT4OID, sizeof(int32), true,
 										  TYPALIGN_INT));
 }
 
