@@ -319,8 +319,36 @@ small_gemm_avx512(float *y, int64_t ldy, const float *x, const float *w, int64_t
 }
 #endif
 
-static int	have_avx2 = -1;
-static int	have_avx512 = -1;
+int
+mms_cpu_avx2(void)
+{
+#ifdef MMS_HAVE_X86
+	static int	cached = -1;
+
+	if (cached < 0)
+	{
+		__builtin_cpu_init();
+		cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+	}
+	return cached;
+#else
+	return 0;
+#endif
+}
+
+static int
+cpu_avx512(void)
+{
+#ifdef MMS_HAVE_X86
+	static int	cached = -1;
+
+	if (cached < 0)
+		cached = mms_cpu_avx2() && __builtin_cpu_supports("avx512f") && getenv("MMS_NO_AVX512") == NULL;
+	return cached;
+#else
+	return 0;
+#endif
+}
 
 #ifdef MMS_HAVE_X86
 __attribute__((target("avx2,fma")))
@@ -352,12 +380,7 @@ mms_dot(const float *a, const float *b, int64_t n)
 	float		s = 0.0f;
 
 #ifdef MMS_HAVE_X86
-	if (have_avx2 < 0)
-	{
-		__builtin_cpu_init();
-		have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-	}
-	if (have_avx2)
+	if (mms_cpu_avx2())
 		return dot_avx2(a, b, n);
 #endif
 	for (int64_t i = 0; i < n; i++)
@@ -370,19 +393,12 @@ mms_small_gemm(float *y, int64_t ldy, const float *x, const float *w, int64_t ro
 			   int64_t o0, int64_t o1, int accumulate)
 {
 #ifdef MMS_HAVE_X86
-	if (have_avx2 < 0)
-	{
-		__builtin_cpu_init();
-		have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-	}
-	if (have_avx512 < 0)
-		have_avx512 = __builtin_cpu_supports("avx512f") && getenv("MMS_NO_AVX512") == NULL;
-	if (have_avx512 && k % 16 == 0 && rows >= 4)
+	if (cpu_avx512() && k % 16 == 0 && rows >= 4)
 	{
 		small_gemm_avx512(y, ldy, x, w, rows, k, o0, o1, accumulate);
 		return;
 	}
-	if (have_avx2 && k % 8 == 0)
+	if (mms_cpu_avx2() && k % 8 == 0)
 	{
 		small_gemm_avx2(y, ldy, x, w, rows, k, o0, o1, accumulate);
 		return;

@@ -11,6 +11,9 @@
 void		mms_small_gemm(float *y, int64_t ldy, const float *x, const float *w, int64_t rows,
 						   int64_t k, int64_t o0, int64_t o1, int accumulate);
 
+/* The CPU has AVX2 and FMA (checked once): every SIMD kernel dispatches on it. */
+int			mms_cpu_avx2(void);
+
 /* a . b over n floats (attention scores). */
 float		mms_dot(const float *a, const float *b, int64_t n);
 

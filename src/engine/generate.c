@@ -78,6 +78,8 @@ struct MmsGenRequest
 	int			heuristic_open; /* HF is_early_stop_heuristic_unsatisfied */
 
 	float	   *work;			/* vocab floats */
+	float	   *work2;			/* vocab floats (sampling: top-k's copy) */
+	uint8_t    *mark;			/* vocab bytes, zero (repetition penalty) */
 	Cand	   *cand;			/* 2 x num_beams */
 	uint64_t	rng[4];
 
@@ -149,6 +151,8 @@ mms_gen_request_free(MmsGenRequest *r)
 			free(r->fin[i].ids);
 	free(r->fin);
 	free(r->work);
+	free(r->work2);
+	free(r->mark);
 	free(r->cand);
 	free(r->input);
 	free(r->target);
@@ -197,7 +201,11 @@ req_alloc_slots(MmsGenRequest *r, MmsError *err)
 	r->run_score = calloc((size_t) r->n_slots, sizeof(float));
 	r->run_raw = calloc((size_t) r->n_slots, sizeof(double));
 	r->work = malloc(V * sizeof(float));
-	if (!r->cur || !r->hist || !r->run_score || !r->run_raw || !r->work)
+	r->mark = calloc(V, 1);
+	if (r->kind == REQ_SAMPLE)
+		r->work2 = malloc(V * sizeof(float));
+	if (!r->cur || !r->hist || !r->run_score || !r->run_raw || !r->work || !r->mark ||
+		(r->kind == REQ_SAMPLE && !r->work2))
 		return mms_fail(err, MMS_ERR_NOMEM, "out of memory for a request");
 	if (r->kind == REQ_BEAM)
 	{
@@ -380,9 +388,13 @@ mms_gen_request_rows(MmsGenRequest *r, MmsT5State **st, int32_t *tok)
 
 /* ---------------------------------------------------------------- processors */
 
-/* HF RepetitionPenaltyLogitsProcessor over the decoder tokens (start included). */
+/*
+ * HF RepetitionPenaltyLogitsProcessor over the decoder tokens (start
+ * included): each distinct id once. mark (vocab bytes, all zero) finds
+ * repeats in one pass and is left all zero again.
+ */
 static void
-apply_repetition_penalty(float *x, const int32_t *hist, int32_t n, float penalty, float *seen_tmp)
+apply_repetition_penalty(float *x, const int32_t *hist, int32_t n, float penalty, uint8_t *mark)
 {
 	if (penalty == 1.0f)
 		return;
@@ -390,15 +402,13 @@ apply_repetition_penalty(float *x, const int32_t *hist, int32_t n, float penalty
 	{
 		int32_t		id = hist[i];
 
-		/* each distinct id once: mark by NaN-free sentinel in seen_tmp is overkill; compare earlier */
-		int			dup = 0;
-
-		for (int32_t j = 0; j < i && !dup; j++)
-			dup = hist[j] == id;
-		if (!dup)
-			x[id] = x[id] < 0 ? x[id] * penalty : x[id] / penalty;
+		if (mark[id])
+			continue;
+		mark[id] = 1;
+		x[id] = x[id] < 0 ? x[id] * penalty : x[id] / penalty;
 	}
-	(void) seen_tmp;
+	for (int32_t i = 0; i < n; i++)
+		mark[hist[i]] = 0;
 }
 
 static void
@@ -413,11 +423,10 @@ static void
 apply_top_k(float *x, int64_t V, int32_t k, float *tmp)
 {
 	float		kth;
-	int64_t		n_ge;
 
 	if (k <= 0 || k >= V)
 		return;
-	/* k-th largest by repeated partition would be faster; vocab-size scan is fine per token */
+	/* the k-th largest by quickselect over a copy */
 	memcpy(tmp, x, (size_t) V * sizeof(float));
 	{
 		int64_t		lo = 0,
@@ -456,15 +465,9 @@ apply_top_k(float *x, int64_t V, int32_t k, float *tmp)
 		}
 		kth = tmp[want];
 	}
-	n_ge = 0;
 	for (int64_t i = 0; i < V; i++)
-	{
 		if (x[i] < kth)
 			x[i] = -INFINITY;
-		else
-			n_ge++;
-	}
-	(void) n_ge;
 }
 
 typedef struct IdxVal
@@ -560,7 +563,7 @@ advance_single(MmsGenRequest *r, const float *logits, MmsError *err)
 	}
 
 	memcpy(x, logits, (size_t) V * sizeof(float));
-	apply_repetition_penalty(x, hist, r->t + 1, r->opt.repetition_penalty, NULL);
+	apply_repetition_penalty(x, hist, r->t + 1, r->opt.repetition_penalty, r->mark);
 	apply_min_new_tokens(r, x);
 	if (r->kind == REQ_GREEDY)
 		tok = argmax(x, V);
@@ -569,15 +572,11 @@ advance_single(MmsGenRequest *r, const float *logits, MmsError *err)
 		double		u,
 					acc = 0.0,
 					lse2;
-		float	   *tmp = malloc((size_t) V * sizeof(float));
 
-		if (tmp == NULL)
-			return mms_fail(err, MMS_ERR_NOMEM, "out of memory while sampling");
 		if (r->opt.temperature != 1.0f)
 			for (int64_t i = 0; i < V; i++)
 				x[i] = x[i] / r->opt.temperature;
-		apply_top_k(x, V, r->opt.top_k, tmp);
-		free(tmp);
+		apply_top_k(x, V, r->opt.top_k, r->work2);
 		if ((st = apply_top_p(x, V, r->opt.top_p, err)) != MMS_OK)
 			return st;
 		lse2 = mms_logsumexp(x, V);
@@ -669,7 +668,7 @@ advance_beam(MmsGenRequest *r, const float *logits, MmsError *err)
 
 		for (int64_t i = 0; i < V; i++)
 			x[i] = (float) ((double) lg[i] - lse);
-		apply_repetition_penalty(x, hist, r->t + 1, r->opt.repetition_penalty, NULL);
+		apply_repetition_penalty(x, hist, r->t + 1, r->opt.repetition_penalty, r->mark);
 		apply_min_new_tokens(r, x);
 		for (int64_t i = 0; i < V; i++)
 		{

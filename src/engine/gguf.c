@@ -702,44 +702,23 @@ parse(MmsGguf *g, MmsError *err)
 	return check_tensor_data(g, err);
 }
 
-MmsStatus
-mms_gguf_parse(const void *buf, size_t size, MmsGguf *out, MmsError *err)
+/*
+ * Parses the first avail bytes of a file of file_size bytes into *out (zeroed
+ * on failure). *header_done tells whether the error came after the header.
+ */
+static MmsStatus
+parse_buffer(const void *buf, size_t avail, uint64_t file_size, MmsGguf *out, int *header_done,
+			 MmsError *err)
 {
 	MmsGguf		g;
 	MmsStatus	st;
 
+	*header_done = 0;
 	if (out == NULL)
-		return mms_fail(err, MMS_ERR_ARG, "mms_gguf_parse: output is NULL");
-	memset(out, 0, sizeof(*out));
-	if (buf == NULL && size > 0)
-		return mms_fail(err, MMS_ERR_ARG, "mms_gguf_parse: buffer is NULL");
-
-	memset(&g, 0, sizeof(g));
-	g.buf = buf;
-	g.size = size;
-	g.file_size = size;
-	g.alignment = MMS_GGUF_DEFAULT_ALIGNMENT;
-	st = parse(&g, err);
-	if (st != MMS_OK)
-	{
-		mms_gguf_free(&g);
-		return st;
-	}
-	*out = g;
-	return MMS_OK;
-}
-
-MmsStatus
-mms_gguf_parse_prefix(const void *buf, size_t avail, uint64_t file_size, MmsGguf *out, MmsError *err)
-{
-	MmsGguf		g;
-	MmsStatus	st;
-
-	if (out == NULL)
-		return mms_fail(err, MMS_ERR_ARG, "mms_gguf_parse_prefix: output is NULL");
+		return mms_fail(err, MMS_ERR_ARG, "gguf parse: output is NULL");
 	memset(out, 0, sizeof(*out));
 	if ((buf == NULL && avail > 0) || avail > file_size)
-		return mms_fail(err, MMS_ERR_ARG, "mms_gguf_parse_prefix: bad buffer");
+		return mms_fail(err, MMS_ERR_ARG, "gguf parse: bad buffer");
 	memset(&g, 0, sizeof(g));
 	g.buf = buf;
 	g.size = avail;
@@ -748,18 +727,33 @@ mms_gguf_parse_prefix(const void *buf, size_t avail, uint64_t file_size, MmsGguf
 	st = parse(&g, err);
 	if (st != MMS_OK)
 	{
-		/* data_offset is set once the header parsed: later errors are real */
-		int			header_done = g.data_offset != 0;
-
+		/* data_offset is set once the header parsed: later errors are about the data */
+		*header_done = g.data_offset != 0;
 		mms_gguf_free(&g);
-		/* running off a prefix is not a bad file: the caller should read more */
-		if (st == MMS_ERR_FORMAT && avail < file_size && !header_done)
-			return mms_fail(err, MMS_ERR_LIMIT,
-							"gguf header does not fit in the first %zu bytes", avail);
 		return st;
 	}
 	*out = g;
 	return MMS_OK;
+}
+
+MmsStatus
+mms_gguf_parse(const void *buf, size_t size, MmsGguf *out, MmsError *err)
+{
+	int			header_done;
+
+	return parse_buffer(buf, size, size, out, &header_done, err);
+}
+
+MmsStatus
+mms_gguf_parse_prefix(const void *buf, size_t avail, uint64_t file_size, MmsGguf *out, MmsError *err)
+{
+	int			header_done;
+	MmsStatus	st = parse_buffer(buf, avail, file_size, out, &header_done, err);
+
+	/* running off a prefix is not a bad file: the caller should read more */
+	if (st == MMS_ERR_FORMAT && avail < file_size && !header_done)
+		return mms_fail(err, MMS_ERR_LIMIT, "gguf header does not fit in the first %zu bytes", avail);
+	return st;
 }
 
 void

@@ -17,22 +17,6 @@
 static int64_t gelu_mul_avx2(float *gate, const float *up, int64_t n);
 #endif
 
-static int
-have_avx2(void)
-{
-#if defined(__x86_64__)
-	static int	cached = -1;
-
-	if (cached < 0)
-	{
-		__builtin_cpu_init();
-		cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-	}
-	return cached;
-#else
-	return 0;
-#endif
-}
 
 void
 mms_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
@@ -103,7 +87,7 @@ gelu_task(void *arg, int task, int thread)
 	int64_t		done = 0;
 
 #if defined(__x86_64__)
-	if (have_avx2())
+	if (mms_cpu_avx2())
 		done = gelu_mul_avx2(j->gate + i0, j->up + i0, i1 - i0);
 #endif
 	for (int64_t i = i0 + done; i < i1; i++)
@@ -140,7 +124,7 @@ mms_softmax(float *x, int64_t n)
 	for (int64_t j = 0; j < n; j++)
 		mx = x[j] > mx ? x[j] : mx;
 #if defined(__x86_64__)
-	if (have_avx2())
+	if (mms_cpu_avx2())
 		i = softmax_exp_avx2(x, n, mx, &sum);
 #endif
 	for (; i < n; i++)
@@ -297,7 +281,7 @@ mms_logsumexp(const float *x, int64_t n)
 	if (mx == -INFINITY || !isfinite(mx))
 		return mx;
 #if defined(__x86_64__)
-	sum = have_avx2() ? sum_exp_avx2(x, n, mx) : sum_exp_c(x, n, mx);
+	sum = mms_cpu_avx2() ? sum_exp_avx2(x, n, mx) : sum_exp_c(x, n, mx);
 #else
 	sum = sum_exp_c(x, n, mx);
 #endif
