@@ -351,7 +351,11 @@ mms_sched_step(MmsSched *s, int *n_held, MmsError *err)
 	else
 	{
 		for (int i = 0; i < s->n_held; i++)
+		{
+			/* each request later reads its own rows of logits, from here */
+			s->held[i].row = rows;
 			rows += mms_gen_request_rows(s->held[i].r, s->st + rows, s->tok + rows);
+		}
 		if (rows > 0)
 		{
 			if (mms_t5_decode_step(s->m, s->w, rows, s->st, s->tok, s->logits, &e) != MMS_OK)
@@ -362,14 +366,8 @@ mms_sched_step(MmsSched *s, int *n_held, MmsError *err)
 			else
 			{
 				AdvanceJob	job = {s, c->vocab};
-				int			off = 0;
 
-				/* each request reads its own rows of logits: advance them in parallel */
-				for (int i = 0; i < s->n_held; i++)
-				{
-					s->held[i].row = off;
-					off += mms_gen_request_rows(s->held[i].r, s->st + off, s->tok + off);
-				}
+				/* requests are independent: advance them in parallel */
 				mms_parallel(s->n_held, advance_task, &job);
 				s->stats.steps++;
 				s->stats.rows += (uint64_t) rows;
