@@ -23,7 +23,7 @@ ENGINE_HDRS = $(wildcard src/engine/*.h)
 TEST_SRCS = $(wildcard test/test_*.c)
 TEST_BINS = $(patsubst test/%.c,$(BUILD)/test/%,$(TEST_SRCS))
 
-.PHONY: all engine test unit-test asan-test valgrind-test pg-test deps fuzz demo bench
+.PHONY: all engine test unit-test asan-test valgrind-test pg-test deps fuzz fuzz-sql soak demo bench
 
 # First rule, so the default goal; PGXS adds mms.so to it.
 all: engine
@@ -144,6 +144,20 @@ build-fuzz/%: test/fuzz/%.c $(FUZZ_CORE) $(ENGINE_HDRS)
 	clang $(FUZZ_FLAGS) -o $@ $< $(FUZZ_CORE) -lm
 
 fuzz: $(FUZZ_BINS)
+
+# SQLsmith against a throwaway cluster with models registered and granted
+# (FUZZ_SQL_SECONDS, default 1800); a short run is part of `make pg-test`.
+FUZZ_SQL_SECONDS ?= 1800
+fuzz-sql: deps all
+	$(MAKE) install
+	@test/sqlsmith/run.sh $(FUZZ_SQL_SECONDS)
+
+# 16 sessions mixing every kind of call, cancels, timeouts, re-registration and
+# worker terminations (SOAK_SECONDS, default 600); not part of `make test`.
+SOAK_SECONDS ?= 600
+soak: deps all
+	$(MAKE) install
+	@test/soak/run.sh $(SOAK_SECONDS)
 
 # --- demo and benchmarks (scripts own the details) --------------------------
 

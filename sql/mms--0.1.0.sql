@@ -29,7 +29,8 @@ CREATE TABLE mms.model_versions (
     author          text,
     description     text,
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    owner           regrole NOT NULL,           -- the role that registered it
+    owner           oid NOT NULL,               -- the role that registered it (pg_authid.oid)
+    owner_name      name NOT NULL,              -- its name, what a dump carries (see restore_roles)
     weights         oid NOT NULL UNIQUE,        -- large object with the GGUF file
     size_bytes      bigint NOT NULL,
     sha256          text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
@@ -61,14 +62,67 @@ CREATE TABLE mms.model_aliases (
 );
 
 -- Who may use a model: grants name a model (all its versions). grantee 0
--- ('-' as regrole) stands for PUBLIC.
+-- (grantee_name NULL) stands for PUBLIC.
 CREATE TABLE mms.model_grants (
     name            text NOT NULL,
-    grantee         regrole NOT NULL,
-    grantor         regrole NOT NULL,
+    grantee         oid NOT NULL,
+    grantee_name    name,
+    grantor         oid NOT NULL,
+    grantor_name    name NOT NULL,
     granted_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (name, grantee)
 );
+
+-- Roles are bound by oid, as PostgreSQL binds them: a rename keeps the
+-- binding, DROP ROLE is refused while a model or grant names the role (the
+-- extension's utility hook, src/pg/roles.c). A dump carries both columns, but
+-- oids mean nothing in another cluster: every inserted row is bound here by
+-- the name it carries. The functions always write matching pairs; rows coming
+-- from pg_restore get the oids of this cluster. A role missing here does not
+-- fail the restore: a model is restored owned by the registry owner, a grant
+-- to the missing role is skipped, and a WARNING says which.
+CREATE FUNCTION mms.restore_roles() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    registry_owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = TG_RELID);
+    r oid;
+BEGIN
+    IF TG_TABLE_NAME = 'model_versions' THEN
+        SELECT a.oid INTO r FROM pg_catalog.pg_roles a WHERE a.rolname = NEW.owner_name;
+        IF r IS NULL THEN
+            RAISE WARNING 'owner "%" of model "%:%" does not exist; model restored owned by "%"',
+                NEW.owner_name, NEW.name, NEW.version, registry_owner::regrole;
+            r := registry_owner;
+            NEW.owner_name := (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r);
+        END IF;
+        NEW.owner := r;
+        RETURN NEW;
+    END IF;
+    IF NEW.grantee_name IS NULL THEN
+        NEW.grantee := 0;
+    ELSE
+        SELECT a.oid INTO r FROM pg_catalog.pg_roles a WHERE a.rolname = NEW.grantee_name;
+        IF r IS NULL THEN
+            RAISE WARNING 'grant of model "%" to role "%" not restored: the role does not exist',
+                NEW.name, NEW.grantee_name;
+            RETURN NULL;
+        END IF;
+        NEW.grantee := r;
+    END IF;
+    SELECT a.oid INTO r FROM pg_catalog.pg_roles a WHERE a.rolname = NEW.grantor_name;
+    IF r IS NULL THEN
+        r := registry_owner;
+        NEW.grantor_name := (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r);
+    END IF;
+    NEW.grantor := r;
+    RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION mms.restore_roles() FROM PUBLIC;
+CREATE TRIGGER restore_roles BEFORE INSERT ON mms.model_versions
+    FOR EACH ROW EXECUTE FUNCTION mms.restore_roles();
+CREATE TRIGGER restore_roles BEFORE INSERT ON mms.model_grants
+    FOR EACH ROW EXECUTE FUNCTION mms.restore_roles();
 
 -- pg_dump carries the rows (the large objects travel as blobs, same oids).
 SELECT pg_catalog.pg_extension_config_dump('mms.model_versions', '');
@@ -86,7 +140,7 @@ SELECT m.id,
        m.author,
        m.description,
        m.created_at,
-       m.owner,
+       m.owner::regrole AS owner,
        m.arch,
        m.n_params,
        m.tensor_types,
@@ -111,8 +165,9 @@ COMMENT ON VIEW mms.models IS 'registered models, one row per version';
 
 CREATE VIEW mms.grants AS
 SELECT g.name AS model,
-       CASE WHEN g.grantee::oid = 0::oid THEN 'public' ELSE g.grantee::text END AS grantee,
-       g.grantor,
+       CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0::oid THEN 'public'
+            ELSE g.grantee::regrole::text END AS grantee,
+       g.grantor::regrole AS grantor,
        g.granted_at
 FROM mms.model_grants g;
 COMMENT ON VIEW mms.grants IS 'who may use which model (besides owners and mms_admin)';

@@ -88,6 +88,7 @@ SELECT mms_tokenize('alices', 'hello');
 RESET ROLE;
 -- PUBLIC
 SELECT mms_grant('alices', 'PUBLIC');
+SELECT mms_grant('alices', 'public');
 SET ROLE regress_mms_bob;
 SELECT mms_tokenize('alices', 'hello');
 RESET ROLE;
@@ -126,7 +127,7 @@ UPDATE mms.model_versions SET author = 'bob';
 DELETE FROM mms.model_versions;
 SELECT count(*) FROM mms.model_versions;
 INSERT INTO mms.model_aliases VALUES ('sup', 'prod', 1);
-INSERT INTO mms.model_grants VALUES ('sup', 'regress_mms_bob', 'regress_mms_bob');
+INSERT INTO mms.model_grants (name, grantee, grantor, grantor_name) VALUES ('sup', 0, 0, 'regress_mms_bob');
 UPDATE mms.models SET author = 'bob';
 DELETE FROM mms.grants;
 SELECT setval('mms.model_id_seq', 1);

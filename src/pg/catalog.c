@@ -93,6 +93,12 @@ mms_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	return SPI_processed;
 }
 
+Datum
+mms_role_name_datum(Oid roleid)
+{
+	return DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(roleid, false)));
+}
+
 bool
 mms_is_admin(Oid roleid)
 {

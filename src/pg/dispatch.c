@@ -22,7 +22,11 @@
 
 #include "serve.h"
 
-/* One request of a call, from tokens in to tokens (or a log-probability) out. */
+/*
+ * One request of a call, from tokens in to tokens (or a log-probability) out.
+ * Kept small: an array call holds one per element, so the output and the error
+ * are allocated when they arrive, at their size.
+ */
 typedef struct MmsCall
 {
 	MmsReqKind	kind;
@@ -30,11 +34,11 @@ typedef struct MmsCall
 	int32		n_input;
 	int32	   *target;			/* score only */
 	int32		n_target;
-	int32	   *out;			/* room for mms.max_new_tokens ids */
+	int32	   *out;			/* palloc'd when collected */
 	int32		n_out;
 	double		logprob;
 	int			slot;			/* -1 not yet queued; -2 finished */
-	MmsSlotError err;
+	MmsSlotError *err;			/* NULL = succeeded (once collected) */
 } MmsCall;
 
 static bool exit_callback_registered = false;
@@ -87,14 +91,22 @@ backend_exit(int code, Datum arg)
 	LWLockRelease(mms_shared->lock);
 }
 
-/* Lock held: copies a DONE slot into its call and frees the slot. */
+/*
+ * Lock held: copies a DONE slot into its call and frees the slot. palloc may
+ * ERROR here; the caller's PG_FINALLY releases the lock and the slots.
+ */
 static void
 collect(MmsCall *c, MmsSlot *s, MmsStat *st, TimestampTz t0, TimestampTz now)
 {
-	c->err = s->err;
-	if (s->err.sqlstate == 0)
+	if (s->err.sqlstate != 0)
 	{
-		c->n_out = Min(s->n_output, mms_max_new_tokens + 1);
+		c->err = palloc(sizeof(MmsSlotError));
+		*c->err = s->err;
+	}
+	else
+	{
+		c->n_out = Min(s->n_output, mms_shared->slot_tokens);
+		c->out = palloc(sizeof(int32) * Max(c->n_out, 1));
 		memcpy(c->out, s->tokens, sizeof(int32) * c->n_out);
 		c->logprob = s->logprob;
 	}
@@ -243,51 +255,21 @@ run_calls(const MmsModel *m, const MmsOptionSet *opts, MmsCall *calls, int n)
 static void
 raise_call_error(const MmsModel *m, const MmsSlotError *e)
 {
+	if (e == NULL)
+		return;
 	ereport(ERROR,
 			(errcode(e->sqlstate),
 			 errmsg("inference with model \"%s:%d\" failed: %s", m->name, m->version, e->msg),
 			 e->hint[0] ? errhint("%s", e->hint) : 0));
 }
 
-/* Token ids of t (eos appended), palloc'd; ERROR beyond limit. */
-static int32 *
-tokenize(MmsTokenizer *tok, text *t, int32 limit, const char *what, const char *guc, int32 *n)
+static const MmsTokenBound *
+input_bound(void)
 {
-	int32	   *out = mms_encode_text(tok, t, n);
+	static MmsTokenBound b = {0, "input", "mms.max_input_tokens"};
 
-	if (*n > limit)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s has %d tokens, more than %s (%d)", what, *n, guc, limit),
-				 errhint("Shorten the text, or ask a superuser to raise %s.", guc)));
-	return out;
-}
-
-static text *
-detokenize(MmsTokenizer *tok, const int32 *ids, int32 n)
-{
-	char	   *out = NULL;
-	size_t		len = 0;
-	MmsError	err;
-	MmsStatus	st = mms_tok_decode(tok, ids, (size_t) n, &out, &len, &err);
-	char	   *copy;
-	char	   *server;
-
-	if (st != MMS_OK)
-		ereport(ERROR,
-				(errcode(mms_engine_sqlstate(st)),
-				 errmsg("could not detokenize: %s", err.msg)));
-	copy = palloc_extended(len + 1, MCXT_ALLOC_NO_OOM);
-	if (copy)
-	{
-		memcpy(copy, out, len);
-		copy[len] = '\0';
-	}
-	free(out);
-	if (copy == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	server = pg_any_to_server(copy, (int) len, PG_UTF8);
-	return cstring_to_text(server);
+	b.max_tokens = mms_max_input_tokens;
+	return &b;
 }
 
 static void
@@ -295,8 +277,7 @@ prepare_generate(MmsCall *c, MmsTokenizer *tok, text *input)
 {
 	memset(c, 0, sizeof(*c));
 	c->kind = MMS_REQ_GENERATE;
-	c->input = tokenize(tok, input, mms_max_input_tokens, "input", "mms.max_input_tokens", &c->n_input);
-	c->out = palloc(sizeof(int32) * (mms_max_new_tokens + 1));
+	c->input = mms_encode_text(tok, input, input_bound(), &c->n_input);
 }
 
 static text *
@@ -327,9 +308,8 @@ mms_generate(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	prepare_generate(&call, tok, PG_GETARG_TEXT_PP(1));
 	run_calls(m, &opts, &call, 1);
-	if (call.err.sqlstate != 0)
-		raise_call_error(m, &call.err);
-	PG_RETURN_TEXT_P(detokenize(tok, call.out, call.n_out));
+	raise_call_error(m, call.err);
+	PG_RETURN_TEXT_P(mms_decode_ids(tok, call.out, call.n_out));
 }
 
 PG_FUNCTION_INFO_V1(mms_generate_array);
@@ -364,6 +344,7 @@ mms_generate_array(PG_FUNCTION_ARGS)
 	call_of = palloc(sizeof(int) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		call_of[i] = -1;
 		if (nulls[i])
 			continue;
@@ -373,13 +354,15 @@ mms_generate_array(PG_FUNCTION_ARGS)
 	if (n_calls > 0)
 		run_calls(m, &opts, calls, n_calls);
 	for (int j = 0; j < n_calls; j++)
-		if (calls[j].err.sqlstate != 0)
-			raise_call_error(m, &calls[j].err);
+		raise_call_error(m, calls[j].err);
 
 	out = palloc(sizeof(Datum) * Max(n, 1));
 	for (int i = 0; i < n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
 		out[i] = nulls[i] ? (Datum) 0 :
-			PointerGetDatum(detokenize(tok, calls[call_of[i]].out, calls[call_of[i]].n_out));
+			PointerGetDatum(mms_decode_ids(tok, calls[call_of[i]].out, calls[call_of[i]].n_out));
+	}
 	PG_RETURN_ARRAYTYPE_P(construct_md_array(out, nulls, ARR_NDIM(arr), ARR_DIMS(arr), ARR_LBOUND(arr),
 											 TEXTOID, -1, false, TYPALIGN_INT));
 }
@@ -397,19 +380,17 @@ mms_score(PG_FUNCTION_ARGS)
 	MmsTokenizer *tok;
 	MmsOptionSet opts;
 	MmsCall		call;
+	MmsTokenBound target_bound = {0, "target", "mms.max_new_tokens"};
 
 	mms_require_serving();
 	tok = mms_tokenizer_for_call(fcinfo, PG_GETARG_TEXT_PP(0), &m);
 	memset(&opts, 0, sizeof(opts));	/* scoring has no options */
 	memset(&call, 0, sizeof(call));
 	call.kind = MMS_REQ_SCORE;
-	call.input = tokenize(tok, PG_GETARG_TEXT_PP(1), mms_max_input_tokens, "input",
-						  "mms.max_input_tokens", &call.n_input);
-	call.target = tokenize(tok, PG_GETARG_TEXT_PP(2), mms_max_new_tokens, "target",
-						   "mms.max_new_tokens", &call.n_target);
-	call.out = palloc(sizeof(int32) * (mms_max_new_tokens + 1));
+	call.input = mms_encode_text(tok, PG_GETARG_TEXT_PP(1), input_bound(), &call.n_input);
+	target_bound.max_tokens = mms_max_new_tokens;
+	call.target = mms_encode_text(tok, PG_GETARG_TEXT_PP(2), &target_bound, &call.n_target);
 	run_calls(m, &opts, &call, 1);
-	if (call.err.sqlstate != 0)
-		raise_call_error(m, &call.err);
+	raise_call_error(m, call.err);
 	PG_RETURN_FLOAT8(call.logprob);
 }

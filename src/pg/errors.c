@@ -32,6 +32,9 @@ mms_engine_sqlstate(MmsStatus st)
 			return ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 		case MMS_ERR_CANCELLED:
 			return ERRCODE_QUERY_CANCELED;
+		case MMS_ERR_NUMERIC:
+			/* NaN or infinity in the model's output: its weights are broken */
+			return ERRCODE_FLOATING_POINT_EXCEPTION;
 	}
 	return ERRCODE_INTERNAL_ERROR;
 }

@@ -400,11 +400,7 @@ mms_release_database(Oid dboid)
 			MmsCacheEntry *e = &mms_shared->cache[i];
 
 			if (e->model.dboid == dboid && e->state == MMS_C_READY && e->refcount == 0)
-			{
-				unpin[n_unpin++] = e->handle;
-				e->state = MMS_C_EMPTY;
-				e->handle = 0;
-			}
+				unpin[n_unpin++] = mms_cache_evict_locked(i);
 		}
 		LWLockRelease(mms_shared->lock);
 		for (int i = 0; i < n_unpin; i++)
@@ -415,4 +411,46 @@ mms_release_database(Oid dboid)
 		ConditionVariableCancelSleep();
 		CHECK_FOR_INTERRUPTS();
 	}
+}
+
+void
+mms_forget_models(Oid dboid, int64 model_id)
+{
+	dsm_handle	unpin[MMS_MAX_CACHED];
+	int			n_unpin = 0;
+
+	if (mms_shared == NULL || !OidIsValid(dboid))
+		return;
+	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < MMS_MAX_WORKERS; i++)
+	{
+		MmsWorker  *w = &mms_shared->workers[i];
+
+		if (w->state == MMS_W_FREE || w->model.dboid != dboid ||
+			(model_id != 0 && w->model.model_id != model_id))
+			continue;
+		/* in-flight requests finish; the worker leaves once idle */
+		w->stop_requested = true;
+		mms_wake_procno(w->procno);
+	}
+	for (int i = 0; i < MMS_MAX_CACHED; i++)
+	{
+		MmsCacheEntry *e = &mms_shared->cache[i];
+
+		if (e->state == MMS_C_EMPTY || e->model.dboid != dboid ||
+			(model_id != 0 && e->model.model_id != model_id))
+			continue;
+		if (e->state == MMS_C_READY && e->refcount == 0)
+			unpin[n_unpin++] = mms_cache_evict_locked(i);
+		else
+			e->doomed = true;
+	}
+	if (model_id == 0)
+		for (int i = 0; i < MMS_MAX_STATS; i++)
+			if (mms_shared->stats[i].used && mms_shared->stats[i].dboid == dboid)
+				mms_shared->stats[i].used = false;
+	ConditionVariableBroadcast(&mms_shared->cv);
+	LWLockRelease(mms_shared->lock);
+	for (int i = 0; i < n_unpin; i++)
+		dsm_unpin_segment(unpin[i]);
 }

@@ -12,7 +12,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 
-#include "mms.h"
+#include "serve.h"
 
 static char *
 required_text(FunctionCallInfo fcinfo, int argno, const char *what)
@@ -24,42 +24,54 @@ required_text(FunctionCallInfo fcinfo, int argno, const char *what)
 	return text_to_cstring(PG_GETARG_TEXT_PP(argno));
 }
 
+/*
+ * Removes one version (catalog session entered): its row, its aliases (by
+ * cascade), its large object, and the grants of its name when it was the last
+ * version; its cached weights are dropped. false if the row was already gone.
+ * Evicting before commit is harmless: a rolled-back unregister reloads.
+ */
+bool
+mms_unregister_spi(int64 id, const char *name, Oid weights)
+{
+	Oid			t[1] = {INT8OID};
+	Datum		v[1];
+
+	v[0] = Int64GetDatum(id);
+	if (mms_spi_exec("DELETE FROM mms.model_versions m WHERE m.id OPERATOR(pg_catalog.=) $1",
+					 1, t, v, NULL, SPI_OK_DELETE) != 1)
+		return false;
+	t[0] = TEXTOID;
+	v[0] = CStringGetTextDatum(name);
+	mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.name OPERATOR(pg_catalog.=) $1"
+				 " AND NOT EXISTS (SELECT 1 FROM mms.model_versions m"
+				 " WHERE m.name OPERATOR(pg_catalog.=) $1)",
+				 1, t, v, NULL, SPI_OK_DELETE);
+	/* as the registry owner, which owns the large object */
+	mms_lo_unlink(weights);
+	mms_forget_models(MyDatabaseId, id);
+	mms_registry_generation++;
+	return true;
+}
+
 PG_FUNCTION_INFO_V1(mms_unregister);
 
-/*
- * mms_unregister(model text) RETURNS int: removes the version the reference
- * resolves to, its aliases (by cascade) and its large object; grants go with
- * the last version of a name.
- */
+/* mms_unregister(model text) RETURNS int: removes the version the reference resolves to. */
 Datum
 mms_unregister(PG_FUNCTION_ARGS)
 {
 	char	   *ref = required_text(fcinfo, 0, "model reference");
 	MmsModel	m;
 	MmsCatalogSession s;
-	Oid			t[1] = {INT8OID};
-	Datum		v[1];
 
 	mms_require_admin("unregister models");
 	mms_resolve_model(ref, false, &m);
 
 	mms_catalog_enter(&s);
-	v[0] = Int64GetDatum(m.id);
-	if (mms_spi_exec("DELETE FROM mms.model_versions m WHERE m.id OPERATOR(pg_catalog.=) $1",
-					 1, t, v, NULL, SPI_OK_DELETE) != 1)
+	if (!mms_unregister_spi(m.id, m.name, m.weights))
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("model \"%s:%d\" was unregistered concurrently", m.name, m.version)));
-	t[0] = TEXTOID;
-	v[0] = CStringGetTextDatum(m.name);
-	mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.name OPERATOR(pg_catalog.=) $1"
-				 " AND NOT EXISTS (SELECT 1 FROM mms.model_versions m"
-				 " WHERE m.name OPERATOR(pg_catalog.=) $1)",
-				 1, t, v, NULL, SPI_OK_DELETE);
-	/* as the registry owner, which owns the large object */
-	mms_lo_unlink(m.weights);
 	mms_catalog_leave(&s);
-	mms_registry_generation++;
 	PG_RETURN_INT32(m.version);
 }
 
@@ -163,15 +175,28 @@ grant_model_name(FunctionCallInfo fcinfo)
 	return name;
 }
 
-/* 'public' (any case) is PUBLIC, stored as role 0; anything else a role name. */
+/*
+ * 'public' is PUBLIC, stored as role 0; anything else a role name, matched
+ * exactly. As in has_table_privilege(): a role named "Public" is that role,
+ * not everyone (no role can be named "public").
+ */
 static Oid
 grantee_oid(FunctionCallInfo fcinfo)
 {
 	char	   *role = required_text(fcinfo, 1, "role");
 
-	if (pg_strcasecmp(role, "public") == 0)
+	Oid			roleid;
+
+	if (strcmp(role, "public") == 0)
 		return InvalidOid;
-	return get_role_oid(role, false);
+	roleid = get_role_oid(role, true);
+	if (!OidIsValid(roleid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role \"%s\" does not exist", role),
+				 pg_strcasecmp(role, "public") == 0 ?
+				 errhint("Write 'public', in lower case, for every role.") : 0));
+	return roleid;
 }
 
 PG_FUNCTION_INFO_V1(mms_grant);
@@ -184,19 +209,25 @@ mms_grant(PG_FUNCTION_ARGS)
 	Oid			grantee;
 	Oid			grantor = GetUserId();
 	MmsCatalogSession s;
-	Oid			t[3] = {TEXTOID, REGROLEOID, REGROLEOID};
-	Datum		v[3];
+	Oid			t[5] = {TEXTOID, OIDOID, NAMEOID, OIDOID, NAMEOID};
+	Datum		v[5];
+	char		nulls[5] = "     ";
 
 	mms_require_admin("grant the use of models");
 	name = grant_model_name(fcinfo);
 	grantee = grantee_oid(fcinfo);
-	mms_catalog_enter(&s);
 	v[0] = CStringGetTextDatum(name);
 	v[1] = ObjectIdGetDatum(grantee);
-	v[2] = ObjectIdGetDatum(grantor);
-	mms_spi_exec("INSERT INTO mms.model_grants (name, grantee, grantor) VALUES ($1, $2, $3)"
-				 " ON CONFLICT (name, grantee) DO NOTHING",
-				 3, t, v, NULL, SPI_OK_INSERT);
+	if (OidIsValid(grantee))
+		v[2] = mms_role_name_datum(grantee);
+	else
+		nulls[2] = 'n';			/* PUBLIC */
+	v[3] = ObjectIdGetDatum(grantor);
+	v[4] = mms_role_name_datum(grantor);
+	mms_catalog_enter(&s);
+	mms_spi_exec("INSERT INTO mms.model_grants (name, grantee, grantee_name, grantor, grantor_name)"
+				 " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, grantee) DO NOTHING",
+				 5, t, v, nulls, SPI_OK_INSERT);
 	mms_catalog_leave(&s);
 	mms_registry_generation++;
 	PG_RETURN_VOID();
@@ -211,7 +242,7 @@ mms_revoke(PG_FUNCTION_ARGS)
 	char	   *name;
 	Oid			grantee;
 	MmsCatalogSession s;
-	Oid			t[2] = {TEXTOID, REGROLEOID};
+	Oid			t[2] = {TEXTOID, OIDOID};
 	Datum		v[2];
 
 	mms_require_admin("revoke the use of models");

@@ -7,11 +7,10 @@
 #include "postgres.h"
 
 #include <limits.h>
+#include <unistd.h>
 
-#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "tcop/utility.h"
 #include "utils/guc.h"
 
 #include "mms.h"
@@ -32,23 +31,25 @@ int			mms_max_input_tokens = 1024;
 int			mms_max_new_tokens = 512;
 int			mms_max_requests = 256;
 int			mms_max_batch = 64;
+int			mms_worker_memory_mb = -1;
 
 void		_PG_init(void);
 
-static ProcessUtility_hook_type prev_process_utility = NULL;
-
-/* DROP DATABASE: idle inference workers connected to it go first. */
-static void
-mms_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-					ProcessUtilityContext context, ParamListInfo params,
-					QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+Size
+mms_worker_memory_bytes(void)
 {
-	if (IsA(pstmt->utilityStmt, DropdbStmt))
-		mms_release_database(get_database_oid(((DropdbStmt *) pstmt->utilityStmt)->dbname, true));
-	if (prev_process_utility)
-		prev_process_utility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	long		pages;
+	long		page_size;
+	Size		auto_bytes;
+
+	if (mms_worker_memory_mb > 0)
+		return (Size) mms_worker_memory_mb * 1024 * 1024;
+	pages = sysconf(_SC_PHYS_PAGES);
+	page_size = sysconf(_SC_PAGESIZE);
+	if (pages <= 0 || page_size <= 0)
+		return (Size) 1024 * 1024 * 1024;	/* unknown machine: 1 GB */
+	auto_bytes = (Size) pages * (Size) page_size / 4 / (Size) Max(mms_max_workers, 1);
+	return Max(auto_bytes, (Size) 64 * 1024 * 1024);
 }
 
 void
@@ -136,6 +137,17 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("mms.worker_memory",
+							"Memory the requests of one inference worker may take (decoder caches and scratch); -1 = automatic.",
+							"Automatic: a quarter of the machine's memory divided by mms.max_workers. Requests that do not fit wait; one that can never fit fails.",
+							&mms_worker_memory_mb,
+							-1,
+							-1,
+							INT_MAX / 2,
+							PGC_SIGHUP,
+							GUC_UNIT_MB,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("mms.max_batch",
 							"Most requests one inference worker decodes together.",
 							NULL,
@@ -182,9 +194,14 @@ _PG_init(void)
 
 		mms_shmem_install_hooks();
 		mms_launcher_register();
-		prev_process_utility = ProcessUtility_hook;
-		ProcessUtility_hook = mms_process_utility;
 	}
+
+	/*
+	 * Installed wherever the library is loaded; preloading makes it cover
+	 * every session (a DROP ROLE in a session that never loaded mms is not
+	 * seen).
+	 */
+	mms_utility_install_hook();
 
 	MarkGUCPrefixReserved("mms");
 }

@@ -50,6 +50,9 @@ extern void mms_catalog_leave(MmsCatalogSession *s);
 extern uint64 mms_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 						   const char *nulls, int expect);
 
+/* A role's current name as a name Datum (palloc'd); ERROR if it does not exist. */
+extern Datum mms_role_name_datum(Oid roleid);
+
 extern bool mms_is_admin(Oid roleid);
 extern void mms_require_admin(const char *action);
 extern void mms_check_name(const char *name, const char *what);
@@ -60,6 +63,14 @@ extern int32 mms_parse_version(const char *text);
  * here, so per-query caches notice changes made earlier in the same statement.
  */
 extern uint64 mms_registry_generation;
+
+/* ---- manage.c ---- */
+
+/* Catalog session entered: unregisters version id (false if already gone). */
+extern bool mms_unregister_spi(int64 id, const char *name, Oid weights);
+
+/* ---- utility.c: DDL that concerns the registry ---- */
+extern void mms_utility_install_hook(void);
 
 /* ---- resolve.c: model references and use rights ---- */
 

@@ -7,6 +7,7 @@
 #include "postgres.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 
 #include "utils/builtins.h"
@@ -46,6 +47,12 @@ get_int(const char *key, const JsonbValue *v, int64 lo, int64 hi, const char *ra
 	return (int64) x;
 }
 
+/*
+ * A number the engine can hold: options are single-precision floats there, so
+ * a value must be 0 or a normal float. numeric_float8_no_overflow turns
+ * 1e309 into infinity instead of raising a generic out-of-range error that
+ * names no option.
+ */
 static double
 get_float(const char *key, const JsonbValue *v)
 {
@@ -53,9 +60,10 @@ get_float(const char *key, const JsonbValue *v)
 
 	if (v->type != jbvNumeric)
 		bad_value(key, "a number");
-	d = DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
-	if (!isfinite(d))
-		bad_value(key, "a finite number");
+	d = DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
+										   NumericGetDatum(v->val.numeric)));
+	if (!isfinite(d) || fabs(d) > FLT_MAX || (d != 0 && fabs(d) < FLT_MIN))
+		bad_value(key, "a finite number, 0 or between 1.2e-38 and 3.4e38 in magnitude");
 	return d;
 }
 

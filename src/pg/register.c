@@ -120,11 +120,11 @@ register_buffer(const RegisterArgs *a, const char *buf, Size size, const char *s
 
 	{
 		const MmsT5Config *c = &info.cfg;
-		Oid			t[23] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, REGROLEOID, OIDOID, INT8OID,
+		Oid			t[24] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, OIDOID, OIDOID, INT8OID,
 			TEXTOID, TEXTOID, INT8OID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID,
-		INT4OID, INT4OID, TEXTOID, BOOLOID, TEXTOID, JSONBOID};
-		Datum		v[23];
-		char		n[23];
+		INT4OID, INT4OID, TEXTOID, BOOLOID, TEXTOID, JSONBOID, NAMEOID};
+		Datum		v[24];
+		char		n[24];
 
 		memset(n, ' ', sizeof(n));
 		v[0] = CStringGetTextDatum(a->name);
@@ -152,13 +152,14 @@ register_buffer(const RegisterArgs *a, const char *buf, Size size, const char *s
 		v[20] = BoolGetDatum(c->tied != 0);
 		v[21] = CStringGetTextDatum(info.tokenizer);
 		v[22] = metadata;
+		v[23] = mms_role_name_datum(owner);
 		mms_spi_exec("INSERT INTO mms.model_versions (name, version, author, description, owner,"
 					 " weights, size_bytes, sha256, arch, n_params, tensor_types, d_model, d_ff,"
 					 " n_enc_layers, n_dec_layers, n_heads, d_kv, vocab_size, context_length,"
-					 " ffn_kind, tied_embeddings, tokenizer, metadata)"
+					 " ffn_kind, tied_embeddings, tokenizer, metadata, owner_name)"
 					 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-					 " $16, $17, $18, $19, $20, $21, $22, $23)",
-					 23, t, v, n, SPI_OK_INSERT);
+					 " $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+					 24, t, v, n, SPI_OK_INSERT);
 	}
 	mms_catalog_leave(&s);
 	mms_registry_generation++;

@@ -55,6 +55,9 @@ extern int	mms_max_input_tokens;
 extern int	mms_max_new_tokens;
 extern int	mms_max_requests;
 extern int	mms_max_batch;
+extern int	mms_worker_memory_mb;	/* -1 = automatic */
+/* mms.worker_memory in bytes, the automatic value worked out */
+extern Size mms_worker_memory_bytes(void);
 
 typedef enum MmsSlotState
 {
@@ -192,6 +195,7 @@ typedef struct MmsCacheEntry
 	Size		arena_off;		/* dequantization arena (f32) */
 	Size		arena_floats;
 	int			refcount;		/* workers attached */
+	bool		doomed;			/* model or database gone: freed at refcount 0, never reused */
 	TimestampTz last_used;
 	TimestampTz loaded_at;
 	double		load_ms;
@@ -244,6 +248,8 @@ extern bool mms_key_equal(const MmsModelKey *a, const MmsModelKey *b);
 /* lock held; creates the entry when missing (NULL if the table is full) */
 extern MmsStat *mms_stat_for(const MmsModelKey *k);
 extern void mms_wake_procno(int procno);
+/* Lock held: empties cache entry i; returns its handle, to unpin after unlocking. */
+extern dsm_handle mms_cache_evict_locked(int i);
 extern int	mms_worker_queued(int w);	/* lock held: QUEUED + RUNNING + ABANDONED */
 extern void mms_slot_fail(MmsSlot *s, int sqlstate, const char *msg, const char *hint);
 /* lock held: worker w is gone; fail its running slots, free abandoned ones */
@@ -258,13 +264,40 @@ extern int	mms_find_worker(const MmsModelKey *k);
 extern int	mms_want_worker(const MmsModelKey *k);
 extern void mms_wake_launcher(void);
 extern void mms_release_database(Oid dboid);
+/*
+ * The model (model_id; 0 = every model of the database) is gone: its workers
+ * stop once idle, its cached weights are freed now or by the last worker to
+ * detach, and (whole database) its statistics are dropped.
+ */
+extern void mms_forget_models(Oid dboid, int64 model_id);
 
 /* ---- tokenize.c ---- */
 extern MmsTokenizer *mms_tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text,
 											const MmsModel **model);
 
-/* Token ids of t with the final eos, palloc'd (the engine's malloc is freed); ERROR on failure. */
-extern int32 *mms_encode_text(MmsTokenizer *tok, text *t, int32 *n);
+/*
+ * Inputs of inference are bounded in tokens (a GUC) and, before any work, in
+ * bytes: MMS_MAX_BYTES_PER_TOKEN per allowed token, far above what any
+ * tokenizer needs per token, so only absurd texts are refused unread.
+ * mms_tokenize has no token bound and is bounded in bytes alone.
+ */
+#define MMS_MAX_BYTES_PER_TOKEN 64
+#define MMS_TOKENIZE_MAX_BYTES (64 * 1024 * 1024)
+
+typedef struct MmsTokenBound
+{
+	int32		max_tokens;
+	const char *what;			/* "input", "target" */
+	const char *guc;			/* the GUC that sets max_tokens */
+} MmsTokenBound;
+
+/*
+ * Token ids of t with the final eos, palloc'd; bound NULL = mms_tokenize's
+ * byte bound only. Interruptible; ERROR on failure or beyond the bound.
+ */
+extern int32 *mms_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n);
+/* Text of ids (interruptible, refused beyond 1 GB); ERROR on failure. */
+extern text *mms_decode_ids(MmsTokenizer *tok, const int32 *ids, int32 n);
 
 /* ---- options.c ---- */
 extern void mms_parse_options(Jsonb *opts, MmsOptionSet *out);

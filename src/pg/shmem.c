@@ -144,6 +144,19 @@ mms_stat_for(const MmsModelKey *k)
 	return free_entry;
 }
 
+dsm_handle
+mms_cache_evict_locked(int i)
+{
+	MmsCacheEntry *e = &mms_shared->cache[i];
+	dsm_handle	h = e->handle;
+
+	e->state = MMS_C_EMPTY;
+	e->handle = 0;
+	e->seg_bytes = 0;
+	e->doomed = false;
+	return h;
+}
+
 void
 mms_wake_procno(int procno)
 {

@@ -159,20 +159,67 @@ mms_tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text, const MmsModel *
 	return load_tokenizer(&qc->model);
 }
 
+/*
+ * The engine polls this in its loops over input: true when the backend has an
+ * interrupt to act on (cancel, statement_timeout, termination). The engine
+ * then frees what it built and returns MMS_ERR_CANCELLED, and the caller runs
+ * CHECK_FOR_INTERRUPTS() outside the engine, where longjmp leaks nothing.
+ */
+static int
+interrupt_pending(void *arg)
+{
+	return INTERRUPTS_PENDING_CONDITION() && INTERRUPTS_CAN_BE_PROCESSED();
+}
+
 int32 *
-mms_encode_text(MmsTokenizer *tok, text *t, int32 *n)
+mms_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n)
 {
 	int			len = VARSIZE_ANY_EXHDR(t);
-	char	   *utf8 = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
+	Size		max_bytes = bound ? (Size) bound->max_tokens * MMS_MAX_BYTES_PER_TOKEN : MMS_TOKENIZE_MAX_BYTES;
+	char	   *utf8;
 	int32_t    *ids = NULL;
 	size_t		n_ids = 0;
 	int32	   *out;
 	MmsError	err;
 	MmsStatus	st;
+	MmsTokLimits lim;
 
+	/* bounded before any work: the engine's memory grows with the input */
+	if ((Size) len > max_bytes)
+	{
+		if (bound)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("%s of %d bytes is longer than %s allows", bound->what, len, bound->guc),
+					 errdetail("An input may have at most %d tokens and %d bytes per allowed token (%zu bytes).",
+							   bound->max_tokens, MMS_MAX_BYTES_PER_TOKEN, max_bytes),
+					 errhint("Shorten the text, or ask a superuser to raise %s.", bound->guc)));
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("text of %d bytes is too long to tokenize", len),
+				 errdetail("mms_tokenize accepts at most %d bytes.", MMS_TOKENIZE_MAX_BYTES)));
+	}
+	utf8 = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
 	if (utf8 != VARDATA_ANY(t))
 		len = strlen(utf8);
-	st = mms_tok_encode(tok, utf8, (size_t) len, 1, &ids, &n_ids, &err);
+
+	memset(&lim, 0, sizeof(lim));
+	lim.max_tokens = bound ? (size_t) bound->max_tokens : 0;
+	lim.cancel = interrupt_pending;
+	for (;;)
+	{
+		st = mms_tok_encode_limited(tok, utf8, (size_t) len, 1, &lim, &ids, &n_ids, &err);
+		if (st != MMS_ERR_CANCELLED)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		/* an interrupt that did not end the query (e.g. a barrier): start over */
+	}
+	if (st == MMS_ERR_LIMIT && bound)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s has more than %d tokens, the limit of %s", bound->what,
+						bound->max_tokens, bound->guc),
+				 errhint("Shorten the text, or ask a superuser to raise %s.", bound->guc)));
 	if (st != MMS_OK)
 		ereport(ERROR,
 				(errcode(mms_engine_sqlstate(st)),
@@ -191,6 +238,63 @@ mms_encode_text(MmsTokenizer *tok, text *t, int32 *n)
 	return out;
 }
 
+text *
+mms_decode_ids(MmsTokenizer *tok, const int32 *ids, int32 n)
+{
+	char	   *out = NULL;
+	size_t		out_len = 0;
+	MmsError	err;
+	MmsStatus	st;
+	MmsTokLimits lim;
+	text	   *result;
+	char	   *server;
+
+	/* a text value holds less than 1 GB: refuse before building more */
+	memset(&lim, 0, sizeof(lim));
+	lim.max_bytes = MaxAllocSize - VARHDRSZ;
+	lim.cancel = interrupt_pending;
+	for (;;)
+	{
+		st = mms_tok_decode_limited(tok, ids, (size_t) n, &lim, &out, &out_len, &err);
+		if (st != MMS_ERR_CANCELLED)
+			break;
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (st == MMS_ERR_LIMIT)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("detokenized text would exceed the maximum text size of 1 GB"),
+				 errdetail("%d token ids were given.", n)));
+	if (st != MMS_OK)
+		ereport(ERROR,
+				(errcode(mms_engine_sqlstate(st)),
+				 errmsg("could not detokenize: %s", err.msg)));
+
+	/* copy out of the engine's malloc before anything can ERROR */
+	result = palloc_extended(VARHDRSZ + out_len, MCXT_ALLOC_NO_OOM);
+	if (result != NULL)
+	{
+		SET_VARSIZE(result, VARHDRSZ + out_len);
+		memcpy(VARDATA(result), out, out_len);
+	}
+	free(out);
+	if (result == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory"),
+				 errdetail("Failed to allocate %zu bytes of detokenized text.", out_len)));
+	/* the engine writes UTF-8; convert (and verify) for this database */
+	server = pg_any_to_server(VARDATA(result), (int) out_len, PG_UTF8);
+	if (server != VARDATA(result))
+	{
+		text	   *converted = cstring_to_text(server);
+
+		pfree(result);
+		return converted;
+	}
+	return result;
+}
+
 PG_FUNCTION_INFO_V1(mms_tokenize);
 
 /* mms_tokenize(model text, input text) RETURNS int[]: ids with the final eos. */
@@ -199,7 +303,7 @@ mms_tokenize(PG_FUNCTION_ARGS)
 {
 	MmsTokenizer *tok = mms_tokenizer_for_call(fcinfo, PG_GETARG_TEXT_PP(0), NULL);
 	int32		n;
-	int32	   *ids = mms_encode_text(tok, PG_GETARG_TEXT_PP(1), &n);
+	int32	   *ids = mms_encode_text(tok, PG_GETARG_TEXT_PP(1), NULL, &n);
 	Datum	   *elems = palloc_extended(Max(n, 1) * sizeof(Datum), MCXT_ALLOC_HUGE);
 
 	for (int32 i = 0; i < n; i++)
@@ -217,13 +321,6 @@ mms_detokenize(PG_FUNCTION_ARGS)
 	MmsTokenizer *tok = mms_tokenizer_for_call(fcinfo, PG_GETARG_TEXT_PP(0), NULL);
 	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(1);
 	int			n = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
-	int32_t    *ids;
-	char	   *out = NULL;
-	size_t		out_len = 0;
-	MmsError	err;
-	MmsStatus	st;
-	char	   *server;
-	text	   *result;
 
 	if (ARR_NDIM(arr) > 1)
 		ereport(ERROR,
@@ -233,28 +330,5 @@ mms_detokenize(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("token ids must not be null")));
-	ids = (int32_t *) ARR_DATA_PTR(arr);
-	st = mms_tok_decode(tok, ids, (size_t) n, &out, &out_len, &err);
-	if (st != MMS_OK)
-		ereport(ERROR,
-				(errcode(mms_engine_sqlstate(st)),
-				 errmsg("could not detokenize: %s", err.msg)));
-
-	/* copy out of the engine's malloc before anything can ERROR */
-	result = palloc_extended(VARHDRSZ + out_len, MCXT_ALLOC_HUGE | MCXT_ALLOC_NO_OOM);
-	if (result != NULL)
-	{
-		SET_VARSIZE(result, VARHDRSZ + out_len);
-		memcpy(VARDATA(result), out, out_len);
-	}
-	free(out);
-	if (result == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory")));
-	/* the engine writes UTF-8; convert (and verify) for this database */
-	server = pg_any_to_server(VARDATA(result), (int) out_len, PG_UTF8);
-	if (server != VARDATA(result))
-		PG_RETURN_TEXT_P(cstring_to_text(server));
-	PG_RETURN_TEXT_P(result);
+	PG_RETURN_TEXT_P(mms_decode_ids(tok, (const int32 *) ARR_DATA_PTR(arr), n));
 }

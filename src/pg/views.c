@@ -6,15 +6,34 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_authid.h"
 #include "commands/dbcommands.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "serve.h"
+
+/*
+ * pg_stat_statements' rule: the serving state of every database is visible to
+ * superusers, mms_admin and pg_read_all_stats; everyone else sees the rows of
+ * the database they are connected to, without worker pids.
+ */
+static bool
+sees_everything(void)
+{
+	return mms_is_admin(GetUserId()) || has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
+}
+
+static bool
+row_visible(bool all, Oid dboid)
+{
+	return all || dboid == MyDatabaseId;
+}
 
 static Datum
 db_name(Oid dboid)
@@ -45,6 +64,7 @@ mms_cache(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	MmsCacheEntry *copy = palloc(sizeof(mms_shared->cache));
+	bool		all = sees_everything();
 
 	mms_require_serving();
 	InitMaterializedSRF(fcinfo, 0);
@@ -57,7 +77,7 @@ mms_cache(PG_FUNCTION_ARGS)
 		Datum		v[9];
 		bool		n[9] = {0};
 
-		if (e->state == MMS_C_EMPTY)
+		if (e->state == MMS_C_EMPTY || !row_visible(all, e->model.dboid))
 			continue;
 		v[0] = db_name(e->model.dboid);
 		v[1] = model_ref(e->model.name, e->model.version);
@@ -104,6 +124,7 @@ mms_workers(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	MmsWorker  *copy = palloc(sizeof(mms_shared->workers));
 	int			queued[MMS_MAX_WORKERS];
+	bool		all = sees_everything();
 
 	mms_require_serving();
 	InitMaterializedSRF(fcinfo, 0);
@@ -118,10 +139,10 @@ mms_workers(PG_FUNCTION_ARGS)
 		Datum		v[9];
 		bool		n[9] = {0};
 
-		if (w->state == MMS_W_FREE)
+		if (w->state == MMS_W_FREE || !row_visible(all, w->model.dboid))
 			continue;
 		v[0] = Int32GetDatum(w->pid);
-		n[0] = w->pid == 0;
+		n[0] = w->pid == 0 || !all;
 		v[1] = db_name(w->model.dboid);
 		v[2] = model_ref(w->model.name, w->model.version);
 		v[3] = CStringGetTextDatum(w->stop_requested && w->state == MMS_W_READY ? "stopping" :
@@ -145,6 +166,7 @@ mms_stat_models(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	MmsStat    *copy = palloc(sizeof(mms_shared->stats));
 	TimestampTz reset;
+	bool		all = sees_everything();
 
 	mms_require_serving();
 	InitMaterializedSRF(fcinfo, 0);
@@ -158,7 +180,7 @@ mms_stat_models(PG_FUNCTION_ARGS)
 		Datum		v[16];
 		bool		n[16] = {0};
 
-		if (!s->used)
+		if (!s->used || !row_visible(all, s->dboid))
 			continue;
 		v[0] = db_name(s->dboid);
 		v[1] = model_ref(s->name, s->version);
@@ -220,6 +242,8 @@ mms_load(PG_FUNCTION_ARGS)
 	MmsModelKey key;
 
 	mms_require_serving();
+	/* warming the cache can make other models' idle workers stop: an operator's call */
+	mms_require_admin("load models");
 	mms_resolve_model(ref, true, &m);
 	mms_key_from_model(&key, &m);
 	for (;;)
@@ -328,11 +352,7 @@ mms_unload(PG_FUNCTION_ARGS)
 			}
 		}
 		if (ci >= 0 && refs == 0)
-		{
-			h = mms_shared->cache[ci].handle;
-			mms_shared->cache[ci].state = MMS_C_EMPTY;
-			mms_shared->cache[ci].handle = 0;
-		}
+			h = mms_cache_evict_locked(ci);
 		LWLockRelease(mms_shared->lock);
 		if (ci < 0)
 			PG_RETURN_BOOL(false);

@@ -37,6 +37,17 @@ static uint32 my_generation = 0;
 static MmsGenRequest **by_slot = NULL;
 static bool *cancelled = NULL;
 
+/*
+ * Memory budget (mms.worker_memory): what the requests this worker holds may
+ * take, so that no mix of requests drives the machine into the OOM killer
+ * (whose kill of a worker restarts the whole cluster). Each request is
+ * charged when taken and refunded when collected; one that does not fit now
+ * stays queued until others finish; one that can never fit fails.
+ */
+static Size *charged = NULL;	/* per slot */
+static Size budget_used = 0;
+static bool intake_blocked = false; /* a request waits for memory */
+
 static MmsWorker *
 me(void)
 {
@@ -54,11 +65,12 @@ static void
 worker_exit(int code, Datum arg)
 {
 	char		why[MMS_ERRMSG];
+	dsm_handle	unpin;
 
 	if (LWLockHeldByMe(mms_shared->lock))
 		LWLockRelease(mms_shared->lock);
 	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-	mms_worker_cache_release();
+	unpin = mms_worker_cache_release();
 	if (still_mine())
 	{
 		MmsWorker  *w = me();
@@ -91,6 +103,8 @@ worker_exit(int code, Datum arg)
 	}
 	ConditionVariableBroadcast(&mms_shared->cv);
 	LWLockRelease(mms_shared->lock);
+	if (unpin != 0)
+		dsm_unpin_segment(unpin);
 	mms_wake_launcher();
 }
 
@@ -167,15 +181,68 @@ resolve_options(const MmsOptionSet *set, MmsGenOptions *o)
 #undef TAKE
 }
 
-/* Creates and submits the engine request of a slot just taken (RUNNING). */
+/*
+ * Bytes a request may take in this worker: the decoder caches the engine
+ * accounts (self-attention per beam or sequence, cross-attention K/V) plus,
+ * per row it decodes, the logits and the per-step scratch over the
+ * vocabulary (two rows of floats).
+ */
+static Size
+request_bytes(const MmsT5 *model, const MmsGenRequest *r)
+{
+	Size		rows = (Size) mms_gen_request_max_rows(r);
+
+	return add_size(mms_gen_request_bytes(r),
+					mul_size(mul_size(rows, (Size) mms_t5_config(model)->vocab), 2 * sizeof(float)));
+}
+
+/* Lock not held: gives a taken slot back to the queue (or frees it if abandoned). */
 static void
-start_request(MmsSched *sched, const MmsT5 *model, int i)
+requeue(int i)
+{
+	MmsSlot    *s = mms_slot(i);
+
+	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
+	if (s->state == MMS_SLOT_ABANDONED)
+	{
+		s->state = MMS_SLOT_FREE;
+		ConditionVariableBroadcast(&mms_shared->cv);
+	}
+	else if (s->state == MMS_SLOT_RUNNING)
+		s->state = MMS_SLOT_QUEUED;
+	LWLockRelease(mms_shared->lock);
+}
+
+/* Lock not held: ends a taken slot with an error (or frees it if abandoned). */
+static void
+fail_taken(int i, int sqlstate, const char *msg, const char *hint)
+{
+	MmsSlot    *s = mms_slot(i);
+
+	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
+	if (s->state == MMS_SLOT_ABANDONED)
+	{
+		s->state = MMS_SLOT_FREE;
+		ConditionVariableBroadcast(&mms_shared->cv);
+	}
+	else
+		mms_slot_fail(s, sqlstate, msg, hint);
+	LWLockRelease(mms_shared->lock);
+}
+
+/*
+ * Creates and submits the engine request of a slot just taken (RUNNING).
+ * false when it must wait for memory: the slot is queued again.
+ */
+static bool
+start_request(MmsSched *sched, const MmsT5 *model, int i, Size budget)
 {
 	MmsSlot    *s = mms_slot(i);
 	MmsGenRequest *r = NULL;
 	MmsError	err;
 	MmsStatus	st;
 	MmsGenOptions o;
+	Size		need;
 
 	resolve_options(&s->opts, &o);
 	if (s->kind == MMS_REQ_SCORE)
@@ -183,26 +250,47 @@ start_request(MmsSched *sched, const MmsT5 *model, int i)
 										  s->n_target, &r, &err);
 	else if ((st = mms_gen_options_validate(&o, &err)) == MMS_OK)
 		st = mms_gen_request_create(model, s->tokens, s->n_input, &o, &r, &err);
-	if (st == MMS_OK && (st = mms_sched_submit(sched, r, &err)) != MMS_OK)
-	{
-		mms_gen_request_free(r);
-		r = NULL;
-	}
 	if (st != MMS_OK)
 	{
-		LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-		if (s->state == MMS_SLOT_ABANDONED)
-		{
-			s->state = MMS_SLOT_FREE;
-			ConditionVariableBroadcast(&mms_shared->cv);
-		}
-		else
-			mms_slot_fail(s, mms_engine_sqlstate(st), err.msg, NULL);
-		LWLockRelease(mms_shared->lock);
-		return;
+		fail_taken(i, mms_engine_sqlstate(st), err.msg, NULL);
+		return true;
+	}
+
+	need = request_bytes(model, r);
+	if (need > budget)
+	{
+		char		msg[MMS_ERRMSG];
+
+		mms_gen_request_free(r);
+		snprintf(msg, sizeof(msg),
+				 "the request needs %zu kB of worker memory, more than mms.worker_memory (%zu kB): "
+				 "%d input tokens, num_beams %d, max_new_tokens %d",
+				 need / 1024 + 1, budget / 1024,
+				 s->n_input, s->kind == MMS_REQ_SCORE ? 1 : o.num_beams,
+				 s->kind == MMS_REQ_SCORE ? s->n_target : o.max_new_tokens);
+		fail_taken(i, ERRCODE_PROGRAM_LIMIT_EXCEEDED, msg,
+				   "Lower num_beams or max_new_tokens, or ask a superuser to raise mms.worker_memory.");
+		return true;
+	}
+	if (budget_used + need > budget)
+	{
+		/* others hold the memory: wait for them (they always finish) */
+		mms_gen_request_free(r);
+		requeue(i);
+		intake_blocked = true;
+		return false;
+	}
+	if ((st = mms_sched_submit(sched, r, &err)) != MMS_OK)
+	{
+		mms_gen_request_free(r);
+		fail_taken(i, mms_engine_sqlstate(st), err.msg, NULL);
+		return true;
 	}
 	by_slot[i] = r;
 	cancelled[i] = false;
+	charged[i] = need;
+	budget_used += need;
+	return true;
 }
 
 /* Writes a collected request back into its slot (or frees an abandoned slot). */
@@ -253,6 +341,9 @@ finish_request(MmsGenRequest *r)
 	}
 	LWLockRelease(mms_shared->lock);
 	by_slot[i] = NULL;
+	budget_used -= charged[i];
+	charged[i] = 0;
+	intake_blocked = false;
 	mms_gen_request_free(r);
 }
 
@@ -298,6 +389,7 @@ mms_worker_main(Datum arg)
 	by_slot = MemoryContextAllocZero(TopMemoryContext, sizeof(MmsGenRequest *) * n_slots);
 	cancelled = MemoryContextAllocZero(TopMemoryContext, sizeof(bool) * n_slots);
 	take = MemoryContextAlloc(TopMemoryContext, sizeof(int) * n_slots);
+	charged = MemoryContextAllocZero(TopMemoryContext, sizeof(Size) * n_slots);
 
 	/* as the bootstrap superuser; the caller's rights were checked by the caller */
 	BackgroundWorkerInitializeConnectionByOid(key.dboid, InvalidOid, 0);
@@ -307,6 +399,8 @@ mms_worker_main(Datum arg)
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.max_running = mms_max_batch;
 	cfg.threads = mms_threads_per_worker;
+	/* a safety net: this file's own accounting (above) is stricter */
+	cfg.max_bytes = mms_worker_memory_bytes();
 	if (mms_sched_create(loaded.model, &cfg, &sched, &err) != MMS_OK)
 		ereport(ERROR,
 				(errcode(mms_engine_sqlstate(err.code)),
@@ -346,7 +440,7 @@ mms_worker_main(Datum arg)
 
 			if (s->worker != my_index)
 				continue;
-			if (s->state == MMS_SLOT_QUEUED)
+			if (s->state == MMS_SLOT_QUEUED && !intake_blocked)
 			{
 				s->state = MMS_SLOT_RUNNING;
 				s->t_started = now;
@@ -378,8 +472,17 @@ mms_worker_main(Datum arg)
 		if (leave)
 			proc_exit(0);
 
-		for (int j = 0; j < n_take; j++)
-			start_request(sched, loaded.model, take[j]);
+		{
+			Size		budget = mms_worker_memory_bytes();
+			int			j = 0;
+
+			for (; j < n_take; j++)
+				if (!start_request(sched, loaded.model, take[j], budget))
+					break;
+			/* the rest keep their place in the queue */
+			for (j++; j < n_take; j++)
+				requeue(take[j]);
+		}
 
 		if (n_take == 0 && n_held == 0)
 		{

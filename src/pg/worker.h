@@ -21,8 +21,12 @@ typedef struct MmsLoaded
 
 /* Attaches to k's cached weights, loading them first if nobody has. ERROR on failure. */
 extern void mms_worker_cache_get(const MmsModelKey *k, MmsLoaded *out);
-/* Lock held: drops this process's refcount (or its unfinished load claim). */
-extern void mms_worker_cache_release(void);
+/*
+ * Lock held: drops this process's refcount (or its unfinished load claim).
+ * Returns the handle of a doomed segment this detach left unused, for the
+ * caller to unpin after unlocking; 0 if none.
+ */
+extern dsm_handle mms_worker_cache_release(void);
 
 extern PGDLLEXPORT void mms_worker_main(Datum arg);
 

@@ -41,7 +41,7 @@ find_entry(const MmsModelKey *k)
 	{
 		MmsCacheEntry *e = &mms_shared->cache[i];
 
-		if (e->state != MMS_C_EMPTY && mms_key_equal(&e->model, k))
+		if (e->state != MMS_C_EMPTY && !e->doomed && mms_key_equal(&e->model, k))
 			return i;
 	}
 	return -1;
@@ -57,29 +57,18 @@ lru_unused(void)
 	{
 		MmsCacheEntry *e = &mms_shared->cache[i];
 
-		if (e->state == MMS_C_READY && e->refcount == 0 &&
+		if (e->state == MMS_C_READY && e->refcount == 0 && !e->doomed &&
 			(best < 0 || e->last_used < mms_shared->cache[best].last_used))
 			best = i;
 	}
 	return best;
 }
 
-/* Lock held: empties entry i and returns its handle, to unpin after unlocking. */
-static dsm_handle
-evict_locked(int i)
-{
-	MmsCacheEntry *e = &mms_shared->cache[i];
-	dsm_handle	h = e->handle;
-
-	e->state = MMS_C_EMPTY;
-	e->handle = 0;
-	e->seg_bytes = 0;
-	return h;
-}
-
-void
+dsm_handle
 mms_worker_cache_release(void)
 {
+	dsm_handle	unpin = 0;
+
 	if (attached_entry >= 0)
 	{
 		MmsCacheEntry *e = &mms_shared->cache[attached_entry];
@@ -87,13 +76,18 @@ mms_worker_cache_release(void)
 		if (e->refcount > 0)
 			e->refcount--;
 		e->last_used = GetCurrentTimestamp();
+		/* the last worker of a dropped model frees its weights */
+		if (e->doomed && e->refcount == 0 && e->state == MMS_C_READY)
+			unpin = mms_cache_evict_locked(attached_entry);
 		attached_entry = -1;
 	}
 	if (loading_entry >= 0)
 	{
 		mms_shared->cache[loading_entry].state = MMS_C_EMPTY;
+		mms_shared->cache[loading_entry].doomed = false;
 		loading_entry = -1;
 	}
+	return unpin;
 }
 
 /*
@@ -131,7 +125,7 @@ make_room(Size need, const MmsModelKey *k)
 		victim = lru_unused();
 		if (victim >= 0)
 		{
-			dsm_handle	h = evict_locked(victim);
+			dsm_handle	h = mms_cache_evict_locked(victim);
 
 			LWLockRelease(mms_shared->lock);
 			/* the segment goes away when its last mapping does */
@@ -355,9 +349,15 @@ mms_worker_cache_get(const MmsModelKey *k, MmsLoaded *out)
 			if (attach(k, h, gguf_bytes, arena_off, floats, out))
 				return;
 			/* evicted between the lookup and the attach: look again */
-			LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-			mms_worker_cache_release();
-			LWLockRelease(mms_shared->lock);
+			{
+				dsm_handle	unpin;
+
+				LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
+				unpin = mms_worker_cache_release();
+				LWLockRelease(mms_shared->lock);
+				if (unpin != 0)
+					dsm_unpin_segment(unpin);
+			}
 			continue;
 		}
 		if (ci >= 0)
@@ -373,7 +373,7 @@ mms_worker_cache_get(const MmsModelKey *k, MmsLoaded *out)
 				ci = i;
 		if (ci < 0 && (ci = lru_unused()) >= 0)
 		{
-			dsm_handle	h = evict_locked(ci);
+			dsm_handle	h = mms_cache_evict_locked(ci);
 
 			LWLockRelease(mms_shared->lock);
 			dsm_unpin_segment(h);

@@ -1,0 +1,132 @@
+#!/bin/bash
+# t_robustness.sh — what a hostile user or a careless DBA must not break, in the
+# cluster of test/pg/run.sh, across databases and processes:
+#   - the views hide other databases' rows and worker pids from ordinary roles;
+#   - cached weights go as soon as their model is unregistered, and when their
+#     database is dropped WITH (FORCE) while a worker serves it;
+#   - DROP EXTENSION refuses while models are registered; CASCADE leaves no
+#     large object behind;
+#   - mms.worker_memory: a request that can never fit fails naming its options,
+#     requests that fit one at a time all succeed, one at a time;
+#   - a text of more than 1 GB is refused, not built (it used to crash the backend).
+set -u
+data=$MMS_TEST_DATA
+work=$TMPDIR_PG/robustness
+mkdir -p "$work"
+ok() { echo "ok: $*"; }
+bad() { echo "FAILED: $*"; }
+sql() { local d=$1; shift; psql -X -q -At -v ON_ERROR_STOP=1 -d "$d" "$@"; }
+# polls a query until it prints the wanted value (10 s)
+wait_for() {
+	local d=$1 q=$2 want=$3
+	for _ in $(seq 100); do
+		[ "$(sql "$d" -c "$q" 2>/dev/null)" = "$want" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+for d in mms_rob1 mms_rob2 mms_rob3; do
+	dropdb --if-exists "$d" 2>/dev/null
+	createdb "$d" || { bad "createdb $d"; exit 0; }
+	sql "$d" -c "CREATE EXTENSION mms" -c "SELECT mms_import('flan', '$data/flan_gated.gguf')" \
+		-c "SELECT mms_grant('flan', 'public')" >/dev/null || { bad "setup $d"; exit 0; }
+done
+psql -X -q -c "DROP ROLE IF EXISTS regress_rob_user" -c "DROP ROLE IF EXISTS regress_rob_stats" \
+	-c "CREATE ROLE regress_rob_user LOGIN" -c "CREATE ROLE regress_rob_stats LOGIN" \
+	-c "GRANT pg_read_all_stats TO regress_rob_stats" -d postgres >/dev/null
+
+# --- views: other databases hidden --------------------------------------------------
+for d in mms_rob1 mms_rob2; do
+	sql "$d" -c "SELECT mms_generate('flan', 'warm $d', '{\"max_new_tokens\": 4}')" >/dev/null
+done
+other=$(sql mms_rob2 -U regress_rob_user -c "SELECT (SELECT count(*) FROM mms.stat_models WHERE database <> current_database())
+	+ (SELECT count(*) FROM mms.workers WHERE database <> current_database())
+	+ (SELECT count(*) FROM mms.cache WHERE database <> current_database())")
+mine=$(sql mms_rob2 -U regress_rob_user -c "SELECT count(*) FROM mms.stat_models")
+pids=$(sql mms_rob2 -U regress_rob_user -c "SELECT count(*) FROM mms.workers WHERE pid IS NOT NULL")
+[ "$other" = 0 ] && [ "$mine" -ge 1 ] && [ "$pids" = 0 ] &&
+	ok "an ordinary role sees only its database's rows, without worker pids" ||
+	bad "ordinary role: $other rows of other databases, $mine of its own, $pids pids"
+seen=$(sql mms_rob2 -U regress_rob_stats -c "SELECT count(DISTINCT database) FROM mms.stat_models WHERE database IN ('mms_rob1', 'mms_rob2')")
+pids=$(sql mms_rob2 -U regress_rob_stats -c "SELECT count(*) FROM mms.workers WHERE pid IS NOT NULL")
+[ "$seen" = 2 ] && [ "$pids" -ge 1 ] && ok "pg_read_all_stats sees every database and the pids" ||
+	bad "pg_read_all_stats sees $seen databases, $pids pids"
+
+# --- cached weights freed promptly ----------------------------------------------------
+cached="SELECT count(*) FROM mms.cache WHERE database = current_database() AND model = 'flan:1'"
+[ "$(sql mms_rob1 -c "$cached")" = 1 ] || bad "flan:1 is not cached in mms_rob1"
+sql mms_rob1 -c "SELECT mms_unregister('flan')" >/dev/null
+wait_for mms_rob1 "$cached" 0 && ok "unregister frees the cached weights at once" ||
+	bad "unregistered model still cached: $(sql mms_rob1 -c "SELECT * FROM mms.cache")"
+
+n_before=$(sql mms_rob2 -c "SELECT count(*) FROM mms.cache")
+sql mms_rob3 -c "SELECT mms_generate('flan', 'busy', '{\"max_new_tokens\": 4096, \"min_new_tokens\": 4096, \"num_beams\": 4}')" \
+	>/dev/null 2>&1 &
+busy=$!
+wait_for mms_rob2 "SELECT count(*) FROM mms.workers WHERE database = 'mms_rob3' AND batch > 0" 1 ||
+	bad "no worker busy in mms_rob3"
+sql postgres -c "DROP DATABASE mms_rob3 WITH (FORCE)" || bad "DROP DATABASE WITH (FORCE)"
+wait "$busy" 2>/dev/null
+wait_for mms_rob2 "SELECT count(*) FROM mms.cache" "$n_before" &&
+	ok "DROP DATABASE WITH (FORCE) under load frees its cached weights" ||
+	bad "a dropped database's weights stay cached: $(sql mms_rob2 -c "SELECT * FROM mms.cache")"
+
+# --- DROP EXTENSION ---------------------------------------------------------------------
+err=$(sql mms_rob2 -c "DROP EXTENSION mms" 2>&1)
+grep -q "cannot drop extension mms because models are registered" <<<"$err" &&
+	ok "DROP EXTENSION refuses while models are registered" || bad "DROP EXTENSION: $err"
+sql mms_rob2 -c "DROP EXTENSION mms CASCADE" >/dev/null 2>&1 || bad "DROP EXTENSION CASCADE failed"
+[ "$(sql mms_rob2 -c "SELECT count(*) FROM pg_largeobject_metadata")" = 0 ] &&
+	ok "DROP EXTENSION CASCADE leaves no large object" ||
+	bad "large objects left: $(sql mms_rob2 -c "SELECT count(*) FROM pg_largeobject_metadata")"
+
+# --- mms.worker_memory ----------------------------------------------------------------
+# R needs several MB (8 beams of 2048 tokens); the error under a 1 MB budget says how many.
+R='{"num_beams": 8, "max_new_tokens": 2048, "min_new_tokens": 2048}'
+set_budget() {
+	psql -X -q -d postgres -c "ALTER SYSTEM SET mms.worker_memory = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
+	sleep 0.5
+	# workers read it at their next loop; a fresh worker surely has it
+	sql mms_rob1 -c "SELECT mms_unload('flan2')" >/dev/null 2>&1
+}
+sql mms_rob1 -c "SELECT mms_import('flan2', '$data/flan_gated.gguf')" >/dev/null
+set_budget 1MB
+err=$(sql mms_rob1 -c "SELECT mms_generate('flan2', 'big', '$R')" 2>&1)
+if grep -q "more than mms.worker_memory" <<<"$err" && grep -q "num_beams 8, max_new_tokens 2048" <<<"$err"; then
+	ok "a request that can never fit fails, naming its options"
+else
+	bad "oversized request: $err"
+fi
+need_kb=$(sed -n 's/.*needs \([0-9]*\) kB.*/\1/p' <<<"$err")
+if [ -n "$need_kb" ] && [ "$need_kb" -gt 1024 ]; then
+	# room for one R at a time, not two
+	set_budget "$(( (need_kb * 3 / 2 + 1023) / 1024 ))MB"
+	sql mms_rob1 -c "SELECT mms_stat_reset()" >/dev/null
+	for i in 1 2 3 4; do
+		sql mms_rob1 -c "SELECT length(mms_generate('flan2', 'waits $i', '$R')) > 0" >"$work/mem$i.out" 2>&1 &
+	done
+	wait
+	n_ok=$(cat "$work"/mem?.out | grep -c '^t$')
+	maxb=$(sql mms_rob1 -c "SELECT max_batch FROM mms.stat_models WHERE database = current_database() AND model = 'flan2:1'")
+	[ "$n_ok" = 4 ] && [ "${maxb:-99}" -le 8 ] &&
+		ok "requests that fit one at a time wait for each other (4 of 4 served, at most $maxb rows a step)" ||
+		bad "under the budget: $n_ok of 4 served, batches up to $maxb rows: $(cat "$work"/mem?.out)"
+else
+	bad "could not read the request's size from: $err"
+fi
+psql -X -q -d postgres -c "ALTER SYSTEM RESET mms.worker_memory" -c "SELECT pg_reload_conf()" >/dev/null
+
+# --- a text over 1 GB is refused -----------------------------------------------------------
+# The longest piece of the vocabulary, repeated past 1 GB of text.
+read -r id len <<<"$(sql mms_rob1 -F' ' -c "SELECT i, octet_length(mms_detokenize('flan2', ARRAY[i]))
+	FROM generate_series(3, (SELECT vocab_size - 1 FROM mms.models WHERE name = 'flan2')) i ORDER BY 2 DESC, 1 LIMIT 1")"
+n=$(( (1 << 30) / len + 2 ))
+err=$(sql mms_rob1 -c "SELECT octet_length(mms_detokenize('flan2', array_fill($id, ARRAY[$n])))" 2>&1)
+grep -q "would exceed the maximum text size of 1 GB" <<<"$err" &&
+	ok "a detokenized text over 1 GB is refused ($n ids of $len bytes)" || bad "1 GB text: $err"
+[ "$(sql mms_rob1 -c "SELECT mms_detokenize('flan2', ARRAY[$id, 1]) IS NOT NULL")" = t ] &&
+	ok "the backend is still there" || bad "backend after the 1 GB text"
+
+for d in mms_rob1 mms_rob2; do dropdb --if-exists "$d"; done
+psql -X -q -d postgres -c "DROP ROLE regress_rob_user" -c "DROP ROLE regress_rob_stats" >/dev/null
