@@ -39,6 +39,7 @@ mms_gen_options_validate(const MmsGenOptions *o, MmsError *err)
 		return mms_fail(err, MMS_ERR_ARG, "length_penalty must be a finite number");
 	if (o->early_stopping < MMS_EARLY_STOP_FALSE || o->early_stopping > MMS_EARLY_STOP_NEVER)
 		return mms_fail(err, MMS_ERR_ARG, "early_stopping must be true, false or \"never\"");
+	/* any positive finite value, denormals too: generate.c scales overflow-free */
 	if (!(o->temperature > 0.0f) || !isfinite(o->temperature))
 		return mms_fail(err, MMS_ERR_ARG, "temperature must be a positive number");
 	if (o->top_k < 0)

@@ -5,6 +5,9 @@
  * beam search is HF's vectorised algorithm (2*num_beams candidates a step,
  * finished hypotheses scored sum_logprobs / len^length_penalty with len
  * counting the eos, HF's early-stopping heuristic). Float32 where HF is.
+ * Where HF would overflow into NaN (a denormal temperature, penalties at the
+ * ends of their range) we take the limit instead; a model whose logits are
+ * not finite fails the request with MMS_ERR_NUMERIC.
  */
 #include "generate.h"
 
@@ -538,7 +541,100 @@ argmax(const float *x, int64_t V)
 	return (int32_t) best;
 }
 
+/*
+ * Largest element of a row without NaN. Eight independent chains: a single
+ * one is bound by the latency of each compare, three times slower.
+ */
+static float
+row_max(const float *x, int64_t V)
+{
+	float		m[8];
+	int64_t		i = 0;
+
+	for (int j = 0; j < 8; j++)
+		m[j] = -INFINITY;
+	for (; i + 8 <= V; i += 8)
+		for (int j = 0; j < 8; j++)
+			m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
+	for (; i < V; i++)
+		m[0] = x[i] > m[0] ? x[i] : m[0];
+	for (int j = 1; j < 8; j++)
+		m[0] = m[j] > m[0] ? m[j] : m[0];
+	return m[0];
+}
+
+/*
+ * HF TemperatureLogitsWarper, safe for every positive finite temperature.
+ * x / T overflows once |x| > T * FLT_MAX (almost every logit for a denormal
+ * T): +inf values make the softmax inf - inf = NaN, and a max sent to -inf
+ * leaves nothing to draw. Subtracting the row max mx first makes every
+ * scaled value <= 0 with the best at exactly 0, so a tiny T only sends the
+ * others to -inf: greedy in the limit.
+ * Softmax is shift invariant, so for ordinary temperatures this differs from
+ * HF's x / T by float rounding only. An +inf max (a repetition penalty < 1
+ * overflowing a large positive logit) leaves just the +inf tokens, equally
+ * likely, which is the limit too; it is normalised even at T = 1 because
+ * the top-p and draw softmaxes would otherwise meet inf - inf.
+ */
+static void
+apply_temperature(float *x, int64_t V, float mx, float temperature)
+{
+	if (mx == INFINITY)
+	{
+		for (int64_t i = 0; i < V; i++)
+			x[i] = x[i] == INFINITY ? 0.0f : -INFINITY;
+		return;
+	}
+	if (temperature == 1.0f)
+		return;
+	for (int64_t i = 0; i < V; i++)
+		x[i] = (x[i] - mx) / temperature;
+}
+
+/*
+ * Ends a request whose raw logits row holds NaN or +/-inf (found by the max
+ * pass of mms_logsumexp_checked, the first read of every row). NaN or inf in
+ * any weight the request uses, or in the encoder output or cross K/V
+ * computed from them, is carried by the forward pass into the logits (the
+ * softmax and ReLU let NaN through, as torch's do), so checking the row is
+ * enough. Failure path only: it may rescan the row to name the value.
+ */
+static MmsStatus
+fail_nonfinite(const MmsGenRequest *r, const float *row, int64_t V, MmsError *err)
+{
+	const char *what = "-inf";
+
+	for (int64_t i = 0; i < V; i++)
+	{
+		if (isnan(row[i]))
+		{
+			what = "NaN";
+			break;
+		}
+		if (row[i] == INFINITY)
+			what = "+inf";
+	}
+	/* steps count from 1: step k produces the k-th new (or target) token */
+	return mms_fail(err, MMS_ERR_NUMERIC, "the model produced non-finite logits (%s) at step %d",
+					what, r->t + 1);
+}
+
 /* ---------------------------------------------------------------- stepping */
+
+/* Greedy and sampling: appends the chosen token and finishes on eos or length. */
+static MmsStatus
+advance_take(MmsGenRequest *r, const float *logits, double lse, int32_t tok, MmsError *err)
+{
+	const MmsT5Config *c = mms_t5_config(r->m);
+	int32_t    *hist = hist_of(r, r->hist, 0);
+
+	r->run_raw[0] += (double) logits[tok] - lse;
+	hist[r->t + 1] = tok;
+	r->t++;
+	if (tok == c->eos_id || r->t >= r->opt.max_new_tokens)
+		return req_finish(r, hist + 1, r->t, r->run_raw[0], r->run_raw[0], err);
+	return MMS_OK;
+}
 
 static MmsStatus
 advance_single(MmsGenRequest *r, const float *logits, MmsError *err)
@@ -547,10 +643,13 @@ advance_single(MmsGenRequest *r, const float *logits, MmsError *err)
 	int64_t		V = c->vocab;
 	float	   *x = r->work;
 	int32_t    *hist = hist_of(r, r->hist, 0);
-	double		lse = mms_logsumexp(logits, V);
+	int			nonfinite;
+	double		lse = mms_logsumexp_checked(logits, V, &nonfinite);
 	int32_t		tok;
 	MmsStatus	st;
 
+	if (nonfinite)
+		return fail_nonfinite(r, logits, V, err);
 	if (r->kind == REQ_SCORE)
 	{
 		tok = r->target[r->t];
@@ -572,10 +671,16 @@ advance_single(MmsGenRequest *r, const float *logits, MmsError *err)
 		double		u,
 					acc = 0.0,
 					lse2;
+		float		mx = row_max(x, V);
 
-		if (r->opt.temperature != 1.0f)
-			for (int64_t i = 0; i < V; i++)
-				x[i] = x[i] / r->opt.temperature;
+		/*
+		 * Every token ruled out (-inf) can only come from a repetition
+		 * penalty overflowing huge negative logits: pick as greedy does
+		 * rather than draw from an empty distribution.
+		 */
+		if (mx == -INFINITY)
+			return advance_take(r, logits, lse, argmax(x, V), err);
+		apply_temperature(x, V, mx, r->opt.temperature);
 		apply_top_k(x, V, r->opt.top_k, r->work2);
 		if ((st = apply_top_p(x, V, r->opt.top_p, err)) != MMS_OK)
 			return st;
@@ -594,12 +699,7 @@ advance_single(MmsGenRequest *r, const float *logits, MmsError *err)
 		if (tok < 0)
 			tok = argmax(x, V);
 	}
-	r->run_raw[0] += (double) logits[tok] - lse;
-	hist[r->t + 1] = tok;
-	r->t++;
-	if (tok == c->eos_id || r->t >= r->opt.max_new_tokens)
-		return req_finish(r, hist + 1, r->t, r->run_raw[0], r->run_raw[0], err);
-	return MMS_OK;
+	return advance_take(r, logits, lse, tok, err);
 }
 
 /* Candidates sorted by accumulated score, descending; ties to the lower flat index. */
@@ -616,6 +716,20 @@ cmp_cand_desc(const void *a, const void *b)
 	if (x->beam != y->beam)
 		return x->beam - y->beam;
 	return x->tok - y->tok;
+}
+
+/*
+ * HF's hypothesis score acc / len^length_penalty. An extreme (but finite)
+ * length_penalty makes the denominator inf or 0, and -inf / inf or 0 / 0 is
+ * NaN, which no comparison would ever rank; count such a hypothesis as the
+ * worst instead, so that no NaN score is ever returned.
+ */
+static float
+beam_score(float acc, float denom)
+{
+	float		s = acc / denom;
+
+	return isnan(s) ? -INFINITY : s;
 }
 
 /* Adds a finished hypothesis, keeping the num_beams best (HF's merge + top-k). */
@@ -664,8 +778,11 @@ advance_beam(MmsGenRequest *r, const float *logits, MmsError *err)
 		const float *lg = logits + (size_t) b * (size_t) V;
 		float	   *x = r->work;
 		int32_t    *hist = hist_of(r, r->hist, b);
-		double		lse = mms_logsumexp(lg, V);
+		int			nonfinite;
+		double		lse = mms_logsumexp_checked(lg, V, &nonfinite);
 
+		if (nonfinite)
+			return fail_nonfinite(r, lg, V, err);
 		for (int64_t i = 0; i < V; i++)
 			x[i] = (float) ((double) lg[i] - lse);
 		apply_repetition_penalty(x, hist, r->t + 1, r->opt.repetition_penalty, r->mark);
@@ -708,7 +825,7 @@ advance_beam(MmsGenRequest *r, const float *logits, MmsError *err)
 		{
 			if (k < nb && !(full_before && r->opt.early_stopping == MMS_EARLY_STOP_TRUE) &&
 				r->heuristic_open)
-				add_finished(r, hist, cd->tok, cd->acc / denom, cd->raw);
+				add_finished(r, hist, cd->tok, beam_score(cd->acc, denom), cd->raw);
 			continue;
 		}
 		if (n_next < nb)

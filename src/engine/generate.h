@@ -78,7 +78,10 @@ const int32_t *mms_gen_request_input(const MmsGenRequest *r, int32_t *n);
 MmsStatus	mms_gen_request_start(MmsGenRequest *r, MmsT5Cross *cross, MmsError *err);
 /* Rows the request feeds to the next decoder step: fills st[] and tok[]; returns the count. */
 int			mms_gen_request_rows(MmsGenRequest *r, MmsT5State **st, int32_t *tok);
-/* Consumes the logits of those rows (same order) and advances. */
+/*
+ * Consumes the logits of those rows (same order) and advances. A row holding
+ * NaN or +/-inf (broken weights) ends the request with MMS_ERR_NUMERIC.
+ */
 MmsStatus	mms_gen_request_advance(MmsGenRequest *r, const float *logits, MmsError *err);
 /* Upper bound on rows a request ever feeds at once. */
 int			mms_gen_request_max_rows(const MmsGenRequest *r);

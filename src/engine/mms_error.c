@@ -44,6 +44,8 @@ mms_status_name(MmsStatus code)
 			return "limit exceeded";
 		case MMS_ERR_CANCELLED:
 			return "cancelled";
+		case MMS_ERR_NUMERIC:
+			return "model produced non-finite values";
 	}
 	return "unknown error";
 }

@@ -16,7 +16,8 @@ typedef enum MmsStatus
 	MMS_ERR_NOMEM = 5,			/* allocation failed or a size would overflow */
 	MMS_ERR_ARG = 6,			/* bad argument from the caller (option out of range, bad id) */
 	MMS_ERR_LIMIT = 7,			/* request exceeds a configured or structural limit */
-	MMS_ERR_CANCELLED = 8		/* request was cancelled by its caller */
+	MMS_ERR_CANCELLED = 8,		/* request was cancelled by its caller */
+	MMS_ERR_NUMERIC = 9			/* model produced non-finite values (NaN/inf weights) */
 } MmsStatus;
 
 #define MMS_ERRMSG_LEN 256

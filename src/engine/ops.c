@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -105,8 +106,9 @@ mms_gelu_mul(float *gate, const float *up, int64_t n)
 void
 mms_relu(float *x, int64_t n)
 {
+	/* NaN passes through, as in torch: zeroing it would hide broken weights */
 	for (int64_t i = 0; i < n; i++)
-		x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+		x[i] = x[i] > 0.0f || x[i] != x[i] ? x[i] : 0.0f;
 }
 
 #if defined(__x86_64__)
@@ -231,7 +233,8 @@ softmax_exp_avx2(float *x, int64_t n, float mx, double *sum)
 	{
 		__m256		v = _mm256_sub_ps(_mm256_loadu_ps(x + i), vmx);
 		__m256		under = _mm256_cmp_ps(v, lo, _CMP_LT_OQ);
-		__m256		e = _mm256_andnot_ps(under, exp256(_mm256_max_ps(v, lo)));
+		/* max_ps returns its second operand on NaN: v, so NaN propagates as in torch */
+		__m256		e = _mm256_andnot_ps(under, exp256(_mm256_max_ps(lo, v)));
 
 		_mm256_storeu_ps(x + i, e);
 		acc = _mm256_add_ps(acc, e);
@@ -273,11 +276,33 @@ gelu_mul_avx2(float *gate, const float *up, int64_t n)
 double
 mms_logsumexp(const float *x, int64_t n)
 {
+	int			nonfinite;
+
+	return mms_logsumexp_checked(x, n, &nonfinite);
+}
+
+double
+mms_logsumexp_checked(const float *x, int64_t n, int *nonfinite)
+{
 	float		mx = -INFINITY;
+	uint32_t	bad = 0;
 	double		sum;
 
+	/*
+	 * The max pass reads every element anyway, so it also tests the exponent
+	 * bits: all ones (NaN or +/-inf) carries into bit 31 when one is added
+	 * to the exponent, and nothing else does. Two integer ops beside the
+	 * max chain, whose latency bounds the loop: no measurable cost.
+	 */
 	for (int64_t i = 0; i < n; i++)
+	{
+		uint32_t	u;
+
+		memcpy(&u, &x[i], sizeof(u));
+		bad |= (u & 0x7f800000u) + 0x00800000u;
 		mx = x[i] > mx ? x[i] : mx;
+	}
+	*nonfinite = (bad >> 31) != 0;
 	if (mx == -INFINITY || !isfinite(mx))
 		return mx;
 #if defined(__x86_64__)

@@ -23,6 +23,8 @@ void		mms_relu(float *x, int64_t n);
 void		mms_softmax(float *x, int64_t n);
 /* log(sum(exp(x))), computed stably in double. */
 double		mms_logsumexp(const float *x, int64_t n);
+/* The same; also sets *nonfinite when any x is NaN or +/-inf (found in the max pass). */
+double		mms_logsumexp_checked(const float *x, int64_t n, int *nonfinite);
 
 /*
  * HF T5's relative-position bucket for rel = key_pos - query_pos, computed in

@@ -108,5 +108,45 @@ else
 	bad "register/unregister after restore: $out"
 fi
 
-dropdb $src; dropdb $dst
+# Roles missing where a dump is restored: every model survives (owned by the
+# registry owner when its owner is missing), a grant to a missing role is
+# skipped, and WARNINGs say which.
+dst2=mms_dump_dst2
+dropdb --if-exists $dst2 2>/dev/null
+psql -X -q -d $src -v ON_ERROR_STOP=1 >/dev/null <<SQL || bad "setup of roles that go away"
+CREATE ROLE regress_mms_dump_owner IN ROLE mms_admin;
+CREATE ROLE regress_mms_dump_gone;
+\lo_import '$data/flan_gated.gguf'
+\set lo :LASTOID
+ALTER LARGE OBJECT :lo OWNER TO regress_mms_dump_owner;
+SET ROLE regress_mms_dump_owner;
+SELECT mms_register('owned', :lo);
+SELECT lo_unlink(:lo);
+SELECT mms_grant('owned', 'regress_mms_dump_gone');
+RESET ROLE;
+SQL
+pg_dump -Fc -f "$work/roles.dump" $src || bad "pg_dump with roles"
+sql -d $src -c "REASSIGN OWNED BY regress_mms_dump_owner TO CURRENT_USER" -c "DROP OWNED BY regress_mms_dump_gone" \
+	-c "DROP ROLE regress_mms_dump_owner" -c "DROP ROLE regress_mms_dump_gone" >/dev/null || bad "dropping the roles"
+createdb $dst2
+# -v: pg_restore shows the server's WARNINGs only when verbose
+if pg_restore -v -d $dst2 "$work/roles.dump" 2>"$work/roles.err"; then
+	ok "pg_restore succeeds with the roles of two rows missing"
+else
+	bad "pg_restore with missing roles failed: $(cat "$work/roles.err")"
+fi
+n_models=$(sql -d $dst2 -c "SELECT count(*) FROM mms.models")
+owner=$(sql -d $dst2 -c "SELECT owner FROM mms.models WHERE name = 'owned'")
+grants=$(sql -d $dst2 -c "SELECT string_agg(model || '>' || grantee, ',' ORDER BY model) FROM mms.grants")
+[ "$n_models" = 12 ] && [ "$owner" = "$PGUSER" ] && ok "every model restored; a missing owner becomes the registry owner" ||
+	bad "restored $n_models models (want 12), owner of 'owned' '$owner'"
+[ "$grants" = "flan_gated>regress_mms_dump_reader,inner_48>public" ] &&
+	grep -q 'grant of model "owned" to role "regress_mms_dump_gone" not restored' "$work/roles.err" &&
+	grep -q 'owner "regress_mms_dump_owner" of model "owned:1" does not exist' "$work/roles.err" &&
+	ok "the grant to a missing role is skipped, and reported" ||
+	bad "grants after restore: $grants; messages: $(cat "$work/roles.err")"
+[ "$(sql -d $dst2 -c "SELECT mms_tokenize('owned', 'hi') IS NOT NULL")" = t ] &&
+	ok "the restored model serves" || bad "restored model does not tokenize"
+
+dropdb $src; dropdb $dst; dropdb $dst2
 psql -X -q -c "DROP ROLE IF EXISTS regress_mms_dump_reader"

@@ -64,8 +64,8 @@ n_before=$(sql mms_rob2 -c "SELECT count(*) FROM mms.cache")
 sql mms_rob3 -c "SELECT mms_generate('flan', 'busy', '{\"max_new_tokens\": 4096, \"min_new_tokens\": 4096, \"num_beams\": 4}')" \
 	>/dev/null 2>&1 &
 busy=$!
-wait_for mms_rob2 "SELECT count(*) FROM mms.workers WHERE database = 'mms_rob3' AND batch > 0" 1 ||
-	bad "no worker busy in mms_rob3"
+wait_for mms_rob2 "SELECT count(*) FROM mms.workers WHERE database = 'mms_rob3' AND batch_size > 0" 1 ||
+	bad "no worker busy in mms_rob3: $(sql mms_rob2 -c "SELECT * FROM mms.workers")"
 sql postgres -c "DROP DATABASE mms_rob3 WITH (FORCE)" || bad "DROP DATABASE WITH (FORCE)"
 wait "$busy" 2>/dev/null
 wait_for mms_rob2 "SELECT count(*) FROM mms.cache" "$n_before" &&
