@@ -7,6 +7,13 @@
 \set flan :data '/flan_gated.gguf'
 \set SHOW_CONTEXT never
 SELECT mms_import('rob', :'flan');
+CREATE FUNCTION pg_temp.sqlstate_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE sql;
+    RETURN 'ok';
+EXCEPTION WHEN others THEN
+    RETURN SQLSTATE;
+END $$;
 
 -- ---- options: every float finite and representable, the option named ----
 SELECT mms_generate('rob', 'x', '{"length_penalty": 1e309}');
@@ -19,6 +26,15 @@ SELECT mms_generate('rob', 'hello', '{"temperature": 1e-30, "max_new_tokens": 8,
      = mms_generate('rob', 'hello', '{"max_new_tokens": 8}') AS tiny_temperature_is_greedy;
 SELECT length(mms_generate('rob', 'hello', '{"repetition_penalty": 3e38, "max_new_tokens": 8}')) >= 0
     AS huge_penalty_ok;
+
+-- a model whose weights hold NaN: a clear error naming it, for every kind of call
+SELECT mms_import('nan', :'data' || '/bad/nan_weights.gguf');
+SELECT mms_generate('nan', 'hello');
+SELECT mms_generate('nan', ARRAY['hello', 'world'], '{"num_beams": 2}');
+SELECT mms_generate('nan', 'hello', '{"do_sample": true, "seed": 3}');
+SELECT mms_score('nan', 'hello', 'world');
+SELECT pg_temp.sqlstate_of($$SELECT mms_generate('nan', 'hello')$$) AS floating_point_exception;
+SELECT mms_unregister('nan');
 
 -- ---- PUBLIC is 'public' exactly; a role named "Public" is that role ----
 CREATE ROLE "Public";

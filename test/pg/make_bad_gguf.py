@@ -6,7 +6,8 @@ the tests must not need the .venv.
 
     python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf OUTDIR
 
-Also writes two valid variants: OUTDIR/other_tokenizer.gguf, the same model
+Also writes nan_weights.gguf (valid, but NaN in the final decoder norm) and
+two valid variants: OUTDIR/other_tokenizer.gguf, the same model
 with a tokenizer that splits text differently (proves the tokenizer cache is
 dropped when a model is replaced), and OUTDIR/extra_metadata.gguf, with extra
 keys of every value type (short and long arrays, a string that is not UTF-8,
@@ -191,6 +192,17 @@ def main():
         [b"test.long", ARR, (U16, list(range(65)))],
     ]
     files["extra_metadata"] = write(v)
+
+    # A well-formed file whose weights are not numbers: NaN in the decoder's
+    # last feed-forward (F32), so every request fails at its first step.
+    v = copy(g)
+    data = bytearray(v["data"])
+    for name, ne, ty, off in v["tensors"]:
+        if name == b"dec.output_norm.weight" and ty == 0:
+            for i in range(ne[0]):
+                struct.pack_into("<f", data, off + 4 * i, float("nan"))
+    v["data"] = bytes(data)
+    files["nan_weights"] = write(v)
 
     for name, data in files.items():
         with open(os.path.join(outdir, name + ".gguf"), "wb") as f:
