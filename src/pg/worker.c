@@ -44,6 +44,8 @@ static bool *cancelled = NULL;
  * charged when taken and refunded when collected; one that does not fit now
  * stays queued until others finish; one that can never fit fails.
  */
+#define MMS_ENCODE_TOKENS_PER_STEP 8192
+
 static Size *charged = NULL;	/* per slot */
 static Size budget_used = 0;
 static bool intake_blocked = false; /* a request waits for memory */
@@ -401,6 +403,12 @@ mms_worker_main(Datum arg)
 	cfg.threads = mms_threads_per_worker;
 	/* a safety net: this file's own accounting (above) is stricter */
 	cfg.max_bytes = mms_worker_memory_bytes();
+	/*
+	 * The encoder's scratch grows with the tokens encoded in one step: 256
+	 * queued inputs of 1024 tokens would take gigabytes at once. A step
+	 * encodes at most this many (a longer single input still goes alone).
+	 */
+	cfg.max_encode_tokens = MMS_ENCODE_TOKENS_PER_STEP;
 	if (mms_sched_create(loaded.model, &cfg, &sched, &err) != MMS_OK)
 		ereport(ERROR,
 				(errcode(mms_engine_sqlstate(err.code)),
