@@ -142,6 +142,16 @@ SELECT mms_unload('nope');
 SELECT p.oid::regprocedure, p.provolatile, p.proparallel, p.proisstrict FROM pg_proc p
 WHERE p.proname IN ('mms_generate', 'mms_score', 'mms_load', 'mms_unload') ORDER BY p.oid::regprocedure::text;
 
+-- a tied model whose file also stores the LM head as a copy of the embeddings
+-- (llama.cpp's converter on checkpoints with lm_head.weight) is still tied
+SELECT mms_import('gen_tied_copy', :'data' || '/bad/tied_stored_head.gguf');
+SELECT tied_embeddings FROM mms.models WHERE name = 'gen_tied_copy';
+SELECT mms_score('gen_tied_copy', 'hello there', 'Hello, world!')
+     = mms_score('gen_relu', 'hello there', 'Hello, world!') AS same_scores_as_tied,
+       mms_generate('gen_tied_copy', 'Hello, world!', '{"num_beams": 3, "max_new_tokens": 8}')
+     = mms_generate('gen_relu', 'Hello, world!', '{"num_beams": 3, "max_new_tokens": 8}') AS same_beams;
+SELECT mms_unregister('gen_tied_copy');
+
 DROP TABLE gen_in, gen_out;
 SELECT mms_unregister('gen_flan');
 SELECT mms_unregister('gen_relu');

@@ -31,6 +31,25 @@ read_int(const MmsGguf *g, const char *key, int required, int64_t dflt,
 	return MMS_OK;
 }
 
+/*
+ * Is the LM head the embedding? Yes without an output tensor, and also when
+ * output.weight is a byte-identical copy: llama.cpp's converter writes the
+ * lm_head.weight that older tied t5 v1.0 checkpoints store, with no key
+ * saying the head is tied, and transformers still rescales by d_model^-0.5
+ * for those (tie_word_embeddings). An untied model never has an exact copy.
+ * A header-only parse has no data to compare: untied, as the file says.
+ */
+static int
+head_is_embedding(const MmsGgufTensor *emb, const MmsGgufTensor *out)
+{
+	if (out == NULL)
+		return 1;
+	return out->type == emb->type && out->n_dims == emb->n_dims &&
+		out->ne[0] == emb->ne[0] && out->ne[1] == emb->ne[1] &&
+		out->n_bytes == emb->n_bytes && out->data != NULL && emb->data != NULL &&
+		memcmp(out->data, emb->data, out->n_bytes) == 0;
+}
+
 MmsStatus
 mms_t5_read_config(const MmsGguf *g, MmsT5Config *cfg, MmsError *err)
 {
@@ -118,7 +137,7 @@ mms_t5_read_config(const MmsGguf *g, MmsT5Config *cfg, MmsError *err)
 		return mms_fail(err, MMS_ERR_MODEL, "decoder start id %d or eos id %d is outside the vocabulary (%lld)",
 						cfg->decoder_start_id, cfg->eos_id, (long long) cfg->vocab);
 	cfg->gated = mms_gguf_find_tensor(g, "enc.blk.0.ffn_gate.weight") != NULL;
-	cfg->tied = mms_gguf_find_tensor(g, "output.weight") == NULL;
+	cfg->tied = head_is_embedding(emb, mms_gguf_find_tensor(g, "output.weight"));
 	return MMS_OK;
 }
 

@@ -36,7 +36,7 @@ typedef struct MmsT5Config
 	int32_t		decoder_start_id;	/* t5.decoder_start_token_id, default 0 */
 	int32_t		eos_id;			/* tokenizer.ggml.eos_token_id, default 1 */
 	int			gated;			/* ffn_gate present: gated GELU, else ReLU */
-	int			tied;			/* no output tensor: LM head is token_embd, scaled */
+	int			tied;			/* no output tensor, or an exact copy of token_embd: head scaled */
 } MmsT5Config;
 
 /* What the registry shows about a file. */

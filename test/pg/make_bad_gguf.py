@@ -4,9 +4,10 @@ kind of defect, derived from a good fixture at test time (so they follow the
 fixtures when tools/make_fixtures.py regenerates them). Standard library only:
 the tests must not need the .venv.
 
-    python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf OUTDIR
+    python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf OUTDIR [TIED.gguf]
 
-Also writes nan_weights.gguf (valid, but NaN in the final decoder norm) and
+With TIED.gguf (test/fixtures/t5_relu_tied.gguf), also tied_stored_head.gguf:
+the same model with output.weight a copy of token_embd.weight. Also writes nan_weights.gguf (valid, but NaN in the final decoder norm) and
 two valid variants: OUTDIR/other_tokenizer.gguf, the same model
 with a tokenizer that splits text differently (proves the tokenizer cache is
 dropped when a model is replaced), and OUTDIR/extra_metadata.gguf, with extra
@@ -203,6 +204,22 @@ def main():
                 struct.pack_into("<f", data, off + 4 * i, float("nan"))
     v["data"] = bytes(data)
     files["nan_weights"] = write(v)
+
+    # A tied model (ReLU, like t5 v1.0) whose file also stores the LM head as
+    # an exact copy of the embeddings, as llama.cpp's converter writes
+    # checkpoints that carry lm_head.weight: must behave as the tied original.
+    if len(sys.argv) > 3:
+        t = parse(open(sys.argv[3], "rb").read())
+        emb = next(x for x in t["tensors"] if x[0] == b"token_embd.weight")
+        size = 4 if emb[2] == 0 else 2
+        n_bytes = size * emb[1][0] * emb[1][1]
+        data = bytearray(t["data"])
+        data += b"\0" * ((-len(data)) % t["align"])
+        off = len(data)
+        data += t["data"][emb[3]:emb[3] + n_bytes]
+        t["tensors"].append([b"output.weight", list(emb[1]), emb[2], off])
+        t["data"] = bytes(data)
+        files["tied_stored_head"] = write(t)
 
     for name, data in files.items():
         with open(os.path.join(outdir, name + ".gguf"), "wb") as f:

@@ -28,7 +28,7 @@ fi
 files="$tmp/files"
 mkdir -p "$files/bad"
 cp test/fixtures/*.gguf "$files/"
-python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf "$files/bad" || { echo "could not build bad files"; exit 1; }
+python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf "$files/bad" test/fixtures/t5_relu_tied.gguf || { echo "could not build bad files"; exit 1; }
 chmod -R a+rX "$files"
 
 echo "== cluster in $tmp (port $port)"
