@@ -114,6 +114,7 @@ test: deps
 	$(MAKE) unit-test
 	$(MAKE) asan-test
 	$(MAKE) pg-test
+	$(MAKE) deb-test
 
 unit-test: engine
 	@tools/run-tests.sh $(BUILD)
@@ -161,8 +162,21 @@ soak: deps all
 
 # --- demo and benchmarks (scripts own the details) --------------------------
 
-demo: deps all
+# Compiler lines go to a log; the demo says what it installs where.
+demo: deps
+	@mkdir -p $(BUILD)
+	@echo "== building mms (compiler output in $(BUILD)/demo-build.log)"
+	@$(MAKE) -s all >$(BUILD)/demo-build.log 2>&1 || { cat $(BUILD)/demo-build.log; exit 1; }
 	@tools/demo.sh
 
 bench: deps all
 	@bench/run.sh
+
+# --- Debian package (debian/, test/pkg/) ------------------------------------
+
+# Builds the Debian package (debian/) from a snapshot of the tree, installs it
+# (as root) and smoke-tests the installed extension in a throwaway cluster.
+deb-test: deps
+	@test/pkg/t_deb.sh
+
+.PHONY: deb-test

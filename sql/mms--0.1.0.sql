@@ -15,6 +15,18 @@ END
 $$;
 COMMENT ON ROLE mms_admin IS 'may register, import, alias, grant and unregister mms models';
 
+-- Inference needs the library preloaded; the registry works without it.
+DO $$
+BEGIN
+    IF NOT pg_catalog.string_to_array(pg_catalog.replace(
+               pg_catalog.current_setting('shared_preload_libraries'), ' ', ''), ',')
+           OPERATOR(pg_catalog.@>) ARRAY['mms'] THEN
+        RAISE WARNING 'mms is not in shared_preload_libraries: models can be registered, but inference will fail'
+            USING HINT = 'Add mms to shared_preload_libraries in postgresql.conf and restart the server.';
+    END IF;
+END
+$$;
+
 CREATE SCHEMA mms;
 COMMENT ON SCHEMA mms IS 'mms model registry: catalog tables (owner only) and views (everyone)';
 

@@ -7,7 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-[ "$(id -u)" = 0 ] && make -s install >/dev/null
+if [ "$(id -u)" = 0 ]; then
+	echo "== installing mms.so and mms_worker.so into $(pg_config --pkglibdir)," \
+		"mms.control and its SQL script into $(pg_config --sharedir)/extension"
+	make -s install >/dev/null
+fi
 . tools/pg-cluster.sh
 
 model=models/datefix.gguf
@@ -25,9 +29,10 @@ q() { printf '\n\033[1m%s\033[0m\n' "$1"; shift; psql -X -q -v ON_ERROR_STOP=1 "
 q "-- install, and register the model from the client with \\lo_import" <<SQL
 CREATE EXTENSION mms;
 \\lo_import '$tmp/model.gguf'
-SELECT mms_register('datefix', :LASTOID, author => 'mms demo',
+\\set lo :LASTOID
+SELECT mms_register('datefix', :lo, author => 'mms demo',
                     description => 'messy dates and numbers in words -> ISO 8601 / digits') AS version;
-SELECT lo_unlink(:LASTOID);   -- the registry keeps its own copy
+SELECT lo_unlink(:lo);   -- the registry keeps its own copy
 \\x on
 SELECT name, version, arch, n_params, tensor_types, d_model, n_enc_layers, n_dec_layers, vocab_size, size
 FROM mms.models;

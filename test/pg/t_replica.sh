@@ -70,6 +70,10 @@ for f in "mms_generate('rep', 'x')" "mms_generate('rep', ARRAY['x'])" "mms_score
 		bad "without the preload, $f: $out"
 	fi
 done
+q $p1 -c "CREATE DATABASE mms_nopreload" >/dev/null
+out=$(psql -X -q -h 127.0.0.1 -p $p1 -U postgres -d mms_nopreload -c "CREATE EXTENSION mms" 2>&1)
+grep -q "WARNING:  mms is not in shared_preload_libraries" <<<"$out" && grep -q "HINT:  Add mms to shared_preload_libraries" <<<"$out" &&
+	ok "CREATE EXTENSION without the preload warns, with the hint" || bad "CREATE EXTENSION without preload: $out"
 tok=$(q $p1 -c "SELECT array_length(mms_tokenize('rep', 'still works'), 1) > 0")
 [ "$tok" = t ] && ok "without the preload, the registry and tokenizer still work" || bad "tokenize without preload: $tok"
 
