@@ -1,8 +1,8 @@
 #!/bin/bash
 # bench/pg_bench.sh — mms inside PostgreSQL, measured side by side with the
-# engine alone (issue 5's benchmark). In one throwaway cluster:
+# engine alone. In one throwaway cluster:
 #   1. single-call latency p50/p99 (pgbench, 1 client) vs the engine's own
-#      latency for the same request (build/mms-bench --latency);
+#      latency for the same request (build/mms-run --latency);
 #   2. 10,000 rows through INSERT ... SELECT: one call per row vs the array
 #      API (64 rows a call), rows/s, vs the engine's batched throughput on the
 #      same inputs;

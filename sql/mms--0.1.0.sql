@@ -1,6 +1,6 @@
 -- mms--0.1.0.sql — installs the model registry: catalog tables and views in
 -- schema mms, the role mms_admin, and the mms_* functions in the extension's
--- schema. The C side lives in src/pg; inference arrives in later versions.
+-- schema. The C side lives in src/pg (see README.md and docs/engine.md).
 
 \echo Use "CREATE EXTENSION mms" to load this file. \quit
 
@@ -87,7 +87,7 @@ CREATE TABLE mms.model_grants (
 
 -- Roles are bound by oid, as PostgreSQL binds them: a rename keeps the
 -- binding, DROP ROLE is refused while a model or grant names the role (the
--- extension's utility hook, src/pg/roles.c). A dump carries both columns, but
+-- extension's utility hook, src/pg/utility.c). A dump carries both columns, but
 -- oids mean nothing in another cluster: every inserted row is bound here by
 -- the name it carries. The functions always write matching pairs; rows coming
 -- from pg_restore get the oids of this cluster. A role missing here does not

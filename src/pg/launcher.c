@@ -154,7 +154,7 @@ settle_exited(int i)
 	if (w->exit_reason == MMS_EXIT_LOAD_FAILED || w->failed_starts >= MAX_FAILED_STARTS)
 	{
 		if (w->err.sqlstate == 0)
-			set_err(&w->err, ERRCODE_CONNECTION_FAILURE,
+			set_err(&w->err, ERRCODE_SYSTEM_ERROR,
 					"the inference worker exited before it could serve",
 					"The server log shows why.");
 		fail_queued(i, &w->err);

@@ -235,6 +235,32 @@ mms_grant(PG_FUNCTION_ARGS)
 
 PG_FUNCTION_INFO_V1(mms_revoke);
 
+/*
+ * A grant whose role was dropped while this database was not looking (DROP
+ * ROLE run in another database) binds nobody; it is revoked by the name the
+ * role had. Returns the number of such grants removed.
+ */
+static uint64
+revoke_dropped_role(const char *name, const char *role)
+{
+	MmsCatalogSession s;
+	Oid			t[2] = {TEXTOID, NAMEOID};
+	Datum		v[2];
+	uint64		n;
+
+	v[0] = CStringGetTextDatum(name);
+	v[1] = DirectFunctionCall1(namein, CStringGetDatum(role));
+	mms_catalog_enter(&s);
+	n = mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.name OPERATOR(pg_catalog.=) $1"
+					 " AND g.grantee_name OPERATOR(pg_catalog.=) $2"
+					 " AND g.grantee OPERATOR(pg_catalog.<>) 0"
+					 " AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r"
+					 " WHERE r.oid OPERATOR(pg_catalog.=) g.grantee)",
+					 2, t, v, NULL, SPI_OK_DELETE);
+	mms_catalog_leave(&s);
+	return n;
+}
+
 /* mms_revoke(model, role): undoes mms_grant; revoking nothing is not an error, as in REVOKE. */
 Datum
 mms_revoke(PG_FUNCTION_ARGS)
@@ -244,9 +270,17 @@ mms_revoke(PG_FUNCTION_ARGS)
 	MmsCatalogSession s;
 	Oid			t[2] = {TEXTOID, OIDOID};
 	Datum		v[2];
+	char	   *role;
 
 	mms_require_admin("revoke the use of models");
 	name = grant_model_name(fcinfo);
+	role = required_text(fcinfo, 1, "role");
+	if (strcmp(role, "public") != 0 && !OidIsValid(get_role_oid(role, true)) &&
+		revoke_dropped_role(name, role) > 0)
+	{
+		mms_registry_generation++;
+		PG_RETURN_VOID();
+	}
 	grantee = grantee_oid(fcinfo);
 	mms_catalog_enter(&s);
 	v[0] = CStringGetTextDatum(name);

@@ -1,7 +1,7 @@
 /*
  * resolve.c — model references ('name', 'name:version', 'name@alias') turned
  * into one registered version, and the rule for who may use a model. The one
- * resolver that tokenization and, later, inference share; mms.resolve() is
+ * resolver that tokenization and inference share; mms.resolve() is
  * its SQL face. Writing the catalog is register.c's and manage.c's job.
  */
 #include "postgres.h"

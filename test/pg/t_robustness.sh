@@ -128,5 +128,20 @@ grep -q "would exceed the maximum text size of 1 GB" <<<"$err" &&
 [ "$(sql mms_rob1 -c "SELECT mms_detokenize('flan2', ARRAY[$id, 1]) IS NOT NULL")" = t ] &&
 	ok "the backend is still there" || bad "backend after the 1 GB text"
 
+# --- a role dropped from another database ----------------------------------------------
+# DROP ROLE in mms_rob2 cannot see mms_rob1's grant: it binds nobody afterwards
+# (not even a new role of the same name) and mms_revoke removes it by the old name.
+psql -X -q -d postgres -c "CREATE ROLE regress_rob_gone" >/dev/null
+sql mms_rob1 -c "SELECT mms_grant('flan2', 'regress_rob_gone')" >/dev/null
+sql mms_rob2 -c "DROP ROLE regress_rob_gone" || bad "DROP ROLE from another database"
+psql -X -q -d postgres -c "CREATE ROLE regress_rob_gone" >/dev/null
+err=$(sql mms_rob1 -c "SET ROLE regress_rob_gone" -c "SELECT mms_tokenize('flan2', 'x')" 2>&1)
+grep -q "permission denied for model" <<<"$err" && ok "a new role with a dropped role's name does not inherit its grant" ||
+	bad "new role of the same name: $err"
+psql -X -q -d postgres -c "DROP ROLE regress_rob_gone" >/dev/null
+sql mms_rob1 -c "SELECT mms_revoke('flan2', 'regress_rob_gone')" >/dev/null
+n=$(sql mms_rob1 -c "SELECT count(*) FROM mms.model_grants WHERE name = 'flan2' AND grantee_name = 'regress_rob_gone'")
+[ "$n" = 0 ] && ok "mms_revoke removes a dropped role's grant by its old name" || bad "$n dangling grants left"
+
 for d in mms_rob1 mms_rob2; do dropdb --if-exists "$d"; done
 psql -X -q -d postgres -c "DROP ROLE regress_rob_user" -c "DROP ROLE regress_rob_stats" >/dev/null
