@@ -99,7 +99,11 @@ DECLARE
     registry_owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = TG_RELID);
     r oid;
 BEGIN
+    -- (an incomplete row is left for the NOT NULL constraints to refuse)
     IF TG_TABLE_NAME = 'model_versions' THEN
+        IF NEW.owner_name IS NULL THEN
+            RETURN NEW;
+        END IF;
         SELECT a.oid INTO r FROM pg_catalog.pg_roles a WHERE a.rolname = NEW.owner_name;
         IF r IS NULL THEN
             RAISE WARNING 'owner "%" of model "%:%" does not exist; model restored owned by "%"',
@@ -108,6 +112,9 @@ BEGIN
             NEW.owner_name := (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r);
         END IF;
         NEW.owner := r;
+        RETURN NEW;
+    END IF;
+    IF NEW.grantor_name IS NULL THEN
         RETURN NEW;
     END IF;
     IF NEW.grantee_name IS NULL THEN

@@ -36,6 +36,13 @@ SELECT mms_score('nan', 'hello', 'world');
 SELECT pg_temp.sqlstate_of($$SELECT mms_generate('nan', 'hello')$$) AS floating_point_exception;
 SELECT mms_unregister('nan');
 
+-- an encoder-only model is refused in the calling backend, before any worker loads it
+SELECT mms_import('enc_only', :'data' || '/t5encoder.gguf');
+SELECT mms_generate('enc_only', 'hello');
+SELECT mms_score('enc_only', 'hello', 'world');
+SELECT count(*) AS enc_only_workers FROM mms.workers WHERE model = 'enc_only:1';
+SELECT mms_unregister('enc_only');
+
 -- ---- PUBLIC is 'public' exactly; a role named "Public" is that role ----
 CREATE ROLE "Public";
 CREATE ROLE regress_mms_carol;

@@ -280,6 +280,16 @@ prepare_generate(MmsCall *c, MmsTokenizer *tok, text *input)
 	c->input = mms_encode_text(tok, input, input_bound(), &c->n_input);
 }
 
+/* Refused in the backend: a worker would load the weights only to say so. */
+static void
+require_decoder(const MmsModel *m)
+{
+	if (strcmp(m->arch, "t5encoder") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("model \"%s:%d\" is encoder-only and cannot generate or score", m->name, m->version)));
+}
+
 static text *
 model_arg(FunctionCallInfo fcinfo)
 {
@@ -303,6 +313,7 @@ mms_generate(PG_FUNCTION_ARGS)
 
 	mms_require_serving();
 	tok = mms_tokenizer_for_call(fcinfo, model_arg(fcinfo), &m);
+	require_decoder(m);
 	mms_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts);
 	if (PG_ARGISNULL(1))
 		PG_RETURN_NULL();
@@ -335,6 +346,7 @@ mms_generate_array(PG_FUNCTION_ARGS)
 
 	mms_require_serving();
 	tok = mms_tokenizer_for_call(fcinfo, model_arg(fcinfo), &m);
+	require_decoder(m);
 	mms_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &opts);
 	if (PG_ARGISNULL(1))
 		PG_RETURN_NULL();
@@ -384,6 +396,7 @@ mms_score(PG_FUNCTION_ARGS)
 
 	mms_require_serving();
 	tok = mms_tokenizer_for_call(fcinfo, PG_GETARG_TEXT_PP(0), &m);
+	require_decoder(m);
 	memset(&opts, 0, sizeof(opts));	/* scoring has no options */
 	memset(&call, 0, sizeof(call));
 	call.kind = MMS_REQ_SCORE;

@@ -84,6 +84,7 @@ typedef struct MmsModel
 	Oid			weights;		/* large object holding the GGUF file */
 	int64		size_bytes;
 	char		sha256[65];		/* hex */
+	char		arch[16];		/* general.architecture: t5 or t5encoder */
 } MmsModel;
 
 /*

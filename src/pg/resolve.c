@@ -15,7 +15,7 @@
 #include "mms.h"
 
 #define MODEL_COLUMNS \
-	"m.id, m.name, m.version, m.owner::pg_catalog.oid, m.weights, m.size_bytes, m.sha256"
+	"m.id, m.name, m.version, m.owner::pg_catalog.oid, m.weights, m.size_bytes, m.sha256, m.arch"
 
 static void
 fill_model(HeapTuple tup, TupleDesc desc, MmsModel *out)
@@ -32,6 +32,8 @@ fill_model(HeapTuple tup, TupleDesc desc, MmsModel *out)
 	out->size_bytes = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
 	s = SPI_getvalue(tup, desc, 7);
 	strlcpy(out->sha256, s, sizeof(out->sha256));
+	s = SPI_getvalue(tup, desc, 8);
+	strlcpy(out->arch, s, sizeof(out->arch));
 }
 
 /* Runs a one-row model query; false when it found nothing. */
