@@ -1,8 +1,10 @@
 /*
  * test_tokenizer.c — cmocka tests for tokenizer.c: every encode and decode
  * expectation sentencepiece recorded in test/fixtures/tok_cases.txt (made by
- * tools/make_tokenizer_fixture.py), malformed UTF-8, malformed charsmaps and
- * the small-vocabulary paths (byte pieces, unused pieces, no charsmap).
+ * tools/make_tokenizer_fixture.py), also under limits set exactly at and one
+ * below each case's size; malformed UTF-8, malformed charsmaps, the
+ * small-vocabulary paths (byte pieces, unused pieces, no charsmap); and the
+ * limits: cancel at every poll, max_tokens and max_bytes, early refusal.
  */
 #include "test_util.h"
 
@@ -27,6 +29,41 @@ now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/*
+ * A cancel callback that counts its polls and says stop at poll number
+ * cancel_at (never when 0).
+ */
+typedef struct PollCounter
+{
+	int			polls;
+	int			cancel_at;
+} PollCounter;
+
+static int
+count_polls(void *arg)
+{
+	PollCounter *pc = arg;
+
+	pc->polls++;
+	return pc->cancel_at > 0 && pc->polls >= pc->cancel_at;
+}
+
+static MmsTokLimits
+limits(size_t max_tokens, size_t max_bytes, PollCounter *pc)
+{
+	MmsTokLimits lim;
+
+	memset(&lim, 0, sizeof(lim));
+	lim.max_tokens = max_tokens;
+	lim.max_bytes = max_bytes;
+	if (pc != NULL)
+	{
+		lim.cancel = count_polls;
+		lim.cancel_arg = pc;
+	}
+	return lim;
 }
 
 static int
@@ -143,6 +180,77 @@ print_ids(const char *label, const int32_t *ids, size_t n)
 	print_message(n > 40 ? " ...\n" : "\n");
 }
 
+/*
+ * mms_tok_encode_limited gives sentencepiece's ids with no limits (NULL or
+ * all zero), with max_tokens exactly the count and a cancel that never fires
+ * (polled at least once); one token less is MMS_ERR_LIMIT with a count past
+ * the limit and no more than the real one.
+ */
+static int
+encode_limited_agrees(const MmsTokenizer *tok, const uint8_t *text, size_t len,
+					  const int32_t *want, size_t n_want)
+{
+	PollCounter pc = {0, 0};
+	MmsTokLimits none = limits(0, 0, NULL);
+	MmsTokLimits at = limits(n_want, 0, &pc);
+	MmsTokLimits below = limits(n_want - 1, 0, NULL);
+	const MmsTokLimits *ok_lims[] = {NULL, &none, &at};
+	MmsError	err = {0};
+	int32_t    *got;
+	size_t		n_got;
+	size_t		i;
+
+	for (i = 0; i < 3; i++)
+	{
+		if (mms_tok_encode_limited(tok, (const char *) text, len, 1, ok_lims[i], &got, &n_got, &err) != MMS_OK)
+			return 0;
+		if (n_got != n_want || memcmp(got, want, n_got * sizeof(int32_t)) != 0)
+		{
+			free(got);
+			return 0;
+		}
+		free(got);
+	}
+	if (pc.polls < 1)
+		return 0;
+	if (n_want < 2)
+		return 1;				/* max_tokens 0 would mean no limit */
+	got = (int32_t *) 1;
+	return mms_tok_encode_limited(tok, (const char *) text, len, 1, &below, &got, &n_got, &err) ==
+		MMS_ERR_LIMIT && got == NULL && n_got > n_want - 1 && n_got <= n_want &&
+		strncmp(err.msg, "input has ", 10) == 0;
+}
+
+/* The same for decoding: max_bytes exactly the length passes, one less fails. */
+static int
+decode_limited_agrees(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
+					  const uint8_t *want, size_t n_want)
+{
+	PollCounter pc = {0, 0};
+	MmsTokLimits at = limits(0, n_want, &pc);
+	MmsTokLimits below = limits(0, n_want - 1, NULL);
+	MmsError	err = {0};
+	char	   *text;
+	size_t		len;
+	char		msg[64];
+	int			ok;
+
+	if (mms_tok_decode_limited(tok, ids, n_ids, NULL, &text, &len, &err) != MMS_OK)
+		return 0;
+	ok = len == n_want && memcmp(text, want, len) == 0;
+	free(text);
+	if (!ok || mms_tok_decode_limited(tok, ids, n_ids, &at, &text, &len, &err) != MMS_OK)
+		return 0;
+	ok = len == n_want && memcmp(text, want, len) == 0 && (n_ids == 0 || pc.polls >= 1);
+	free(text);
+	if (!ok || n_want < 2)
+		return ok;
+	snprintf(msg, sizeof(msg), "decoded text is longer than %zu bytes", n_want - 1);
+	text = (char *) 1;
+	return mms_tok_decode_limited(tok, ids, n_ids, &below, &text, &len, &err) == MMS_ERR_LIMIT &&
+		text == NULL && len == 0 && strcmp(err.msg, msg) == 0;
+}
+
 static void
 test_fixture_cases(void **state)
 {
@@ -178,7 +286,8 @@ test_fixture_cases(void **state)
 			enc_ms += now_ms() - t0;
 			enc_bytes += len;
 			n_enc++;
-			if (n_got == n_want && memcmp(got, want, n_got * sizeof(int32_t)) == 0)
+			if (n_got == n_want && memcmp(got, want, n_got * sizeof(int32_t)) == 0 &&
+				encode_limited_agrees(fx->tok, bytes, len, want, n_want))
 				ok_enc++;
 			else if (n_enc - ok_enc <= 5)
 			{
@@ -200,7 +309,8 @@ test_fixture_cases(void **state)
 			n_want = parse_hex(&p, bytes);
 			assert_int_equal(mms_tok_decode(fx->tok, want, n_ids, &text, &len, &err), MMS_OK);
 			n_dec++;
-			if (len == n_want && memcmp(text, bytes, len) == 0 && text[len] == '\0')
+			if (len == n_want && memcmp(text, bytes, len) == 0 && text[len] == '\0' &&
+				decode_limited_agrees(fx->tok, want, n_ids, bytes, n_want))
 				ok_dec++;
 			else if (n_dec - ok_dec <= 5)
 				print_message("decode mismatch for %.200s  got \"%s\"\n", line, text);
@@ -719,6 +829,473 @@ test_long_input(void **state)
 	free(text);
 }
 
+/* ---- limits: cancel, max_tokens, max_bytes --------------------------------- */
+
+/* len bytes of the long-input pattern: ASCII words, a rule (SELECT) and CJK. */
+static char *
+pattern_text(size_t len)
+{
+	char	   *text = malloc(len > 0 ? len : 1);
+	size_t		i;
+
+	assert_non_null(text);
+	for (i = 0; i < len; i++)
+		text[i] = "the quick brown fox SELECT 東京 "[i % 32];
+	return text;
+}
+
+/* Appends n copies of s to buf at *len. */
+static void
+repeat(char *buf, size_t *len, const char *s, size_t n)
+{
+	size_t		k = strlen(s);
+
+	while (n-- > 0)
+	{
+		memcpy(buf + *len, s, k);
+		*len += k;
+	}
+}
+
+/*
+ * Cancels encoding at each of its polls in turn: every one must give
+ * MMS_ERR_CANCELLED with nothing returned and nothing leaked (ASan checks
+ * the latter); one poll later than the last, the result is the plain one.
+ */
+static void
+check_cancel_encode(const MmsTokenizer *tok, const char *text, size_t len, int min_polls)
+{
+	PollCounter pc = {0, 0};
+	MmsTokLimits lim = limits(0, 0, &pc);
+	MmsError	err = {0};
+	int32_t    *want;
+	int32_t    *got;
+	size_t		n_want;
+	size_t		n_got;
+	int			total;
+	int			at;
+
+	assert_int_equal(mms_tok_encode(tok, text, len, 1, &want, &n_want, &err), MMS_OK);
+	assert_int_equal(mms_tok_encode_limited(tok, text, len, 1, &lim, &got, &n_got, &err), MMS_OK);
+	assert_int_equal(n_got, n_want);
+	assert_memory_equal(got, want, n_want * sizeof(int32_t));
+	free(got);
+	total = pc.polls;
+	/* regular (a poll per 64 Ki bytes or ids at least) but not busy */
+	if (total < min_polls || (size_t) total > len / 1024 + 8)
+		fail_msg("%d polls for %zu bytes", total, len);
+	print_message("encode of %zu bytes: %d polls, cancel at each stops cleanly\n", len, total);
+
+	for (at = 1; at <= total + 1; at++)
+	{
+		MmsStatus	st;
+
+		pc.polls = 0;
+		pc.cancel_at = at;
+		got = (int32_t *) 1;
+		n_got = 7;
+		st = mms_tok_encode_limited(tok, text, len, 1, &lim, &got, &n_got, &err);
+		if (at <= total)
+		{
+			if (st != MMS_ERR_CANCELLED)
+				fail_msg("cancel at poll %d of %d: %s", at, total, mms_status_name(st));
+			assert_null(got);
+			assert_int_equal(n_got, 0);
+			assert_int_equal(pc.polls, at);
+			assert_int_equal(err.code, MMS_ERR_CANCELLED);
+			assert_string_equal(err.msg, "tokenization was cancelled");
+		}
+		else
+		{
+			assert_int_equal(st, MMS_OK);
+			assert_int_equal(n_got, n_want);
+			assert_memory_equal(got, want, n_want * sizeof(int32_t));
+			free(got);
+		}
+	}
+	free(want);
+}
+
+static void
+test_cancel_encode(void **state)
+{
+	Fixture    *fx = *state;
+	size_t		len = 0;
+	char	   *text = malloc(1 << 20);
+	char	   *pat = pattern_text(300000);
+	PollCounter pc = {0, 3};
+	MmsTokLimits lim = limits(0, 0, &pc);
+	MmsError	err = {0};
+	int32_t    *ids = (int32_t *) 1;
+	size_t		n = 7;
+
+	assert_non_null(text);
+	/* the brief's case: stop at the third poll */
+	assert_int_equal(mms_tok_encode_limited(fx->tok, pat, 300000, 1, &lim, &ids, &n, &err),
+					 MMS_ERR_CANCELLED);
+	assert_int_equal(pc.polls, 3);
+	assert_null(ids);
+	assert_int_equal(n, 0);
+
+	/* normalization slices, Viterbi blocks and the backtrack (over 64 Ki ids) */
+	check_cancel_encode(fx->tok, pat, 300000, 6);
+
+	/*
+	 * Leading and trailing whitespace runs longer than a slice (their loops
+	 * poll too), U+2581 typed in the input (kept inside, stripped at the end)
+	 * and a run of unknown characters fusing into one <unk>.
+	 */
+	repeat(text, &len, " ", 100000);
+	repeat(text, &len, "a\xe2\x96\x81 b", 20000);
+	repeat(text, &len, "\xff", 70000);
+	repeat(text, &len, "\xe2\x96\x81  ", 60000);
+	check_cancel_encode(fx->tok, text, len, 6);
+
+	/* a tiny input is polled once, so a caller can always stop */
+	check_cancel_encode(fx->tok, "a", 1, 1);
+	free(pat);
+	free(text);
+}
+
+static void
+test_cancel_decode(void **state)
+{
+	Fixture    *fx = *state;
+	char	   *pat = pattern_text(400000);
+	PollCounter pc = {0, 0};
+	MmsTokLimits lim = limits(0, 0, &pc);
+	MmsError	err = {0};
+	int32_t    *ids;
+	size_t		n;
+	char	   *want;
+	char	   *got;
+	size_t		want_len;
+	size_t		got_len;
+	int			total;
+	int			at;
+
+	assert_int_equal(mms_tok_encode(fx->tok, pat, 400000, 1, &ids, &n, &err), MMS_OK);
+	assert_true(n > 4 * 65536);
+	assert_int_equal(mms_tok_decode(fx->tok, ids, n, &want, &want_len, &err), MMS_OK);
+	assert_int_equal(mms_tok_decode_limited(fx->tok, ids, n, &lim, &got, &got_len, &err), MMS_OK);
+	assert_int_equal(got_len, want_len);
+	assert_memory_equal(got, want, want_len + 1);
+	free(got);
+	total = pc.polls;
+	/* both passes poll once per 64 Ki ids */
+	assert_true((size_t) total >= 2 * (n / 65536));
+	assert_true((size_t) total <= 2 * (n / 65536 + 1));
+	print_message("decode of %zu ids: %d polls, cancel at each stops cleanly\n", n, total);
+
+	for (at = 1; at <= total + 1; at++)
+	{
+		MmsStatus	st;
+
+		pc.polls = 0;
+		pc.cancel_at = at;
+		got = (char *) 1;
+		got_len = 7;
+		st = mms_tok_decode_limited(fx->tok, ids, n, &lim, &got, &got_len, &err);
+		if (at <= total)
+		{
+			assert_int_equal(st, MMS_ERR_CANCELLED);
+			assert_null(got);
+			assert_int_equal(got_len, 0);
+			assert_int_equal(pc.polls, at);
+			assert_string_equal(err.msg, "tokenization was cancelled");
+		}
+		else
+		{
+			assert_int_equal(st, MMS_OK);
+			assert_int_equal(got_len, want_len);
+			free(got);
+		}
+	}
+	free(want);
+	free(ids);
+	free(pat);
+}
+
+static void
+test_max_tokens(void **state)
+{
+	Fixture    *fx = *state;
+	size_t		big = 4 << 20;
+	char	   *text = pattern_text(big);
+	char	   *unk = malloc(1 << 20);
+	PollCounter pc = {0, 0};
+	MmsTokLimits lim;
+	MmsError	err = {0};
+	int32_t    *ids;
+	size_t		n;
+	size_t		len;
+	char		msg[80];
+	static const int32_t a_eos[] = {5, 996, 1};
+	static const int32_t unk_eos[] = {5, 2, 1};
+
+	assert_non_null(unk);
+	/* exactly at the limit passes, one below fails with the exact count */
+	lim = limits(3, 0, NULL);
+	assert_int_equal(mms_tok_encode_limited(fx->tok, "a", 1, 1, &lim, &ids, &n, &err), MMS_OK);
+	assert_int_equal(n, 3);
+	assert_memory_equal(ids, a_eos, sizeof(a_eos));
+	free(ids);
+	lim.max_tokens = 2;
+	assert_int_equal(mms_tok_encode_limited(fx->tok, "a", 1, 1, &lim, &ids, &n, &err), MMS_ERR_LIMIT);
+	assert_null(ids);
+	assert_true(n == 3);
+	/* eos counts: without it the same text fits */
+	assert_int_equal(mms_tok_encode_limited(fx->tok, "a", 1, 0, &lim, &ids, &n, &err), MMS_OK);
+	assert_int_equal(n, 2);
+	free(ids);
+
+	/* the whole text, limit at and one below its count */
+	assert_int_equal(mms_tok_encode(fx->tok, text, 200000, 1, &ids, &n, &err), MMS_OK);
+	free(ids);
+	lim.max_tokens = n;
+	assert_int_equal(mms_tok_encode_limited(fx->tok, text, 200000, 1, &lim, &ids, &len, &err), MMS_OK);
+	assert_int_equal(len, n);
+	free(ids);
+	lim.max_tokens = n - 1;
+	assert_int_equal(mms_tok_encode_limited(fx->tok, text, 200000, 1, &lim, &ids, &len, &err), MMS_ERR_LIMIT);
+	assert_true(len > n - 1 && len <= n);
+
+	/*
+	 * A huge input over a small limit is refused a slice in: one poll (the
+	 * first slice) at most, a lower bound past the limit in *n_ids.
+	 */
+	lim = limits(512, 0, &pc);
+	assert_int_equal(mms_tok_encode_limited(fx->tok, text, big, 1, &lim, &ids, &n, &err), MMS_ERR_LIMIT);
+	assert_null(ids);
+	assert_true(n > 512);
+	assert_true(pc.polls <= 2);
+	assert_string_equal(err.msg, "input has more than 512 tokens");
+
+	/*
+	 * No early refusal where the bound does not hold: a megabyte of
+	 * characters no piece covers is one fused <unk>, so three ids fit.
+	 */
+	memset(unk, 0xff, 1 << 20);
+	lim = limits(3, 0, NULL);
+	assert_int_equal(mms_tok_encode_limited(fx->tok, unk, 1 << 20, 1, &lim, &ids, &n, &err), MMS_OK);
+	assert_int_equal(n, 3);
+	assert_memory_equal(ids, unk_eos, sizeof(unk_eos));
+	free(ids);
+	lim.max_tokens = 2;
+	assert_int_equal(mms_tok_encode_limited(fx->tok, unk, 1 << 20, 1, &lim, &ids, &n, &err), MMS_ERR_LIMIT);
+	snprintf(msg, sizeof(msg), "input has 3 tokens, more than 2");
+	assert_string_equal(err.msg, msg);
+	assert_int_equal(n, 3);
+
+	/* collapsed whitespace: a megabyte of spaces around one letter */
+	len = 0;
+	repeat(unk, &len, " ", 500000);
+	repeat(unk, &len, "a", 1);
+	repeat(unk, &len, " ", 500000);
+	lim.max_tokens = 3;
+	assert_int_equal(mms_tok_encode_limited(fx->tok, unk, len, 1, &lim, &ids, &n, &err), MMS_OK);
+	assert_int_equal(n, 3);
+	assert_memory_equal(ids, a_eos, sizeof(a_eos));
+	free(ids);
+
+	/* too long to tokenize at all is a limit too, with no count */
+	assert_int_equal(mms_tok_encode_limited(fx->tok, text, ((size_t) 1 << 30) + 1, 1, &lim, &ids, &n, &err),
+					 MMS_ERR_LIMIT);
+	assert_int_equal(n, 0);
+	free(unk);
+	free(text);
+}
+
+static void
+test_max_bytes(void **state)
+{
+	Fixture    *fx = *state;
+	MmsGgufStr	pieces[] = {
+		S("<pad>"), S("</s>"), S("<unk>"), S("\xe2\x96\x81"), S("a"), S("b"),
+		S("\xe2\x96\x81" "a\xe2\x96\x81" "b"), S("<0xE2>"), S("<0x82>"), S("<0xAC>"),
+	};
+	float		scores[] = {0, 0, 0, -1, -2, -2, -1.5f, 0, 0, 0};
+	int32_t		types[] = {3, 3, 2, 1, 1, 1, 1, 6, 6, 6};
+	MmsTokenizerSpec spec;
+	MmsTokenizer *tok;
+	MmsError	err = {0};
+	MmsTokLimits lim;
+	char	   *text;
+	size_t		len;
+	size_t		i;
+	int32_t    *many;
+	/* each: ids and what they decode to */
+	static const int32_t euro[] = {4, 7, 8, 9, 4};		/* "a€a" */
+	static const int32_t cut[] = {4, 7, 8, 4, 9, 7};	/* "a\ufffd\ufffda\ufffd\ufffd" */
+	static const int32_t unk[] = {4, 2, 5};			/* "a ⁇ b" */
+	static const int32_t spaced[] = {4, 6, 6};		/* "a a b a b": U+2581 prints one byte */
+	static const struct
+	{
+		const int32_t *ids;
+		size_t		n;
+	}			cases[] = {{euro, 5}, {cut, 6}, {unk, 3}, {spaced, 3}};
+
+	(void) state;
+	memset(&spec, 0, sizeof(spec));
+	spec.n_pieces = 10;
+	spec.pieces = pieces;
+	spec.scores = scores;
+	spec.types = types;
+	spec.add_space_prefix = 1;
+	spec.remove_extra_whitespaces = 1;
+	spec.eos_id = 1;
+	spec.unk_id = 2;
+	spec.pad_id = 0;
+	assert_int_equal(mms_tok_create(&spec, &tok, &err), MMS_OK);
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+	{
+		char	   *want;
+		size_t		want_len;
+		size_t		max;
+
+		assert_int_equal(mms_tok_decode(tok, cases[i].ids, cases[i].n, &want, &want_len, &err), MMS_OK);
+		/* every limit from 1 up: below the length fails, from it on passes */
+		for (max = 1; max <= want_len + 2; max++)
+		{
+			MmsStatus	st;
+
+			lim = limits(0, max, NULL);
+			st = mms_tok_decode_limited(tok, cases[i].ids, cases[i].n, &lim, &text, &len, &err);
+			if (max < want_len)
+			{
+				assert_int_equal(st, MMS_ERR_LIMIT);
+				assert_null(text);
+			}
+			else
+			{
+				assert_int_equal(st, MMS_OK);
+				assert_int_equal(len, want_len);
+				assert_memory_equal(text, want, want_len + 1);
+				free(text);
+			}
+		}
+		free(want);
+	}
+	mms_tok_free(tok);
+
+	/* a million ids against a kilobyte: refused, with the limit named */
+	many = malloc(1000000 * sizeof(int32_t));
+	assert_non_null(many);
+	for (i = 0; i < 1000000; i++)
+		many[i] = 996;
+	lim = limits(0, 1000, NULL);
+	assert_int_equal(mms_tok_decode_limited(fx->tok, many, 1000000, &lim, &text, &len, &err), MMS_ERR_LIMIT);
+	assert_string_equal(err.msg, "decoded text is longer than 1000 bytes");
+	/* a bad id is reported whatever the limits */
+	many[999999] = 1000;
+	assert_int_equal(mms_tok_decode_limited(fx->tok, many, 1000000, &lim, &text, &len, &err), MMS_ERR_ARG);
+	free(many);
+}
+
+/*
+ * Vocabularies whose ids and piece lengths do not fit 31 bits together keep
+ * bare ids in the lattice (lengths from piece_off, unknowns negated): 65537
+ * pieces need 17 bits, so a piece of 20000 bytes forces that mode. The same
+ * vocabulary with the long piece cut short uses packed steps; on text that
+ * never meets the long piece both must agree, and on text that does, the long
+ * piece must win.
+ */
+static void
+test_unpacked_steps(void **state)
+{
+	const int32_t n_pieces = 65537;
+	MmsGgufStr *pieces = malloc(n_pieces * sizeof(MmsGgufStr));
+	float	   *scores = calloc(n_pieces, sizeof(float));
+	int32_t    *types = malloc(n_pieces * sizeof(int32_t));
+	char	   *names = malloc((size_t) n_pieces * 12);
+	char	   *longx = malloc(20000);
+	char	   *text = malloc(400000);
+	static const char *const base[] = {"<pad>", "</s>", "<unk>", "\xe2\x96\x81", "a", "b", ("\xe2\x96\x81" "ab")};
+	static const float base_scores[] = {0, 0, 0, -1, -2, -2, -1.5f};
+	static const int32_t base_types[] = {3, 3, 2, 1, 1, 1, 1};
+	MmsTokenizerSpec spec;
+	MmsTokenizer *packed;
+	MmsTokenizer *bare;
+	MmsError	err = {0};
+	int32_t    *a;
+	int32_t    *b;
+	size_t		na;
+	size_t		nb;
+	size_t		len = 0;
+	int32_t		i;
+
+	(void) state;
+	assert_true(pieces && scores && types && names && longx && text);
+	for (i = 0; i < n_pieces; i++)
+	{
+		if (i < 7)
+		{
+			pieces[i] = S(base[i]);
+			scores[i] = base_scores[i];
+			types[i] = base_types[i];
+		}
+		else
+		{
+			/* fillers: unused, so the trie stays small */
+			snprintf(names + (size_t) i * 12, 12, "[f%d]", i);
+			pieces[i] = S(names + (size_t) i * 12);
+			types[i] = MMS_PIECE_UNUSED;
+		}
+	}
+	memset(longx, 'x', 20000);
+	pieces[7].ptr = longx;
+	pieces[7].len = 20000;
+	types[7] = MMS_PIECE_NORMAL;
+	scores[7] = -1;
+
+	memset(&spec, 0, sizeof(spec));
+	spec.n_pieces = n_pieces;
+	spec.pieces = pieces;
+	spec.scores = scores;
+	spec.types = types;
+	spec.add_space_prefix = 1;
+	spec.remove_extra_whitespaces = 1;
+	spec.eos_id = 1;
+	spec.unk_id = 2;
+	spec.pad_id = 0;
+	assert_int_equal(mms_tok_create(&spec, &bare, &err), MMS_OK);
+	pieces[7].len = 7;
+	assert_int_equal(mms_tok_create(&spec, &packed, &err), MMS_OK);
+
+	/* long enough to stream, with unknown runs (negated lengths when bare) */
+	repeat(text, &len, "ab ba b\xe2\x82\xac\xe2\x82\xac a\xff ", 20000);
+	assert_int_equal(mms_tok_encode(bare, text, len, 1, &a, &na, &err), MMS_OK);
+	assert_int_equal(mms_tok_encode(packed, text, len, 1, &b, &nb, &err), MMS_OK);
+	assert_int_equal(na, nb);
+	assert_memory_equal(a, b, na * sizeof(int32_t));
+	assert_true(na > 100000);
+	free(a);
+	free(b);
+
+	/* ▁ then the 20000-byte piece, around an unknown run */
+	len = 0;
+	repeat(text, &len, "x", 20000);
+	repeat(text, &len, "\xe2\x82\xac", 3);
+	repeat(text, &len, "x", 20000);
+	assert_int_equal(mms_tok_encode(bare, text, len, 1, &a, &na, &err), MMS_OK);
+	{
+		static const int32_t want[] = {3, 7, 2, 7, 1};
+
+		assert_int_equal(na, 5);
+		assert_memory_equal(a, want, sizeof(want));
+	}
+	free(a);
+	mms_tok_free(bare);
+	mms_tok_free(packed);
+	free(text);
+	free(longx);
+	free(names);
+	free(types);
+	free(scores);
+	free(pieces);
+}
+
 int
 main(void)
 {
@@ -731,6 +1308,11 @@ main(void)
 		cmocka_unit_test(test_small_vocab),
 		cmocka_unit_test(test_gguf_variants),
 		cmocka_unit_test(test_long_input),
+		cmocka_unit_test(test_cancel_encode),
+		cmocka_unit_test(test_cancel_decode),
+		cmocka_unit_test(test_max_tokens),
+		cmocka_unit_test(test_max_bytes),
+		cmocka_unit_test(test_unpacked_steps),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);

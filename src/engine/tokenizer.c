@@ -13,6 +13,13 @@
 /* Largest normalized text we tokenize: positions are kept in 32 bits. */
 #define TOK_MAX_NORM_BYTES ((size_t) 1 << 30)
 
+/*
+ * Units of work (bytes read, ids) between two polls of the caller's cancel
+ * callback: about 0.1 ms of work, so a cancel is seen promptly while the
+ * indirect call costs nothing measurable.
+ */
+#define TOK_POLL_INTERVAL ((size_t) 1 << 16)
+
 /* What SentencePiece's decoder prints for <unk> (kDefaultUnknownSymbol). */
 static const char kUnkSurface[] = " \xE2\x81\x87 ";
 static const char kSpaceSymbol[] = "\xE2\x96\x81";	/* U+2581 */
@@ -54,6 +61,11 @@ struct MmsTokenizer
 	PieceTrie	pieces;			/* NORMAL and USER_DEFINED */
 	PieceTrie	user;			/* USER_DEFINED only: the normalizer's matcher */
 	int			has_user;
+	size_t		max_piece_len;	/* longest key in pieces: how far one Viterbi step reads */
+	int			unk_matchable;	/* unk_id is a key of pieces, so matched text can fuse */
+	/* lattice entries are id + length * step_mul when that fits (see Lattice) */
+	uint32_t	step_shift;
+	uint32_t	step_mul;		/* 1 << step_shift, or 0: entries are bare ids */
 
 	/* precompiled charsmap: Darts-clone double array + replacement pool */
 	uint32_t   *units;			/* host order */
@@ -195,6 +207,22 @@ trie_insert(PieceTrie *t, const uint8_t *s, uint64_t len, int32_t id)
 	return 0;
 }
 
+/* The id stored for s[0..len), or -1. */
+static int32_t
+trie_find(const PieceTrie *t, const uint8_t *s, uint64_t len)
+{
+	uint32_t	node = 0;
+	uint64_t	k;
+
+	for (k = 0; k < len; k++)
+	{
+		node = trie_child(t, node, s[k]);
+		if (node == 0)
+			return -1;
+	}
+	return len > 0 ? t->value[node] : -1;
+}
+
 static void
 trie_free(PieceTrie *t)
 {
@@ -296,10 +324,12 @@ charsmap_load(MmsTokenizer *t, const uint8_t *blob, size_t len, MmsError *err)
 
 /*
  * Longest charsmap rule that is a prefix of s[0..len) (Darts
- * commonPrefixSearch, keeping the longest). Returns its byte length, 0 if none.
+ * commonPrefixSearch, keeping the longest). Returns its byte length, 0 if none;
+ * adds the bytes it looked at to *walked.
  */
 static size_t
-charsmap_match(const MmsTokenizer *t, const uint8_t *s, size_t len, const char **repl)
+charsmap_match(const MmsTokenizer *t, const uint8_t *s, size_t len, const char **repl,
+			   size_t *walked)
 {
 	uint32_t	id;
 	size_t		best = 0;
@@ -332,6 +362,7 @@ charsmap_match(const MmsTokenizer *t, const uint8_t *s, size_t len, const char *
 			*repl = t->pool + v;
 		}
 	}
+	*walked += i;
 	return best;
 }
 
@@ -537,7 +568,24 @@ mms_tok_create(const MmsTokenizerSpec *spec, MmsTokenizer **out, MmsError *err)
 		}
 		if (t->types[i] == MMS_PIECE_USER_DEFINED)
 			t->has_user = 1;
+		if (len > t->max_piece_len)
+			t->max_piece_len = (size_t) len;
 	}
+	/*
+	 * A lattice step is a piece id and a length. Real vocabularies (32k
+	 * pieces of a few dozen bytes) leave room for both in 31 bits, which
+	 * makes backtracking one load per token; else the length comes from
+	 * piece_off.
+	 */
+	while (t->step_shift < 31 && ((uint64_t) 1 << t->step_shift) < (uint64_t) t->n_pieces)
+		t->step_shift++;
+	if (t->step_shift < 31 &&
+		(t->max_piece_len > 4 ? t->max_piece_len : 4) < ((uint64_t) 1 << (31 - t->step_shift)))
+		t->step_mul = (uint32_t) 1 << t->step_shift;
+	/* a forged vocabulary may give the unknown id to a NORMAL piece */
+	t->unk_matchable =
+		trie_find(&t->pieces, (const uint8_t *) t->piece_bytes + t->piece_off[t->unk_id],
+				  t->piece_off[t->unk_id + 1] - t->piece_off[t->unk_id]) == t->unk_id;
 
 	if ((st = charsmap_load(t, spec->charsmap, spec->charsmap_len, err)) != MMS_OK)
 	{
@@ -751,6 +799,50 @@ mms_tok_load_gguf(const MmsGguf *g, MmsTokenizer **out, MmsError *err)
 	return st;
 }
 
+/* ----------------------------------------------------- limits and cancel */
+
+/* The caller's cancel callback, and how much work is left before polling it. */
+typedef struct TokGuard
+{
+	int			(*cancel) (void *arg);
+	void	   *arg;
+	size_t		left;
+} TokGuard;
+
+static void
+guard_init(TokGuard *g, const MmsTokLimits *lim)
+{
+	g->cancel = lim != NULL ? lim->cancel : NULL;
+	g->arg = lim != NULL ? lim->cancel_arg : NULL;
+	g->left = TOK_POLL_INTERVAL;
+}
+
+/* Polls now; nonzero when the caller wants us to stop. */
+static int
+guard_poll(TokGuard *g)
+{
+	g->left = TOK_POLL_INTERVAL;
+	return g->cancel != NULL && g->cancel(g->arg) != 0;
+}
+
+/* Counts units of work done, polling once per TOK_POLL_INTERVAL of them. */
+static inline int
+guard_tick(TokGuard *g, size_t units)
+{
+	if (units < g->left)
+	{
+		g->left -= units;
+		return 0;
+	}
+	return guard_poll(g);
+}
+
+static MmsStatus
+fail_cancelled(MmsError *err)
+{
+	return mms_fail(err, MMS_ERR_CANCELLED, "tokenization was cancelled");
+}
+
 /* ------------------------------------------------------------- encoding */
 
 typedef struct Buf
@@ -771,6 +863,7 @@ buf_append(Buf *b, const char *s, size_t n)
 		size_t		ncap = b->cap;
 		char	   *np;
 
+		/* len + n <= 1 GiB, so doubling stays far from overflow */
 		while (n > ncap - b->len)
 			ncap *= 2;
 		np = realloc(b->p, ncap);
@@ -789,11 +882,12 @@ buf_append(Buf *b, const char *s, size_t n)
  * normalized text for the prefix of s, and the return value how many input
  * bytes it consumed. User-defined symbols are copied untouched; otherwise the
  * longest charsmap rule applies; otherwise one character is copied, a
- * malformed byte becoming U+FFFD.
+ * malformed byte becoming U+FFFD. Adds the bytes its trie walks looked at to
+ * *walked, which can exceed what it consumes when rules share long prefixes.
  */
 static size_t
 normalize_prefix(const MmsTokenizer *t, const uint8_t *s, size_t len,
-				 const char **out, size_t *out_len)
+				 const char **out, size_t *out_len, size_t *walked)
 {
 	size_t		n;
 
@@ -811,6 +905,7 @@ normalize_prefix(const MmsTokenizer *t, const uint8_t *s, size_t len,
 			if (t->user.value[node] >= 0)
 				best = k + 1;
 		}
+		*walked += k;
 		if (best > 0)
 		{
 			*out = (const char *) s;
@@ -818,7 +913,7 @@ normalize_prefix(const MmsTokenizer *t, const uint8_t *s, size_t len,
 			return best;
 		}
 	}
-	n = charsmap_match(t, s, len, out);
+	n = charsmap_match(t, s, len, out, walked);
 	if (n > 0)
 	{
 		*out_len = strlen(*out);
@@ -836,51 +931,80 @@ normalize_prefix(const MmsTokenizer *t, const uint8_t *s, size_t len,
 	return n;
 }
 
-/* Normalizer::Normalize with escape_whitespaces on (T5 has no way to say otherwise). */
-static int
-normalize(const MmsTokenizer *t, const uint8_t *s, size_t len, Buf *norm)
+/*
+ * Normalizer::Normalize with escape_whitespaces on (T5 has no way to say
+ * otherwise), done a slice at a time so that the caller can poll for cancel
+ * and run Viterbi over what is already final between slices.
+ */
+typedef struct NormState
 {
+	const uint8_t *s;			/* input not consumed yet; done when len is 0 */
+	size_t		len;
+	int			started;		/* leading whitespace skipped, prefix written */
 	int			prev_space;
+} NormState;
+
+/*
+ * Normalizes until budget input bytes were consumed, or the rules' work
+ * (bytes their trie walks looked at plus bytes they wrote: large only with
+ * forged rules) reached budget. Appends to norm; the trailing whitespace is
+ * the caller's to strip once ns->len is 0. Returns 0, -1 when out of memory,
+ * -2 past TOK_MAX_NORM_BYTES.
+ */
+static int
+normalize_some(const MmsTokenizer *t, NormState *ns, Buf *norm, size_t budget)
+{
+	/* the state in locals: stores through norm's char pointer may alias *ns */
+	const uint8_t *s = ns->s;
+	const uint8_t *const s_end = s + (ns->len < budget ? ns->len : budget);
+	size_t		len = ns->len;
+	int			prev_space = ns->prev_space;
 	const char *piece;
 	size_t		plen;
-	int			rc;
+	size_t		used;
+	size_t		work = 0;
+	int			rc = 0;
 
-	norm->len = 0;
-	if (t->remove_extra_whitespaces)
+	if (!ns->started)
 	{
-		while (len > 0)
+		if (t->remove_extra_whitespaces)
 		{
-			size_t		used = normalize_prefix(t, s, len, &piece, &plen);
-
-			if (!(plen == 1 && piece[0] == ' '))
-				break;
-			s += used;
-			len -= used;
+			while (len > 0)
+			{
+				used = normalize_prefix(t, s, len, &piece, &plen, &work);
+				if (!(plen == 1 && piece[0] == ' '))
+					break;
+				s += used;
+				len -= used;
+				if (s >= s_end || work >= budget)
+					goto out;
+			}
 		}
+		if (len == 0)
+			goto out;
+		if (t->add_space_prefix && (rc = buf_append(norm, kSpaceSymbol, 3)) != 0)
+			goto out;
+		ns->started = 1;
+		prev_space = t->remove_extra_whitespaces;
 	}
-	if (len == 0)
-		return 0;
-	if (t->add_space_prefix && (rc = buf_append(norm, kSpaceSymbol, 3)) != 0)
-		return rc;
 
-	prev_space = t->remove_extra_whitespaces;
-	while (len > 0)
+	while (s < s_end)
 	{
-		size_t		used;
-
 		if (t->plain[s[0]])
 		{
 			/* the common case, copied as a run: ASCII no rule touches */
-			for (used = 1; used < len && t->plain[s[used]]; used++)
+			const size_t max_run = (size_t) (s_end - s);
+
+			for (used = 1; used < max_run && t->plain[s[used]]; used++)
 				;
 			if ((rc = buf_append(norm, (const char *) s, used)) != 0)
-				return rc;
+				goto out;
 			prev_space = 0;
 			s += used;
 			len -= used;
 			continue;
 		}
-		used = normalize_prefix(t, s, len, &piece, &plen);
+		used = normalize_prefix(t, s, len, &piece, &plen, &work);
 
 		if (prev_space)
 		{
@@ -902,34 +1026,181 @@ normalize(const MmsTokenizer *t, const uint8_t *s, size_t len, Buf *norm)
 					continue;
 				if ((rc = buf_append(norm, piece + run, k - run)) != 0 ||
 					(rc = buf_append(norm, kSpaceSymbol, 3)) != 0)
-					return rc;
+					goto out;
 				run = k + 1;
 			}
 			if ((rc = buf_append(norm, piece + run, plen - run)) != 0)
-				return rc;
+				goto out;
 			prev_space = piece[plen - 1] == ' ';
 		}
 		s += used;
 		len -= used;
 		if (!t->remove_extra_whitespaces)
 			prev_space = 0;
+		if ((work += plen) >= budget)
+			break;
 	}
-	/* strips U+2581 from the end, whether it came from a space or the input */
-	if (t->remove_extra_whitespaces)
+out:
+	ns->s = s;
+	ns->len = len;
+	ns->prev_space = prev_space;
+	return rc;
+}
+
+/*
+ * How much of norm is final while normalization goes on. Appends never touch
+ * earlier bytes, but the end is stripped of U+2581 (E2 96 81) once the input
+ * is done, so with remove_extra_whitespaces only the text up to the last byte
+ * that is none of E2, 96, 81 is sure to stay. *scanned remembers how far the
+ * search got, so each byte is looked at once.
+ */
+static size_t
+norm_final_len(const MmsTokenizer *t, const Buf *norm, size_t *scanned, size_t *final)
+{
+	size_t		i;
+
+	if (!t->remove_extra_whitespaces)
+		return *final = norm->len;
+	for (i = *scanned; i < norm->len; i++)
 	{
-		while (norm->len >= 3 && memcmp(norm->p + norm->len - 3, kSpaceSymbol, 3) == 0)
-			norm->len -= 3;
+		uint8_t		b = (uint8_t) norm->p[i];
+
+		if (b != 0xE2 && b != 0x96 && b != 0x81)
+			*final = i + 1;
 	}
+	*scanned = norm->len;
+	return *final;
+}
+
+/*
+ * The Viterbi lattice, built one character start at a time (EncodeOptimized's
+ * BestPathNode split in two). Backtracking needs only how the best path ends
+ * at each byte, so that is all that is kept for the whole text (4 bytes per
+ * byte); scores and "reached" are only read within the longest piece ahead of
+ * the current position, so they live in a ring of that size. A slot names the
+ * position it holds, so a slot left from a position behind us reads as
+ * unreached without being cleared (positions fit 32 bits; nothing targets 0,
+ * whose zeroed slot gives the start its score of 0).
+ *
+ * ends[p] is the last step of the best path ending at byte p: with
+ * tok->step_mul, id + length * step_mul (an unknown character as unk_id);
+ * else the piece id, its length in piece_off, or for an unknown character
+ * its byte length negated (-1..-4). Entries are written when a position is
+ * first reached; unreached ones are never read.
+ */
+typedef struct LatticeSlot
+{
+	float		score;
+	uint32_t	at;				/* position whose best score this is */
+} LatticeSlot;
+
+/* Ring slots kept in the Lattice itself: enough for real vocabularies. */
+#define LATTICE_LOCAL_RING 64
+
+typedef struct Lattice
+{
+	int32_t    *ends;
+	size_t		cap;			/* entries in ends */
+	size_t		cap_hint;		/* the text will not be longer: grow at most to this + 1 */
+	LatticeSlot *ring;			/* slot of position p: ring[p & ring_mask] */
+	size_t		ring_mask;
+	size_t		pos;			/* next character start to expand */
+	size_t		known;			/* bytes of characters only a matched piece covers */
+	LatticeSlot local[LATTICE_LOCAL_RING];	/* the ring, unless it must be larger */
+} Lattice;
+
+static void
+lattice_free_ring(Lattice *lat)
+{
+	if (lat->ring != lat->local)
+		free(lat->ring);
+	lat->ring = NULL;
+}
+
+/* Room for ends[0..n]. */
+static int
+lattice_reserve(Lattice *lat, size_t n)
+{
+	size_t		ncap;
+	int32_t    *ne;
+
+	if (n < lat->cap)
+		return 0;
+	/* doubling, but not past the normalized text's own buffer */
+	ncap = lat->cap * 2;
+	if (ncap > lat->cap_hint + 1)
+		ncap = lat->cap_hint + 1;
+	if (ncap < n + 1)
+		ncap = n + 1;
+	if (ncap > SIZE_MAX / sizeof(int32_t))
+		return -1;
+	ne = realloc(lat->ends, ncap * sizeof(int32_t));
+	if (ne == NULL)
+		return -1;
+	lat->ends = ne;
+	lat->cap = ncap;
 	return 0;
 }
 
-/* Best path ending at a byte position (EncodeOptimized's BestPathNode). */
-typedef struct BestNode
+/*
+ * Makes the ring hold at least reach + 1 slots (positions pos .. pos+reach),
+ * moving the live slots to their places in the larger ring.
+ */
+static int
+lattice_ring(Lattice *lat, size_t reach)
 {
-	float		score;
-	int32_t		id;
-	int32_t		starts_at;		/* -1 until reached */
-} BestNode;
+	size_t		size = lat->ring ? lat->ring_mask + 1 : 0;
+	size_t		nsize = 16;
+	LatticeSlot *nr;
+	size_t		p;
+
+	if (reach < size)
+		return 0;
+	while (nsize <= reach)
+	{
+		if (nsize > SIZE_MAX / 2 / sizeof(LatticeSlot))
+			return -1;
+		nsize *= 2;
+	}
+	if (lat->ring == NULL && nsize <= LATTICE_LOCAL_RING)
+	{
+		/* a short text or a real vocabulary: no allocation per call */
+		memset(lat->local, 0, nsize * sizeof(LatticeSlot));
+		lat->ring = lat->local;
+		lat->ring_mask = nsize - 1;
+		return 0;
+	}
+	nr = calloc(nsize, sizeof(LatticeSlot));
+	if (nr == NULL)
+		return -1;
+	if (lat->ring != NULL)
+	{
+		for (p = lat->pos; p < lat->pos + size; p++)
+			nr[p & (nsize - 1)] = lat->ring[p & lat->ring_mask];
+		lattice_free_ring(lat);
+	}
+	lat->ring = nr;
+	lat->ring_mask = nsize - 1;
+	return 0;
+}
+
+/* The id and the bytes of text of the step recorded in an ends[] entry. */
+static inline int32_t
+lattice_step(const MmsTokenizer *tok, int32_t e, size_t *len)
+{
+	if (tok->step_mul != 0)
+	{
+		*len = (uint32_t) e >> tok->step_shift;
+		return (int32_t) ((uint32_t) e & (tok->step_mul - 1));
+	}
+	if (e < 0)
+	{
+		*len = (size_t) -e;
+		return tok->unk_id;
+	}
+	*len = (size_t) (tok->piece_off[e + 1] - tok->piece_off[e]);
+	return e;
+}
 
 static int
 is_unknown(const MmsTokenizer *t, int32_t id)
@@ -937,18 +1208,201 @@ is_unknown(const MmsTokenizer *t, int32_t id)
 	return id == t->unk_id || t->types[id] == MMS_PIECE_UNKNOWN;
 }
 
+typedef enum
+{
+	LAT_OK, LAT_NOMEM, LAT_TOO_MANY, LAT_CANCELLED
+} LatticeResult;
+
+/*
+ * Expands character starts below stop over s[0..n). Every piece walk from
+ * such a start must end within s[0..n) exactly as it would on the whole text,
+ * which the caller guarantees. Gives up with LAT_TOO_MANY once lat->known
+ * passes known_max.
+ *
+ * This is EncodeOptimized: for each character start, walk the pieces that
+ * begin there, keep per end position the first-arrived path unless a later
+ * one is strictly better. A character no single piece covers gets an unknown
+ * candidate.
+ */
+static LatticeResult
+lattice_advance(const MmsTokenizer *tok, Lattice *lat, const uint8_t *s, size_t n,
+				size_t stop, size_t known_max, TokGuard *g)
+{
+	const float unk_score = tok->min_score - 10.0f;
+	const uint32_t step_mul = tok->step_mul;
+	/*
+	 * Positions per block between polls and bound checks: a step walks at
+	 * most max_piece_len + 1 bytes, so a block reads about TOK_POLL_INTERVAL
+	 * bytes however long the pieces are, and the per-character loop carries
+	 * no extra test.
+	 */
+	const size_t block = tok->max_piece_len + 1 < TOK_POLL_INTERVAL ?
+		TOK_POLL_INTERVAL / (tok->max_piece_len + 1) : 1;
+	LatticeSlot *ring;
+	size_t		mask;
+	size_t		pos;
+	size_t		known;
+
+	if (lat->pos >= stop)
+		return LAT_OK;
+	if (lattice_reserve(lat, n) != 0 ||
+		lattice_ring(lat, (tok->max_piece_len < n ? tok->max_piece_len : n) + 4) != 0)
+		return LAT_NOMEM;
+	ring = lat->ring;
+	mask = lat->ring_mask;
+	pos = lat->pos;
+	known = lat->known;
+
+	while (pos < stop)
+	{
+		const size_t block_end = stop - pos > block ? pos + block : stop;
+
+		while (pos < block_end)
+		{
+			const float till_here = ring[pos & mask].score;
+			size_t		mblen = one_char_len(s[pos]);
+			int			has_single = 0;
+			uint32_t	node = 0;
+			size_t		k;
+
+			if (mblen > n - pos)
+				mblen = n - pos;
+			for (k = pos; k < n; k++)
+			{
+				int32_t		id;
+				LatticeSlot *target;
+				size_t		length;
+
+				node = trie_child(&tok->pieces, node, s[k]);
+				if (node == 0)
+					break;
+				id = tok->pieces.value[node];
+				if (id < 0)
+					continue;
+				target = &ring[(k + 1) & mask];
+				length = k + 1 - pos;
+				if (tok->types[id] == MMS_PIECE_USER_DEFINED)
+				{
+					/* SentencePiece computes this bonus in double precision */
+					double		score = (double) ((float) length * tok->max_score) - 0.1;
+					double		cand = score + (double) till_here;
+
+					if (target->at != (uint32_t) (k + 1) || cand > (double) target->score)
+					{
+						target->score = (float) cand;
+						target->at = (uint32_t) (k + 1);
+						lat->ends[k + 1] = (int32_t) ((uint32_t) id + (uint32_t) length * step_mul);
+					}
+				}
+				else
+				{
+					float		cand = tok->scores[id] + till_here;
+
+					if (target->at != (uint32_t) (k + 1) || cand > target->score)
+					{
+						target->score = cand;
+						target->at = (uint32_t) (k + 1);
+						lat->ends[k + 1] = (int32_t) ((uint32_t) id + (uint32_t) length * step_mul);
+					}
+				}
+				if (length == mblen)
+					has_single = 1;
+			}
+			if (!has_single)
+			{
+				LatticeSlot *target = &ring[(pos + mblen) & mask];
+				float		cand = unk_score + till_here;
+
+				if (target->at != (uint32_t) (pos + mblen) || cand > target->score)
+				{
+					target->score = cand;
+					target->at = (uint32_t) (pos + mblen);
+					lat->ends[pos + mblen] = step_mul != 0 ?
+						(int32_t) ((uint32_t) tok->unk_id + (uint32_t) mblen * step_mul) :
+						-(int32_t) mblen;
+				}
+			}
+			else
+				known += mblen;
+			pos += mblen;
+		}
+		lat->pos = pos;
+		lat->known = known;
+		if (known > known_max)
+			return LAT_TOO_MANY;
+		if (guard_poll(g))
+			return LAT_CANCELLED;
+	}
+	return LAT_OK;
+}
+
+/*
+ * Walks the best path back from n, fusing consecutive unknowns into one as
+ * the processor does, and writes the ids into ends itself, text order, in
+ * ends[n - count + 1 .. n]: the j-th id from the end goes to n - j, while
+ * every read still to come is below n - j (each step covers at least a byte),
+ * so the lattice is its own output buffer. Returns the count, or SIZE_MAX
+ * when cancelled.
+ */
+static size_t
+lattice_backtrack(const MmsTokenizer *tok, Lattice *lat, size_t n, TokGuard *g)
+{
+	size_t		pos = n;
+	size_t		n_out = 0;
+	size_t		countdown = TOK_POLL_INTERVAL;
+	int			prev_unknown = 0;
+
+	while (pos > 0)
+	{
+		size_t		len;
+		int32_t		id = lattice_step(tok, lat->ends[pos], &len);
+		int			unknown = is_unknown(tok, id);
+
+		pos -= len;
+		if (!(prev_unknown && unknown))
+		{
+			lat->ends[n - n_out] = id;
+			n_out++;
+			prev_unknown = unknown;
+		}
+		if (--countdown == 0)
+		{
+			if (guard_poll(g))
+				return SIZE_MAX;
+			countdown = TOK_POLL_INTERVAL;
+		}
+	}
+	return n_out;
+}
+
 MmsStatus
 mms_tok_encode(const MmsTokenizer *tok, const char *text, size_t len,
 			   int add_eos, int32_t **ids, size_t *n_ids, MmsError *err)
 {
+	return mms_tok_encode_limited(tok, text, len, add_eos, NULL, ids, n_ids, err);
+}
+
+MmsStatus
+mms_tok_encode_limited(const MmsTokenizer *tok, const char *text, size_t len,
+					   int add_eos, const MmsTokLimits *lim,
+					   int32_t **ids, size_t *n_ids, MmsError *err)
+{
 	Buf			norm = {NULL, 0, 0};
-	BestNode   *best = NULL;
+	NormState	ns;
+	Lattice		lat;
+	TokGuard	g;
 	int32_t    *out = NULL;
+	const size_t n_eos = (add_eos && tok->eos_id >= 0) ? 1 : 0;
+	const size_t max_tokens = lim != NULL ? lim->max_tokens : 0;
+	size_t		known_max = SIZE_MAX;
+	size_t		scanned = 0;
+	size_t		final = 0;
+	size_t		window;
 	size_t		n;
-	size_t		pos;
-	size_t		n_out = 0;
+	size_t		count;
+	LatticeResult lr = LAT_OK;
+	MmsStatus	st;
 	int			rc;
-	const float unk_score = tok->min_score - 10.0f;
 
 	*ids = NULL;
 	*n_ids = 0;
@@ -956,175 +1410,261 @@ mms_tok_encode(const MmsTokenizer *tok, const char *text, size_t len,
 		return mms_fail(err, MMS_ERR_ARG, "text is NULL");
 	if (len > TOK_MAX_NORM_BYTES)
 		return mms_fail(err, MMS_ERR_LIMIT, "text of %zu bytes is too long to tokenize", len);
+	guard_init(&g, lim);
+	memset(&lat, 0, offsetof(Lattice, local));
+	memset(&ns, 0, sizeof(ns));
+	ns.s = (const uint8_t *) text;
+	ns.len = len;
+
+	/*
+	 * A lower bound on the token count, so a huge input is refused after a
+	 * prefix rather than after all of it. Counting bytes or characters is
+	 * not sound: whitespace runs collapse, rules may map text to nothing, and
+	 * any run of characters no piece covers fuses into one <unk>. But a
+	 * character that has a single-character piece never gets an unknown
+	 * candidate, so whatever path wins covers it with a matched piece; those
+	 * are never unknown (unless a forged vocabulary makes unk_id matchable)
+	 * and so never fuse, and each spans at most max_piece_len bytes. Hence
+	 * tokens >= ceil(known / max_piece_len) + eos, and the bound passes
+	 * max_tokens exactly when known > (max_tokens - eos) * max_piece_len.
+	 */
+	if (max_tokens > 0 && !tok->unk_matchable && tok->max_piece_len > 0)
+	{
+		size_t		room = max_tokens >= n_eos ? max_tokens - n_eos : 0;
+
+		if (room <= SIZE_MAX / tok->max_piece_len)
+			known_max = room * tok->max_piece_len;
+	}
 
 	/* NFKC rarely grows text by half; the buffer doubles when it does */
 	norm.cap = len + len / 2 + 16;
 	norm.p = malloc(norm.cap);
 	if (norm.p == NULL)
 		return mms_fail(err, MMS_ERR_NOMEM, "out of memory tokenizing");
-	if ((rc = normalize(tok, (const uint8_t *) text, len, &norm)) != 0)
-	{
-		free(norm.p);
-		if (rc == -2)
-			return mms_fail(err, MMS_ERR_LIMIT, "normalized text is too long to tokenize");
-		return mms_fail(err, MMS_ERR_NOMEM, "out of memory normalizing text");
-	}
-	n = norm.len;
-
-	best = malloc((n + 1) * sizeof(BestNode));
-	/* worst case one id per byte, plus eos */
-	out = malloc((n + 1) * sizeof(int32_t));
-	if (best == NULL || out == NULL)
-	{
-		free(norm.p);
-		free(best);
-		free(out);
-		return mms_fail(err, MMS_ERR_NOMEM, "out of memory tokenizing");
-	}
-	for (pos = 0; pos <= n; pos++)
-	{
-		best[pos].score = 0.0f;
-		best[pos].id = -1;
-		best[pos].starts_at = -1;
-	}
 
 	/*
-	 * Viterbi as EncodeOptimized does it: for each character start, walk the
-	 * pieces that begin there, keep per end position the first-arrived path
-	 * unless a later one is strictly better. A character no single piece
-	 * covers gets an unknown candidate.
+	 * Normalize a slice, then expand every character start whose piece walk
+	 * (at most max_piece_len + 1 bytes, and 4 for the character itself) lies
+	 * in text that is final: same lattice as after normalizing everything,
+	 * but a cancel or a too-long input is noticed a slice in.
 	 */
-	pos = 0;
-	while (pos < n)
+	window = tok->max_piece_len + 1 > 4 ? tok->max_piece_len + 1 : 4;
+	for (;;)
 	{
-		const uint8_t *s = (const uint8_t *) norm.p;
-		const float till_here = best[pos].score;
-		size_t		mblen = one_char_len(s[pos]);
-		int			has_single = 0;
-		uint32_t	node = 0;
-		size_t		k;
+		size_t		stable;
 
-		if (mblen > n - pos)
-			mblen = n - pos;
-		for (k = pos; k < n; k++)
+		rc = normalize_some(tok, &ns, &norm, TOK_POLL_INTERVAL);
+		if (rc != 0)
+			goto norm_failed;
+		if (guard_poll(&g))
 		{
-			int32_t		id;
-			BestNode   *target;
-			size_t		length;
-
-			node = trie_child(&tok->pieces, node, s[k]);
-			if (node == 0)
-				break;
-			id = tok->pieces.value[node];
-			if (id < 0)
-				continue;
-			target = &best[k + 1];
-			length = k + 1 - pos;
-			if (tok->types[id] == MMS_PIECE_USER_DEFINED)
-			{
-				/* SentencePiece computes this bonus in double precision */
-				double		score = (double) ((float) length * tok->max_score) - 0.1;
-				double		cand = score + (double) till_here;
-
-				if (target->starts_at == -1 || cand > (double) target->score)
-				{
-					target->score = (float) cand;
-					target->starts_at = (int32_t) pos;
-					target->id = id;
-				}
-			}
-			else
-			{
-				float		cand = tok->scores[id] + till_here;
-
-				if (target->starts_at == -1 || cand > target->score)
-				{
-					target->score = cand;
-					target->starts_at = (int32_t) pos;
-					target->id = id;
-				}
-			}
-			if (length == mblen)
-				has_single = 1;
+			lr = LAT_CANCELLED;
+			goto lattice_failed;
 		}
-		if (!has_single)
+		if (ns.len == 0)
+			break;
+		stable = norm_final_len(tok, &norm, &scanned, &final);
+		lat.cap_hint = norm.cap;
+		if (stable >= window &&
+			(lr = lattice_advance(tok, &lat, (const uint8_t *) norm.p, stable,
+								  stable - window + 1, known_max, &g)) != LAT_OK)
+			goto lattice_failed;
+	}
+	/* strips U+2581 from the end, whether it came from a space or the input */
+	if (tok->remove_extra_whitespaces)
+	{
+		while (norm.len >= 3 && memcmp(norm.p + norm.len - 3, kSpaceSymbol, 3) == 0)
 		{
-			BestNode   *target = &best[pos + mblen];
-			float		cand = unk_score + till_here;
-
-			if (target->starts_at == -1 || cand > target->score)
+			norm.len -= 3;
+			if (guard_tick(&g, 3))
 			{
-				target->score = cand;
-				target->starts_at = (int32_t) pos;
-				target->id = tok->unk_id;
+				lr = LAT_CANCELLED;
+				goto lattice_failed;
 			}
 		}
-		pos += mblen;
 	}
-
-	/* backtrack; consecutive unknowns fuse into one, as the processor does */
-	pos = n;
-	while (pos > 0)
-	{
-		int32_t		id = best[pos].id;
-
-		if (!(n_out > 0 && is_unknown(tok, id) && is_unknown(tok, out[n_out - 1])))
-			out[n_out++] = id;
-		pos = (size_t) best[pos].starts_at;
-	}
-	for (pos = 0; pos < n_out / 2; pos++)
-	{
-		int32_t		tmp = out[pos];
-
-		out[pos] = out[n_out - 1 - pos];
-		out[n_out - 1 - pos] = tmp;
-	}
-	if (add_eos && tok->eos_id >= 0)
-		out[n_out++] = tok->eos_id;
-
+	n = norm.len;
+	lat.cap_hint = n;
+	if ((lr = lattice_advance(tok, &lat, (const uint8_t *) norm.p, n, n, known_max, &g)) != LAT_OK)
+		goto lattice_failed;
 	free(norm.p);
-	free(best);
+	norm.p = NULL;
+	lattice_free_ring(&lat);
+
+	count = lattice_backtrack(tok, &lat, n, &g);
+	if (count == SIZE_MAX)
+	{
+		lr = LAT_CANCELLED;
+		goto lattice_failed;
+	}
+	if (max_tokens > 0 && count + n_eos > max_tokens)
+	{
+		free(lat.ends);
+		*n_ids = count + n_eos;
+		return mms_fail(err, MMS_ERR_LIMIT, "input has %zu tokens, more than %zu",
+						count + n_eos, max_tokens);
+	}
+	if (lat.ends == NULL)
+	{
+		/* empty text: nothing was expanded, so there is no lattice to reuse */
+		lat.ends = malloc(sizeof(int32_t));
+		if (lat.ends == NULL)
+			return mms_fail(err, MMS_ERR_NOMEM, "out of memory tokenizing");
+	}
+	/* count <= n and ends has n + 1 entries, so eos fits */
+	memmove(lat.ends, lat.ends + n + 1 - count, count * sizeof(int32_t));
+	if (n_eos)
+		lat.ends[count] = tok->eos_id;
+	/* hand back only what is used (if worth a call: a long text has about
+	 * one id per 4 bytes); if shrinking fails the block still works */
+	out = lat.ends;
+	if (lat.cap - (count + n_eos) >= 1024)
+	{
+		out = realloc(lat.ends, (count + n_eos > 0 ? count + n_eos : 1) * sizeof(int32_t));
+		if (out == NULL)
+			out = lat.ends;
+	}
 	*ids = out;
-	*n_ids = n_out;
+	*n_ids = count + n_eos;
 	return MMS_OK;
+
+norm_failed:
+	free(norm.p);
+	free(lat.ends);
+	lattice_free_ring(&lat);
+	if (rc == -2)
+		return mms_fail(err, MMS_ERR_LIMIT, "normalized text is too long to tokenize");
+	return mms_fail(err, MMS_ERR_NOMEM, "out of memory normalizing text");
+
+lattice_failed:
+	free(norm.p);
+	free(lat.ends);
+	lattice_free_ring(&lat);
+	switch (lr)
+	{
+		case LAT_TOO_MANY:
+			/* ceil(known / max_piece_len) + eos, past max_tokens */
+			*n_ids = (lat.known + tok->max_piece_len - 1) / tok->max_piece_len + n_eos;
+			st = mms_fail(err, MMS_ERR_LIMIT, "input has more than %zu tokens", max_tokens);
+			break;
+		case LAT_CANCELLED:
+			st = fail_cancelled(err);
+			break;
+		default:
+			st = mms_fail(err, MMS_ERR_NOMEM, "out of memory tokenizing");
+			break;
+	}
+	return st;
 }
 
 /* ------------------------------------------------------------- decoding */
 
-/* Flushes bytes[0..n) of a run of byte pieces: valid characters, else U+FFFD per bad byte. */
-static void
-flush_bytes(const uint8_t *bytes, size_t n, Buf *o)
+/* Bytes a piece prints: each U+2581 becomes one space. */
+static size_t
+piece_text_len(const char *p, size_t plen)
 {
-	size_t		i = 0;
+	size_t		w = 0;
+	size_t		k;
 
-	while (i < n)
+	for (k = 0; k < plen; k++, w++)
+		if (k + 3 <= plen && memcmp(p + k, kSpaceSymbol, 3) == 0)
+			k += 2;
+	return w;
+}
+
+/* Appends s[0..n) unless the output would pass max bytes; -1 then. */
+static inline int
+out_put(Buf *o, const char *s, size_t n, size_t max)
+{
+	if (n > max - o->len)
+		return -1;
+	memcpy(o->p + o->len, s, n);
+	o->len += n;
+	return 0;
+}
+
+/*
+ * A run of byte pieces being reassembled: valid characters pass, each bad
+ * byte becomes U+FFFD. Whether bytes start a valid character depends on at
+ * most the next 4, so keeping 4 pending decides exactly as looking at the
+ * whole run would, without a buffer as long as the ids.
+ */
+typedef struct ByteRun
+{
+	uint8_t		b[4];
+	size_t		n;
+} ByteRun;
+
+/*
+ * Writes the first character (or U+FFFD for a bad first byte) to dst and
+ * drops it from the run; returns the bytes written, SIZE_MAX if they would
+ * be more than room. The output goes through (dst, room) rather than the Buf
+ * so that the Buf never escapes and stays in registers on the common path.
+ */
+static inline size_t
+run_emit(ByteRun *r, char *dst, size_t room)
+{
+	size_t		k = utf8_valid_len(r->b, r->n);
+	const char *src = (const char *) r->b;
+	size_t		w = k;
+
+	if (k == 0)
 	{
-		size_t		k = utf8_valid_len(bytes + i, n - i);
-
-		if (k == 0)
-		{
-			memcpy(o->p + o->len, kReplacement, 3);
-			o->len += 3;
-			i++;
-		}
-		else
-		{
-			memcpy(o->p + o->len, bytes + i, k);
-			o->len += k;
-			i += k;
-		}
+		src = kReplacement;
+		w = 3;
+		k = 1;
 	}
+	if (w > room)
+		return SIZE_MAX;
+	memcpy(dst, src, w);
+	memmove(r->b, r->b + k, r->n - k);
+	r->n -= k;
+	return w;
+}
+
+static inline size_t
+run_push(ByteRun *r, uint8_t byte, char *dst, size_t room)
+{
+	r->b[r->n++] = byte;
+	return r->n == 4 ? run_emit(r, dst, room) : 0;
+}
+
+/* Kept out of line: T5 text rarely has byte pieces, and inlined this loop
+ * costs the common path its registers. */
+__attribute__((noinline)) static size_t
+run_flush(ByteRun *r, char *dst, size_t room)
+{
+	size_t		total = 0;
+
+	while (r->n > 0)
+	{
+		size_t		w = run_emit(r, dst + total, room - total);
+
+		if (w == SIZE_MAX)
+			return SIZE_MAX;
+		total += w;
+	}
+	return total;
 }
 
 MmsStatus
 mms_tok_decode(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
 			   char **text, size_t *len, MmsError *err)
 {
+	return mms_tok_decode_limited(tok, ids, n_ids, NULL, text, len, err);
+}
+
+MmsStatus
+mms_tok_decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
+					   const MmsTokLimits *lim, char **text, size_t *len, MmsError *err)
+{
 	Buf			o = {NULL, 0, 0};
-	uint8_t    *bytes = NULL;
-	size_t		n_bytes = 0;
-	size_t		bound = 1;
+	ByteRun		run = {{0}, 0};
+	TokGuard	g;
+	const size_t max = (lim != NULL && lim->max_bytes > 0) ? lim->max_bytes : SIZE_MAX - 1;
+	size_t		bound = 0;
 	size_t		i;
+	size_t		w;
 	int			is_bos_ws = 1;
 	int			bos_ws_seen = 0;
 
@@ -1132,92 +1672,130 @@ mms_tok_decode(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
 	*len = 0;
 	if (ids == NULL && n_ids > 0)
 		return mms_fail(err, MMS_ERR_ARG, "ids is NULL");
-	for (i = 0; i < n_ids; i++)
+	guard_init(&g, lim);
+	/* both passes go in blocks of TOK_POLL_INTERVAL ids, polling after each */
+	for (i = 0; i < n_ids;)
 	{
-		int32_t		id = ids[i];
-		uint64_t	plen;
+		const size_t end = n_ids - i > TOK_POLL_INTERVAL ? i + TOK_POLL_INTERVAL : n_ids;
 
-		if (id < 0 || id >= tok->n_pieces)
-			return mms_fail(err, MMS_ERR_ARG, "token id %d is out of range [0, %d)", id, tok->n_pieces);
-		plen = tok->piece_off[id + 1] - tok->piece_off[id];
-		/* a piece never grows except <unk> (5 bytes) and a bad byte (3) */
-		bound += plen > 5 ? plen : 5;
+		for (; i < end; i++)
+		{
+			int32_t		id = ids[i];
+			size_t		plen;
+
+			if (id < 0 || id >= tok->n_pieces)
+				return mms_fail(err, MMS_ERR_ARG, "token id %d is out of range [0, %d)", id, tok->n_pieces);
+			plen = (size_t) (tok->piece_off[id + 1] - tok->piece_off[id]);
+			/* a piece never grows except <unk> (5 bytes) and a bad byte (3) */
+			if (plen < 5)
+				plen = 5;
+			bound = plen > SIZE_MAX - bound ? SIZE_MAX : bound + plen;
+		}
+		if (guard_poll(&g))
+			return fail_cancelled(err);
 	}
-	o.p = malloc(bound);
-	bytes = malloc(n_ids > 0 ? n_ids : 1);
-	if (o.p == NULL || bytes == NULL)
-	{
-		free(o.p);
-		free(bytes);
+	/* never more than max + 1: past max we stop */
+	o.cap = bound < max ? bound : max;
+	if (o.cap >= SIZE_MAX - 1)
+		return mms_fail(err, MMS_ERR_NOMEM, "decoded text would be too large");
+	o.p = malloc(o.cap + 1);
+	if (o.p == NULL)
 		return mms_fail(err, MMS_ERR_NOMEM, "out of memory decoding");
-	}
-	o.cap = bound;
 
-	for (i = 0; i < n_ids; i++)
+	for (i = 0; i < n_ids;)
 	{
-		int32_t		id = ids[i];
-		uint8_t		type = tok->types[id];
-		const char *p = tok->piece_bytes + tok->piece_off[id];
-		size_t		plen = tok->piece_off[id + 1] - tok->piece_off[id];
-		size_t		k;
+		const size_t end = n_ids - i > TOK_POLL_INTERVAL ? i + TOK_POLL_INTERVAL : n_ids;
 
-		if (type == MMS_PIECE_BYTE)
+		for (; i < end; i++)
 		{
-			bytes[n_bytes++] = (uint8_t) tok->byte_val[id];
-			continue;
-		}
-		flush_bytes(bytes, n_bytes, &o);
-		n_bytes = 0;
+			int32_t		id = ids[i];
+			uint8_t		type = tok->types[id];
+			const char *p = tok->piece_bytes + tok->piece_off[id];
+			size_t		plen = (size_t) (tok->piece_off[id + 1] - tok->piece_off[id]);
+			size_t		k;
 
-		/*
-		 * The dummy-prefix space is dropped from the first piece that prints
-		 * anything; with remove_extra_whitespaces every leading piece loses
-		 * its U+2581 until text appears (DecodeSentencePiece's is_bos_ws).
-		 */
-		if (bos_ws_seen || o.len > 0)
-			is_bos_ws = 0;
-		/*
-		 * SentencePiece prints UNUSED pieces as text; we drop them with the
-		 * control pieces, since in converted T5 vocabularies they are the
-		 * "[PAD32000]" fillers past the sentencepiece model's own pieces.
-		 */
-		if (type == MMS_PIECE_CONTROL || type == MMS_PIECE_UNUSED)
-		{
-			bos_ws_seen = 0;
-			continue;
-		}
-		if (type == MMS_PIECE_UNKNOWN)
-		{
-			memcpy(o.p + o.len, kUnkSurface, sizeof(kUnkSurface) - 1);
-			o.len += sizeof(kUnkSurface) - 1;
-			bos_ws_seen = 0;
-			continue;
-		}
-		bos_ws_seen = 0;
-		if (is_bos_ws && (tok->add_space_prefix || tok->remove_extra_whitespaces) &&
-			plen >= 3 && memcmp(p, kSpaceSymbol, 3) == 0)
-		{
-			p += 3;
-			plen -= 3;
-			bos_ws_seen = !tok->remove_extra_whitespaces;
-		}
-		for (k = 0; k < plen; k++)
-		{
-			if (k + 3 <= plen && memcmp(p + k, kSpaceSymbol, 3) == 0)
+			if (type == MMS_PIECE_BYTE)
 			{
-				o.p[o.len++] = ' ';
-				k += 2;
+				w = run_push(&run, (uint8_t) tok->byte_val[id], o.p + o.len, max - o.len);
+				if (w == SIZE_MAX)
+					goto too_long;
+				o.len += w;
+				continue;
 			}
-			else
-				o.p[o.len++] = p[k];
+			if (run.n > 0)
+			{
+				w = run_flush(&run, o.p + o.len, max - o.len);
+				if (w == SIZE_MAX)
+					goto too_long;
+				o.len += w;
+			}
+
+			/*
+			 * The dummy-prefix space is dropped from the first piece that
+			 * prints anything; with remove_extra_whitespaces every leading
+			 * piece loses its U+2581 until text appears
+			 * (DecodeSentencePiece's is_bos_ws).
+			 */
+			if (bos_ws_seen || o.len > 0)
+				is_bos_ws = 0;
+			/*
+			 * SentencePiece prints UNUSED pieces as text; we drop them with
+			 * the control pieces, since in converted T5 vocabularies they are
+			 * the "[PAD32000]" fillers past the sentencepiece model's own
+			 * pieces.
+			 */
+			if (type == MMS_PIECE_CONTROL || type == MMS_PIECE_UNUSED)
+			{
+				bos_ws_seen = 0;
+				continue;
+			}
+			if (type == MMS_PIECE_UNKNOWN)
+			{
+				if (out_put(&o, kUnkSurface, sizeof(kUnkSurface) - 1, max) != 0)
+					goto too_long;
+				bos_ws_seen = 0;
+				continue;
+			}
+			bos_ws_seen = 0;
+			if (is_bos_ws && (tok->add_space_prefix || tok->remove_extra_whitespaces) &&
+				plen >= 3 && memcmp(p, kSpaceSymbol, 3) == 0)
+			{
+				p += 3;
+				plen -= 3;
+				bos_ws_seen = !tok->remove_extra_whitespaces;
+			}
+			/* it prints at most plen bytes, so only near the limit count them */
+			if (plen > max - o.len && piece_text_len(p, plen) > max - o.len)
+				goto too_long;
+			for (k = 0; k < plen; k++)
+			{
+				if (k + 3 <= plen && memcmp(p + k, kSpaceSymbol, 3) == 0)
+				{
+					o.p[o.len++] = ' ';
+					k += 2;
+				}
+				else
+					o.p[o.len++] = p[k];
+			}
+		}
+		if (guard_poll(&g))
+		{
+			free(o.p);
+			return fail_cancelled(err);
 		}
 	}
-	flush_bytes(bytes, n_bytes, &o);
-	free(bytes);
+	w = run_flush(&run, o.p + o.len, max - o.len);
+	if (w == SIZE_MAX)
+		goto too_long;
+	o.len += w;
 	o.p[o.len] = '\0';
 	*text = o.p;
 	*len = o.len;
 	return MMS_OK;
+
+too_long:
+	free(o.p);
+	return mms_fail(err, MMS_ERR_LIMIT, "decoded text is longer than %zu bytes", max);
 }
 
 int32_t

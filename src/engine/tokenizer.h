@@ -53,21 +53,75 @@ MmsStatus	mms_tok_load_gguf(const MmsGguf *g, MmsTokenizer **out, MmsError *err)
 void		mms_tok_free(MmsTokenizer *tok);
 
 /*
+ * Bounds on one encode or decode call, for callers that cannot let a hostile
+ * input run unbounded (a database backend must be able to cancel and must
+ * refuse work it would throw away). Zero fields mean "no limit"; a NULL
+ * MmsTokLimits pointer means no limits at all.
+ */
+typedef struct MmsTokLimits
+{
+	size_t		max_tokens;		/* encode: most ids returned, eos included */
+	size_t		max_bytes;		/* decode: most output bytes, NUL excluded */
+	/*
+	 * Polled at least once per 64 Ki units of work (bytes read, ids), and at
+	 * least once by every encode and by every decode of one id or more;
+	 * nonzero means stop. It must not longjmp: the engine frees what it
+	 * built and returns MMS_ERR_CANCELLED instead.
+	 */
+	int			(*cancel) (void *arg);
+	void	   *cancel_arg;
+} MmsTokLimits;
+
+/*
  * Tokenizes text[0..len) (any bytes; invalid UTF-8 is handled as SentencePiece
  * does, by mapping the bad byte to U+FFFD). Appends eos when add_eos and the
  * tokenizer has one. *ids is malloc'd (caller frees); *n_ids its length.
+ * Same as mms_tok_encode_limited with no limits.
  */
 MmsStatus	mms_tok_encode(const MmsTokenizer *tok, const char *text, size_t len,
 						   int add_eos, int32_t **ids, size_t *n_ids, MmsError *err);
+
+/*
+ * mms_tok_encode under lim (may be NULL). On success the ids are those
+ * mms_tok_encode returns. Besides its errors:
+ *  - MMS_ERR_LIMIT when the ids (eos included) would be more than
+ *    lim->max_tokens. *n_ids is then a count greater than max_tokens: the
+ *    exact count when the whole input was tokenized ("input has N tokens,
+ *    more than M"), else a lower bound proven part way ("input has more than
+ *    M tokens"), which is how a huge input is refused early;
+ *  - MMS_ERR_CANCELLED ("tokenization was cancelled") when lim->cancel
+ *    returned nonzero.
+ * On any error *ids is NULL and nothing is left allocated; *n_ids is 0 except
+ * for the max_tokens case above.
+ */
+MmsStatus	mms_tok_encode_limited(const MmsTokenizer *tok, const char *text, size_t len,
+								   int add_eos, const MmsTokLimits *lim,
+								   int32_t **ids, size_t *n_ids, MmsError *err);
 
 /*
  * Turns ids back into text: pieces joined, U+2581 as space, the leading space
  * of the dummy prefix dropped, control/unused pieces skipped, byte pieces
  * reassembled; an incomplete UTF-8 sequence becomes U+FFFD, never a split
  * character. *text is malloc'd and NUL-terminated. Out-of-range id -> MMS_ERR_ARG.
+ * Same as mms_tok_decode_limited with no limits.
  */
 MmsStatus	mms_tok_decode(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
 						   char **text, size_t *len, MmsError *err);
+
+/*
+ * mms_tok_decode under lim (may be NULL). All ids are checked first (so a bad
+ * id is MMS_ERR_ARG whatever max_bytes is; over 64 Ki ids, a cancel may come
+ * first), then:
+ *  - MMS_ERR_LIMIT ("decoded text is longer than M bytes") as soon as the
+ *    output would pass lim->max_bytes; no more than max_bytes + 1 bytes are
+ *    ever allocated for it;
+ *  - MMS_ERR_CANCELLED ("tokenization was cancelled") when lim->cancel
+ *    returned nonzero.
+ * On any error *text is NULL and *len 0.
+ */
+MmsStatus	mms_tok_decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
+								   const MmsTokLimits *lim, char **text, size_t *len,
+								   MmsError *err);
 
 int32_t		mms_tok_n_pieces(const MmsTokenizer *tok);
 int32_t		mms_tok_eos_id(const MmsTokenizer *tok);

@@ -4,8 +4,13 @@
  * (test/fixtures/tok_nfkc.gguf, read once; run from the repository root or
  * set MMS_TOK_FIXTURE) and decodes the result; 1 uses the rest as a
  * precompiled_charsmap for a small fixed vocabulary and encodes fixed text
- * and the blob itself; 2 decodes the rest as 16-bit ids. Seeds:
- * test/fuzz/corpus_tokenizer (written by tools/make_tokenizer_fixture.py).
+ * and the blob itself; 2 decodes the rest as 16-bit ids. Every encode and
+ * decode is repeated through the _limited functions: with max_tokens or
+ * max_bytes below, at and above the real size (at or above must give the same
+ * result, below MMS_ERR_LIMIT) and with a cancel at one of the polls
+ * (MMS_ERR_CANCELLED, nothing returned, nothing leaked). The input's last
+ * byte picks the limits. Seeds: test/fuzz/corpus_tokenizer (written by
+ * tools/make_tokenizer_fixture.py).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -18,6 +23,34 @@
 static uint8_t *fixture_buf;
 static MmsGguf fixture_gguf;
 static MmsTokenizer *fixture_tok;
+
+/* picks the limits of this input's limited calls */
+static unsigned limit_seed;
+
+typedef struct Polls
+{
+	int			count;
+	int			cancel_at;		/* 0: never */
+} Polls;
+
+static int
+poll_cb(void *arg)
+{
+	Polls	   *p = arg;
+
+	return ++p->count == p->cancel_at;
+}
+
+/* A limit near n: 1 .. n + 1, so below, at and above all occur. */
+static size_t
+limit_near(size_t n)
+{
+	size_t		r = limit_seed % 4;
+
+	if (r == 0 || n <= 1)
+		return 1 + limit_seed % 3;
+	return r == 1 ? n - 1 : r == 2 ? n : n + 1;
+}
 
 static void
 load_fixture(void)
@@ -50,6 +83,62 @@ load_fixture(void)
 	}
 }
 
+/*
+ * The limited decode agrees with the plain one (want, want_len): max_bytes
+ * at or above the length gives the same text, below it MMS_ERR_LIMIT; a
+ * cancel at a poll that happens gives MMS_ERR_CANCELLED and nothing else.
+ */
+static void
+decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n, const char *want, size_t want_len)
+{
+	MmsTokLimits lim;
+	Polls		polls = {0, 0};
+	MmsError	err = {0};
+	char	   *text;
+	size_t		len;
+	MmsStatus	st;
+	int			total;
+
+	/* count the polls of a whole run: at least one unless there are no ids */
+	memset(&lim, 0, sizeof(lim));
+	lim.cancel = poll_cb;
+	lim.cancel_arg = &polls;
+	st = mms_tok_decode_limited(tok, ids, n, &lim, &text, &len, &err);
+	if (st != MMS_OK || len != want_len || memcmp(text, want, len + 1) != 0)
+		__builtin_trap();
+	free(text);
+	total = polls.count;
+	if (total == 0 && n > 0)
+		__builtin_trap();
+
+	lim.max_bytes = limit_near(want_len);
+	st = mms_tok_decode_limited(tok, ids, n, &lim, &text, &len, &err);
+	if (lim.max_bytes >= want_len)
+	{
+		if (st != MMS_OK || len != want_len || memcmp(text, want, len + 1) != 0)
+			__builtin_trap();
+		free(text);
+	}
+	else if (st != MMS_ERR_LIMIT || text != NULL || len != 0)
+		__builtin_trap();
+
+	polls.count = 0;
+	polls.cancel_at = 1 + (int) (limit_seed % (unsigned) (total + 1));
+	lim.max_bytes = 0;
+	st = mms_tok_decode_limited(tok, ids, n, &lim, &text, &len, &err);
+	if (polls.cancel_at <= total)
+	{
+		if (st != MMS_ERR_CANCELLED || text != NULL || len != 0)
+			__builtin_trap();
+	}
+	else
+	{
+		if (st != MMS_OK || len != want_len || memcmp(text, want, len + 1) != 0)
+			__builtin_trap();
+		free(text);
+	}
+}
+
 /* Every id in range; decoding gives a NUL-terminated string of the stated length. */
 static void
 check_round(const MmsTokenizer *tok, const int32_t *ids, size_t n)
@@ -66,7 +155,67 @@ check_round(const MmsTokenizer *tok, const int32_t *ids, size_t n)
 		__builtin_trap();
 	if (text[len] != '\0')
 		__builtin_trap();
+	decode_limited(tok, ids, n, text, len);
 	free(text);
+}
+
+/*
+ * The limited encode agrees with the plain one (want, n_want): max_tokens at
+ * or above the count gives the same ids, below it MMS_ERR_LIMIT with a count
+ * past the limit and no more than the real one; a cancel at a poll that
+ * happens gives MMS_ERR_CANCELLED and nothing else.
+ */
+static void
+encode_limited(const MmsTokenizer *tok, const char *text, size_t len, int add_eos,
+			   const int32_t *want, size_t n_want)
+{
+	MmsTokLimits lim;
+	Polls		polls = {0, 0};
+	MmsError	err = {0};
+	int32_t    *ids;
+	size_t		n;
+	MmsStatus	st;
+	int			total;
+
+	/* count the polls of a whole run: every call polls at least once */
+	memset(&lim, 0, sizeof(lim));
+	lim.cancel = poll_cb;
+	lim.cancel_arg = &polls;
+	st = mms_tok_encode_limited(tok, text, len, add_eos, &lim, &ids, &n, &err);
+	if (st != MMS_OK || n != n_want || (n > 0 && memcmp(ids, want, n * sizeof(int32_t)) != 0))
+		__builtin_trap();
+	free(ids);
+	total = polls.count;
+	if (total == 0)
+		__builtin_trap();
+
+	lim.max_tokens = limit_near(n_want);
+	st = mms_tok_encode_limited(tok, text, len, add_eos, &lim, &ids, &n, &err);
+	if (lim.max_tokens >= n_want)
+	{
+		if (st != MMS_OK || n != n_want || (n > 0 && memcmp(ids, want, n * sizeof(int32_t)) != 0))
+			__builtin_trap();
+		free(ids);
+	}
+	else if (st != MMS_ERR_LIMIT || ids != NULL || n <= lim.max_tokens || n > n_want)
+		__builtin_trap();
+
+	/* cancel at one of the polls, or after the last */
+	polls.count = 0;
+	polls.cancel_at = 1 + (int) (limit_seed % (unsigned) (total + 1));
+	lim.max_tokens = 0;
+	st = mms_tok_encode_limited(tok, text, len, add_eos, &lim, &ids, &n, &err);
+	if (polls.cancel_at <= total)
+	{
+		if (st != MMS_ERR_CANCELLED || ids != NULL || n != 0 || polls.count != polls.cancel_at)
+			__builtin_trap();
+	}
+	else
+	{
+		if (st != MMS_OK || n != n_want || (n > 0 && memcmp(ids, want, n * sizeof(int32_t)) != 0))
+			__builtin_trap();
+		free(ids);
+	}
 }
 
 static void
@@ -86,6 +235,7 @@ encode_round(const MmsTokenizer *tok, const char *text, size_t len, int add_eos)
 	if (add_eos && (n == 0 || ids[n - 1] != mms_tok_eos_id(tok)))
 		__builtin_trap();
 	check_round(tok, ids, n);
+	encode_limited(tok, text, len, add_eos, ids, n);
 	free(ids);
 }
 
@@ -157,10 +307,26 @@ decode_mode(const uint8_t *data, size_t size)
 	{
 		if (bad || text[len] != '\0')
 			__builtin_trap();
+		decode_limited(fixture_tok, ids, n, text, len);
 		free(text);
 	}
 	else if (!bad || err.code != MMS_ERR_ARG)
 		__builtin_trap();
+	else
+	{
+		/* a bad id wins over any limit; ids are all checked before a poll */
+		MmsTokLimits lim;
+		Polls		polls = {0, 1};
+
+		memset(&lim, 0, sizeof(lim));
+		lim.max_bytes = 1;
+		lim.cancel = poll_cb;
+		lim.cancel_arg = &polls;
+		text = (char *) 1;
+		if (mms_tok_decode_limited(fixture_tok, ids, n, &lim, &text, &len, &err) != MMS_ERR_ARG ||
+			text != NULL)
+			__builtin_trap();
+	}
 	free(ids);
 }
 
@@ -171,6 +337,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		load_fixture();
 	if (size == 0)
 		return 0;
+	limit_seed = data[size - 1] ^ (unsigned) size;
 	switch (data[0] % 3)
 	{
 		case 0:
