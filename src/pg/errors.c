@@ -56,9 +56,17 @@ gguf_holder_free(void *arg)
 MmsGguf *
 mms_gguf_parse_pg(const char *buf, Size size, MmsError *err)
 {
-	GgufHolder *h = palloc0(sizeof(GgufHolder));
+	return mms_gguf_parse_prefix_pg(buf, size, size, err);
+}
 
-	if (mms_gguf_parse(buf, size, &h->g, err) != MMS_OK)
+MmsGguf *
+mms_gguf_parse_prefix_pg(const char *buf, Size avail, uint64 file_size, MmsError *err)
+{
+	GgufHolder *h = palloc0(sizeof(GgufHolder));
+	MmsStatus	st = avail == file_size ? mms_gguf_parse(buf, avail, &h->g, err) :
+		mms_gguf_parse_prefix(buf, avail, file_size, &h->g, err);
+
+	if (st != MMS_OK)
 	{
 		pfree(h);
 		return NULL;

@@ -10,6 +10,7 @@
 
 #include <signal.h>
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -18,6 +19,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "serve.h"
@@ -453,4 +455,57 @@ mms_forget_models(Oid dboid, int64 model_id)
 	LWLockRelease(mms_shared->lock);
 	for (int i = 0; i < n_unpin; i++)
 		dsm_unpin_segment(unpin[i]);
+}
+
+/*
+ * Forgetting before commit would race: a call arriving between the forget and
+ * the commit still sees the model, gets a new worker and loads a new cache
+ * entry that nothing would ever mark. After commit, a new worker can no longer
+ * read the weights (its snapshot sees them deleted); a rollback keeps the cache.
+ */
+typedef struct PendingForget
+{
+	Oid			dboid;
+	int64		model_id;
+} PendingForget;
+
+static List *pending_forget = NIL;	/* in TopTransactionContext */
+static bool forget_callback_registered = false;
+
+static void
+forget_at_end_of_xact(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == XACT_EVENT_COMMIT)
+		foreach(lc, pending_forget)
+		{
+			PendingForget *f = lfirst(lc);
+
+			mms_forget_models(f->dboid, f->model_id);
+		}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		pending_forget = NIL;
+}
+
+void
+mms_forget_models_at_commit(Oid dboid, int64 model_id)
+{
+	MemoryContext old;
+	PendingForget *f;
+
+	if (mms_shared == NULL)
+		return;
+	if (!forget_callback_registered)
+	{
+		RegisterXactCallback(forget_at_end_of_xact, NULL);
+		forget_callback_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	f = palloc(sizeof(PendingForget));
+	f->dboid = dboid;
+	f->model_id = model_id;
+	pending_forget = lappend(pending_forget, f);
+	MemoryContextSwitchTo(old);
 }

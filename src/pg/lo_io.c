@@ -208,3 +208,35 @@ mms_read_weights(const MmsModel *m, Size *size)
 						   m->weights, sha, m->sha256)));
 	return buf;
 }
+
+char *
+mms_read_weights_prefix(const MmsModel *m, Size want, Size *got)
+{
+	MmsCatalogSession s;
+	char	   *buf;
+	int32		fd;
+	Size		done = 0;
+
+	want = Min(want, (Size) m->size_bytes);
+	mms_catalog_enter(&s);
+	fd = DatumGetInt32(DirectFunctionCall2(be_lo_open, ObjectIdGetDatum(m->weights),
+										   Int32GetDatum(INV_READ)));
+	buf = MemoryContextAllocHuge(s.caller_cxt, Max(want, 1));
+	while (done < want)
+	{
+		int			n = (int) Min(want - done, IO_CHUNK_BYTES);
+		int			r;
+
+		CHECK_FOR_INTERRUPTS();
+		r = lo_read(fd, buf + done, n);
+		if (r <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("stored weights of model \"%s:%d\" end after %zu bytes", m->name, m->version, done)));
+		done += r;
+	}
+	(void) DirectFunctionCall1(be_lo_close, Int32GetDatum(fd));
+	mms_catalog_leave(&s);
+	*got = done;
+	return buf;
+}

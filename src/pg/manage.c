@@ -27,8 +27,8 @@ required_text(FunctionCallInfo fcinfo, int argno, const char *what)
 /*
  * Removes one version (catalog session entered): its row, its aliases (by
  * cascade), its large object, and the grants of its name when it was the last
- * version; its cached weights are dropped. false if the row was already gone.
- * Evicting before commit is harmless: a rolled-back unregister reloads.
+ * version; its cached weights are dropped when the transaction commits.
+ * false if the row was already gone.
  */
 bool
 mms_unregister_spi(int64 id, const char *name, Oid weights)
@@ -48,7 +48,7 @@ mms_unregister_spi(int64 id, const char *name, Oid weights)
 				 1, t, v, NULL, SPI_OK_DELETE);
 	/* as the registry owner, which owns the large object */
 	mms_lo_unlink(weights);
-	mms_forget_models(MyDatabaseId, id);
+	mms_forget_models_at_commit(MyDatabaseId, id);
 	mms_registry_generation++;
 	return true;
 }

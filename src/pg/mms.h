@@ -29,6 +29,8 @@ extern int	mms_engine_sqlstate(MmsStatus st);
  * NULL and fills *err on a parse error.
  */
 extern MmsGguf *mms_gguf_parse_pg(const char *buf, Size size, MmsError *err);
+/* The same over the first avail bytes of a file_size-byte file (err->code MMS_ERR_LIMIT: read more). */
+extern MmsGguf *mms_gguf_parse_prefix_pg(const char *buf, Size avail, uint64 file_size, MmsError *err);
 
 /* ---- catalog.c: the registry owner, catalog sessions, names ---- */
 
@@ -107,6 +109,8 @@ extern Oid	mms_lo_create_from(const char *buf, Size size);
 extern void mms_lo_unlink(Oid loid);
 /* The stored weights of a model, read as the registry owner, sha256-checked. */
 extern char *mms_read_weights(const MmsModel *m, Size *size);
+/* The first want bytes (fewer if the file is shorter) of a model's weights, unchecked. */
+extern char *mms_read_weights_prefix(const MmsModel *m, Size want, Size *got);
 
 /* ---- metadata.c ---- */
 

@@ -270,6 +270,8 @@ extern void mms_release_database(Oid dboid);
  * detach, and (whole database) its statistics are dropped.
  */
 extern void mms_forget_models(Oid dboid, int64 model_id);
+/* The same when the current transaction commits (nothing if it aborts). */
+extern void mms_forget_models_at_commit(Oid dboid, int64 model_id);
 
 /* ---- tokenize.c ---- */
 extern MmsTokenizer *mms_tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text,

@@ -6,7 +6,7 @@
  * Cache: up to mms.tokenizer_cache_size tokenizers, least recently used out,
  * keyed by the model's row id and sha256. Row ids are never reused (unregister
  * then register gives a new id), so a changed model can never hit a stale
- * entry; the sha256 is checked against the bytes when an entry is loaded.
+ * entry. The bytes are checked against the sha256 by the worker that serves them.
  * Within one query the resolution of a reference is remembered in fn_extra,
  * keyed by the user, transaction, statement and this backend's registry
  * generation, so per-row calls skip the catalog.
@@ -28,6 +28,8 @@
 #include "tokenizer.h"
 
 #define MAX_CACHED_TOKENIZERS 64
+/* first read of a model's header; a 32k-piece vocabulary takes about 1 MB */
+#define TOKENIZER_FIRST_READ (2 * 1024 * 1024)
 
 typedef struct TokCacheEntry
 {
@@ -90,11 +92,22 @@ load_tokenizer(const MmsModel *m)
 		}
 	}
 
-	/* the file and its parse live only until the tokenizer is built */
+	/*
+	 * Only the header holds the tokenizer: read a prefix that grows until the
+	 * header fits, never the weights (gigabytes for big models, in every
+	 * session). The bytes are not checked against the sha256 here; the
+	 * worker checks the whole file before it serves.
+	 */
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "mms tokenizer load", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);
-	buf = mms_read_weights(m, &size);
-	g = mms_gguf_parse_pg(buf, size, &err);
+	for (Size want = TOKENIZER_FIRST_READ;; want *= 4)
+	{
+		buf = mms_read_weights_prefix(m, want, &size);
+		g = mms_gguf_parse_prefix_pg(buf, size, (uint64) m->size_bytes, &err);
+		if (g != NULL || err.code != MMS_ERR_LIMIT || size >= (Size) m->size_bytes)
+			break;
+		pfree(buf);
+	}
 	st = g ? mms_tok_load_gguf(g, &tok, &err) : err.code;
 	if (st != MMS_OK)
 		ereport(ERROR,

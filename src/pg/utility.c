@@ -255,7 +255,7 @@ drop_extension(DropStmt *stmt)
 	if (n > 0)
 		ereport(NOTICE,
 				(errmsg("dropping the weights of " UINT64_FORMAT " registered model versions", n)));
-	mms_forget_models(MyDatabaseId, 0);
+	mms_forget_models_at_commit(MyDatabaseId, 0);
 	mms_registry_generation++;
 }
 

@@ -60,6 +60,19 @@ sql mms_rob1 -c "SELECT mms_unregister('flan')" >/dev/null
 wait_for mms_rob1 "$cached" 0 && ok "unregister frees the cached weights at once" ||
 	bad "unregistered model still cached: $(sql mms_rob1 -c "SELECT * FROM mms.cache")"
 
+# a call that arrives while an unregister is not yet committed loads the
+# weights again; the commit must free that copy too
+sql mms_rob1 -c "SELECT mms_import('race', '$data/flan_gated.gguf')" >/dev/null
+sql mms_rob1 -c "BEGIN" -c "SELECT mms_unregister('race:1')" -c "SELECT pg_sleep(2)" -c "COMMIT" >/dev/null &
+unreg=$!
+sleep 0.5
+sql mms_rob1 -c "SELECT mms_generate('race:1', 'in the window', '{\"max_new_tokens\": 4}') IS NOT NULL" >/dev/null ||
+	bad "call during the unregister window"
+wait "$unreg"
+wait_for mms_rob1 "SELECT count(*) FROM mms.cache WHERE database = current_database() AND model = 'race:1'" 0 &&
+	ok "a copy loaded while an unregister was in flight is freed at its commit" ||
+	bad "race:1 still cached: $(sql mms_rob1 -c "SELECT * FROM mms.cache")"
+
 n_before=$(sql mms_rob2 -c "SELECT count(*) FROM mms.cache")
 sql mms_rob3 -c "SELECT mms_generate('flan', 'busy', '{\"max_new_tokens\": 4096, \"min_new_tokens\": 4096, \"num_beams\": 4}')" \
 	>/dev/null 2>&1 &
