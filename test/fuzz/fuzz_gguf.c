@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "gguf.h"
+#include "t5_meta.h"
 
 /* Dequantized floats per input, so slow inputs stay rare. */
 #define FUZZ_MAX_ELEMS ((UINT64_C(64) << 20) / sizeof(float))
@@ -124,6 +125,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	for (uint64_t k = 0; k < g.n_kv; k++)
 		walk_kv(&g, data, size, &g.kv[k]);
+
+	/* what registration runs on every uploaded file: T5 metadata and tensor-table checks */
+	{
+		MmsT5Info	info;
+
+		if (mms_t5_validate(&g, &info, &err) != MMS_OK && memchr(err.msg, '\0', sizeof(err.msg)) == NULL)
+			__builtin_trap();
+	}
 
 	for (uint64_t t = 0; t < g.n_tensors; t++)
 	{
