@@ -1,10 +1,14 @@
 /*
- * test_tokenizer.c — cmocka tests for tokenizer.c: every encode and decode
- * expectation sentencepiece recorded in test/fixtures/tok_cases.txt (made by
- * tools/make_tokenizer_fixture.py), also under limits set exactly at and one
- * below each case's size; malformed UTF-8, malformed charsmaps, the
- * small-vocabulary paths (byte pieces, unused pieces, no charsmap); and the
- * limits: cancel at every poll, max_tokens and max_bytes, early refusal.
+ * test_tokenizer.c — cmocka tests for the tokenizer (tokenizer.c, tok_*.c):
+ * every expectation of test/fixtures/tok_cases.txt (sentencepiece's ids with
+ * the special tokens split out first, transformers' decodes; made by
+ * tools/make_tokenizer_fixture.py) and of the converted T5 tokenizers
+ * tok_t5_{added,pad,bytes} (transformers' T5Tokenizer; made by
+ * tools/make_special_token_fixture.py), also under limits set exactly at and
+ * one below each case's size; the special-token rules the fixtures do not
+ * reach; malformed UTF-8, malformed charsmaps, the small-vocabulary paths
+ * (byte pieces, unused pieces, no charsmap); and the limits: cancel at every
+ * poll, max_tokens and max_bytes, early refusal.
  */
 #include "test_util.h"
 
@@ -223,7 +227,7 @@ encode_limited_agrees(const MmsTokenizer *tok, const uint8_t *text, size_t len,
 
 /* The same for decoding: max_bytes exactly the length passes, one less fails. */
 static int
-decode_limited_agrees(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
+decode_limited_agrees(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids, int flags,
 					  const uint8_t *want, size_t n_want)
 {
 	PollCounter pc = {0, 0};
@@ -235,11 +239,11 @@ decode_limited_agrees(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
 	char		msg[64];
 	int			ok;
 
-	if (mms_tok_decode_limited(tok, ids, n_ids, NULL, &text, &len, &err) != MMS_OK)
+	if (mms_tok_decode_opts(tok, ids, n_ids, flags, NULL, &text, &len, &err) != MMS_OK)
 		return 0;
 	ok = len == n_want && memcmp(text, want, len) == 0;
 	free(text);
-	if (!ok || mms_tok_decode_limited(tok, ids, n_ids, &at, &text, &len, &err) != MMS_OK)
+	if (!ok || mms_tok_decode_opts(tok, ids, n_ids, flags, &at, &text, &len, &err) != MMS_OK)
 		return 0;
 	ok = len == n_want && memcmp(text, want, len) == 0 && (n_ids == 0 || pc.polls >= 1);
 	free(text);
@@ -247,15 +251,20 @@ decode_limited_agrees(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
 		return ok;
 	snprintf(msg, sizeof(msg), "decoded text is longer than %zu bytes", n_want - 1);
 	text = (char *) 1;
-	return mms_tok_decode_limited(tok, ids, n_ids, &below, &text, &len, &err) == MMS_ERR_LIMIT &&
+	return mms_tok_decode_opts(tok, ids, n_ids, flags, &below, &text, &len, &err) == MMS_ERR_LIMIT &&
 		text == NULL && len == 0 && strcmp(err.msg, msg) == 0;
 }
 
+/*
+ * Checks tok against a golden file: "x<hex> N id..." or "e x<hex> N id..."
+ * (encode with eos), "d N id... x<hex>" (decode) and "D N id... x<hex>"
+ * (decode keeping special tokens); each also under limits. Returns the count
+ * of encode cases in *n_enc and of decode cases in *n_dec.
+ */
 static void
-test_fixture_cases(void **state)
+check_goldens(const MmsTokenizer *tok, const char *path, int *n_enc_out, int *n_dec_out)
 {
-	Fixture    *fx = *state;
-	FILE	   *f = fopen(MMS_FIXTURE_DIR "tok_cases.txt", "r");
+	FILE	   *f = fopen(path, "r");
 	size_t		cap = 1 << 20;
 	char	   *line = malloc(cap);
 	uint8_t    *bytes = malloc(cap);
@@ -267,27 +276,33 @@ test_fixture_cases(void **state)
 	double		enc_ms = 0;
 	size_t		enc_bytes = 0;
 
-	assert_non_null(f);
+	if (f == NULL)
+		fail_msg("cannot open %s", path);
 	assert_true(line && bytes && want);
 	while (fgets(line, (int) cap, f) != NULL)
 	{
 		char	   *p = line;
 		MmsError	err = {0};
 
-		if (line[0] == 'x')
+		if (line[0] == 'x' || line[0] == 'e')
 		{
-			size_t		len = parse_hex(&p, bytes);
-			size_t		n_want = parse_ids(&p, want);
+			size_t		len;
+			size_t		n_want;
 			int32_t    *got;
 			size_t		n_got;
-			double		t0 = now_ms();
+			double		t0;
 
-			assert_int_equal(mms_tok_encode(fx->tok, (const char *) bytes, len, 1, &got, &n_got, &err), MMS_OK);
+			if (line[0] == 'e')
+				p += 2;
+			len = parse_hex(&p, bytes);
+			n_want = parse_ids(&p, want);
+			t0 = now_ms();
+			assert_int_equal(mms_tok_encode(tok, (const char *) bytes, len, 1, &got, &n_got, &err), MMS_OK);
 			enc_ms += now_ms() - t0;
 			enc_bytes += len;
 			n_enc++;
 			if (n_got == n_want && memcmp(got, want, n_got * sizeof(int32_t)) == 0 &&
-				encode_limited_agrees(fx->tok, bytes, len, want, n_want))
+				encode_limited_agrees(tok, bytes, len, want, n_want))
 				ok_enc++;
 			else if (n_enc - ok_enc <= 5)
 			{
@@ -297,8 +312,9 @@ test_fixture_cases(void **state)
 			}
 			free(got);
 		}
-		else if (line[0] == 'd')
+		else if (line[0] == 'd' || line[0] == 'D')
 		{
+			const int	flags = line[0] == 'D' ? MMS_TOK_DECODE_KEEP_SPECIAL : 0;
 			size_t		n_ids,
 						n_want;
 			char	   *text;
@@ -307,10 +323,13 @@ test_fixture_cases(void **state)
 			p += 2;
 			n_ids = parse_ids(&p, want);
 			n_want = parse_hex(&p, bytes);
-			assert_int_equal(mms_tok_decode(fx->tok, want, n_ids, &text, &len, &err), MMS_OK);
+			if (flags == 0)
+				assert_int_equal(mms_tok_decode(tok, want, n_ids, &text, &len, &err), MMS_OK);
+			else
+				assert_int_equal(mms_tok_decode_opts(tok, want, n_ids, flags, NULL, &text, &len, &err), MMS_OK);
 			n_dec++;
 			if (len == n_want && memcmp(text, bytes, len) == 0 && text[len] == '\0' &&
-				decode_limited_agrees(fx->tok, want, n_ids, bytes, n_want))
+				decode_limited_agrees(tok, want, n_ids, flags, bytes, n_want))
 				ok_dec++;
 			else if (n_dec - ok_dec <= 5)
 				print_message("decode mismatch for %.200s  got \"%s\"\n", line, text);
@@ -321,13 +340,25 @@ test_fixture_cases(void **state)
 	free(line);
 	free(bytes);
 	free(want);
-	print_message("encode: %d/%d cases match sentencepiece (%.1f MB/s)\n", ok_enc, n_enc,
-				  enc_bytes / 1e6 / (enc_ms / 1e3));
-	print_message("decode: %d/%d cases match sentencepiece\n", ok_dec, n_dec);
-	assert_true(n_enc >= 10000);
-	assert_true(n_dec >= 500);
+	print_message("%s: encode %d/%d cases match (%.1f MB/s), decode %d/%d\n", path + strlen(MMS_FIXTURE_DIR),
+				  ok_enc, n_enc, enc_bytes / 1e6 / (enc_ms / 1e3), ok_dec, n_dec);
 	assert_int_equal(ok_enc, n_enc);
 	assert_int_equal(ok_dec, n_dec);
+	*n_enc_out = n_enc;
+	*n_dec_out = n_dec;
+}
+
+/* The sentencepiece expectations (special tokens split out first), and transformers' decodes. */
+static void
+test_fixture_cases(void **state)
+{
+	Fixture    *fx = *state;
+	int			n_enc,
+				n_dec;
+
+	check_goldens(fx->tok, MMS_FIXTURE_DIR "tok_cases.txt", &n_enc, &n_dec);
+	assert_true(n_enc >= 10000);
+	assert_true(n_dec >= 1000);
 }
 
 /* ---- edge behaviour -------------------------------------------------------- */
@@ -565,7 +596,8 @@ test_small_vocab(void **state)
 	char	   *text;
 	size_t		len;
 	static const int32_t ab[] = {6, 1};
-	static const int32_t user[] = {3, 4, 11, 5, 1};
+	/* a user-defined piece is split out first: the text after it gets a "▁" */
+	static const int32_t user[] = {3, 4, 11, 3, 5, 1};
 	static const int32_t unk[] = {3, 2, 4, 1};
 	static const int32_t euro[] = {3, 7, 8, 9, 4};
 	static const int32_t cut[] = {4, 7, 8, 4, 9, 7};
@@ -586,7 +618,7 @@ test_small_vocab(void **state)
 	assert_int_equal(mms_tok_unk_id(tok), 2);
 
 	expect_encode(tok, "ab", 2, 1, ab, 2);
-	expect_encode(tok, "a<x>b", 5, 1, user, 5);
+	expect_encode(tok, "a<x>b", 5, 1, user, 6);
 	/* unknown run of several characters fuses into one <unk>; byte pieces and
 	 * the unused piece never match text */
 	expect_encode(tok, "\xe2\x82\xac" "[PAD9]a", 10, 1, unk, 4);
@@ -598,9 +630,14 @@ test_small_vocab(void **state)
 	assert_int_equal(mms_tok_decode(tok, cut, 6, &text, &len, &err), MMS_OK);
 	assert_string_equal(text, "a\xef\xbf\xbd\xef\xbf\xbd" "a\xef\xbf\xbd\xef\xbf\xbd");
 	free(text);
-	/* unused and control pieces print nothing; <unk> prints " ⁇ " */
+	/* unused, control and unknown pieces print nothing (transformers'
+	 * skip_special_tokens), the first token ("▁") loses its space */
 	assert_int_equal(mms_tok_decode(tok, unused, 6, &text, &len, &err), MMS_OK);
-	assert_string_equal(text, "a \xe2\x81\x87 ");
+	assert_string_equal(text, "a");
+	free(text);
+	assert_int_equal(mms_tok_decode_opts(tok, unused, 6, MMS_TOK_DECODE_KEEP_SPECIAL, NULL,
+										 &text, &len, &err), MMS_OK);
+	assert_string_equal(text, "a<pad></s><unk>");
 	free(text);
 	mms_tok_free(tok);
 
@@ -1296,6 +1333,212 @@ test_unpacked_steps(void **state)
 	free(pieces);
 }
 
+/* ---- special tokens and byte fallback ------------------------------------- */
+
+typedef struct TokFile
+{
+	uint8_t    *file;
+	MmsGguf		gguf;
+	MmsTokenizer *tok;
+} TokFile;
+
+static void
+tok_file_load(TokFile *tf, const char *path)
+{
+	size_t		len;
+	MmsError	err = {0};
+
+	tf->file = mms_test_read_file(path, &len);
+	assert_int_equal(mms_gguf_parse(tf->file, len, &tf->gguf, &err), MMS_OK);
+	if (mms_tok_load_gguf(&tf->gguf, &tf->tok, &err) != MMS_OK)
+		fail_msg("%s: %s", path, err.msg);
+}
+
+static void
+tok_file_free(TokFile *tf)
+{
+	mms_tok_free(tf->tok);
+	mms_gguf_free(&tf->gguf);
+	free(tf->file);
+}
+
+/*
+ * Files llama.cpp's converter wrote from T5 checkpoints (sentinels from
+ * added_tokens.json; [PADn] pieces instead; a byte-fallback model), against
+ * transformers' T5Tokenizer (tools/make_special_token_fixture.py).
+ */
+static void
+test_special_token_fixtures(void **state)
+{
+	static const char *const names[] = {"tok_t5_added", "tok_t5_pad", "tok_t5_bytes"};
+	size_t		i;
+
+	(void) state;
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+	{
+		TokFile		tf;
+		char		path[256];
+		int			n_enc,
+					n_dec;
+
+		snprintf(path, sizeof(path), MMS_FIXTURE_DIR "%s.gguf", names[i]);
+		tok_file_load(&tf, path);
+		assert_int_equal(mms_tok_n_pieces(tf.tok), 1128);
+		snprintf(path, sizeof(path), MMS_FIXTURE_DIR "%s.txt", names[i]);
+		check_goldens(tf.tok, path, &n_enc, &n_dec);
+		assert_true(n_enc >= 100);
+		assert_true(n_dec >= 300);
+		tok_file_free(&tf);
+	}
+}
+
+/* n pieces: the specials, "▁", x, d, ab, abc, bcd (user-defined), then unused ones. */
+static MmsTokenizer *
+special_vocab(int n_unused, const char *spelled)
+{
+	static char names[256][16];
+	MmsGgufStr	pieces[256];
+	float		scores[256];
+	int32_t		types[256];
+	const char *head[] = {"<pad>", "</s>", "<unk>", "\xe2\x96\x81", "x", "d", "ab", "abc", "bcd", "c"};
+	const int32_t head_types[] = {3, 3, 2, 1, 1, 1, 4, 4, 4, 1};
+	int			n = 10 + n_unused;
+	int			i;
+	MmsTokenizerSpec spec;
+	MmsTokenizer *tok;
+	MmsError	err = {0};
+
+	assert_true(n <= 256);
+	for (i = 0; i < n; i++)
+	{
+		if (i < 10)
+		{
+			pieces[i] = S(head[i]);
+			types[i] = head_types[i];
+		}
+		else
+		{
+			snprintf(names[i], sizeof(names[i]), "[PAD%d]", i);
+			pieces[i] = S(names[i]);
+			types[i] = 5;
+		}
+		scores[i] = i < 3 ? 0 : -1.0f - (float) i / 8;
+	}
+	if (spelled != NULL)
+	{
+		pieces[10] = S(spelled);
+		types[10] = 4;
+	}
+	memset(&spec, 0, sizeof(spec));
+	spec.n_pieces = n;
+	spec.pieces = pieces;
+	spec.scores = scores;
+	spec.types = types;
+	spec.add_space_prefix = 1;
+	spec.remove_extra_whitespaces = 1;
+	spec.eos_id = 1;
+	spec.unk_id = 2;
+	spec.pad_id = 0;
+	if (mms_tok_create(&spec, &tok, &err) != MMS_OK)
+		fail_msg("%s", err.msg);
+	return tok;
+}
+
+/* The rules the fixtures do not reach, on vocabularies built in memory. */
+static void
+test_special_token_rules(void **state)
+{
+	MmsTokenizer *tok;
+	char	   *text;
+	size_t		len;
+	MmsError	err = {0};
+	static const int32_t longest[] = {3, 4, 7, 3, 5, 1};
+	static const int32_t specials[] = {0, 3, 4, 1, 2, 1};
+	static const int32_t sentinels[] = {109, 3, 4, 10, 1};
+	/* "<e", "tra_i", "_0>" have no pieces here */
+	static const int32_t plain[] = {3, 2, 4, 2, 5, 2, 3, 4, 2, 4, 2, 5, 2, 1};
+	static const int32_t spelled[] = {10, 3, 2, 4, 2, 5, 2, 1};
+
+	(void) state;
+	/* leftmost match, longest there: "abc" wins over "ab" and the later "bcd" */
+	tok = special_vocab(0, NULL);
+	expect_encode(tok, "xabcd", 5, 1, longest, 6);
+	/* specials typed in the text; whitespace next to them stays with the text */
+	expect_encode(tok, "<pad> x </s><unk>", 17, 1, specials, 6);
+	mms_tok_free(tok);
+
+	/* 100 or more trailing unused pieces: <extra_id_N> is the 100th of them minus N */
+	tok = special_vocab(120, NULL);
+	expect_encode(tok, "<extra_id_0> x<extra_id_99>", 27, 1, sentinels, 5);
+	assert_int_equal(mms_tok_decode_opts(tok, sentinels, 5, MMS_TOK_DECODE_KEEP_SPECIAL, NULL,
+										 &text, &len, &err), MMS_OK);
+	assert_string_equal(text, "<extra_id_0> x<extra_id_99></s>");
+	free(text);
+	assert_int_equal(mms_tok_decode(tok, sentinels, 5, &text, &len, &err), MMS_OK);
+	assert_string_equal(text, "x");
+	free(text);
+	mms_tok_free(tok);
+
+	/* fewer than 100: no sentinels, the text is text (none of its pieces: <unk>) */
+	tok = special_vocab(99, NULL);
+	expect_encode(tok, "<extra_id_0> x<extra_id_9>", 26, 1, plain, 14);
+	mms_tok_free(tok);
+
+	/* a file that spells a sentinel spells them all: no [PADn] mapping */
+	tok = special_vocab(120, "<extra_id_0>");
+	expect_encode(tok, "<extra_id_0><extra_id_1>", 24, 1, spelled, 8);
+	mms_tok_free(tok);
+}
+
+/*
+ * Limits across many stretches: polls stay regular, a cancel at any of them
+ * is clean, a small max_tokens refuses a huge input early; byte fallback
+ * keeps one id per byte in the lattice's own buffer.
+ */
+static void
+test_special_token_limits(void **state)
+{
+	TokFile		pad,
+				bytes;
+	size_t		len = 0;
+	char	   *text = malloc(1 << 21);
+	PollCounter pc = {0, 0};
+	MmsTokLimits lim;
+	MmsError	err = {0};
+	int32_t    *ids;
+	size_t		n,
+				i;
+
+	(void) state;
+	assert_non_null(text);
+	tok_file_load(&pad, MMS_FIXTURE_DIR "tok_t5_pad.gguf");
+	tok_file_load(&bytes, MMS_FIXTURE_DIR "tok_t5_bytes.gguf");
+
+	repeat(text, &len, "a <extra_id_0>", 40000);
+	repeat(text, &len, "</s>", 40000);
+	check_cancel_encode(pad.tok, text, len, 3);
+	lim = limits(10, 0, &pc);
+	assert_int_equal(mms_tok_encode_limited(pad.tok, text, len, 1, &lim, &ids, &n, &err), MMS_ERR_LIMIT);
+	assert_null(ids);
+	assert_true(n > 10);
+	assert_true(pc.polls <= 1);
+	assert_string_equal(err.msg, "input has more than 10 tokens");
+
+	/* 300 000 Cyrillic letters the byte model lacks: two byte pieces each */
+	len = 0;
+	repeat(text, &len, "\xd0\x96", 300000);
+	assert_int_equal(mms_tok_encode(bytes.tok, text, len, 1, &ids, &n, &err), MMS_OK);
+	assert_int_equal(n, 1 + 600000 + 1);
+	for (i = 1; i + 1 < n; i++)
+		assert_int_equal(ids[i], (i % 2) ? 3 + 0xD0 : 3 + 0x96);
+	free(ids);
+	check_cancel_encode(bytes.tok, text, len, 8);
+
+	tok_file_free(&pad);
+	tok_file_free(&bytes);
+	free(text);
+}
+
 int
 main(void)
 {
@@ -1306,6 +1549,9 @@ main(void)
 		cmocka_unit_test(test_decode_errors),
 		cmocka_unit_test(test_malformed_charsmap),
 		cmocka_unit_test(test_small_vocab),
+		cmocka_unit_test(test_special_token_fixtures),
+		cmocka_unit_test(test_special_token_rules),
+		cmocka_unit_test(test_special_token_limits),
 		cmocka_unit_test(test_gguf_variants),
 		cmocka_unit_test(test_long_input),
 		cmocka_unit_test(test_cancel_encode),

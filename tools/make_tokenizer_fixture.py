@@ -2,8 +2,17 @@
 """Builds the tokenizer fixtures: a small SentencePiece unigram model with a real
 nmt_nfkc charsmap (test/fixtures/tok_nfkc.model), the same vocab as a
 tokenizer-only GGUF laid out as llama.cpp writes T5 (test/fixtures/tok_nfkc.gguf),
-and encode/decode expectations from sentencepiece itself (test/fixtures/tok_cases.txt);
-also the seeds of test/fuzz/fuzz_tokenizer.c (test/fuzz/corpus_tokenizer/).
+and encode/decode expectations (test/fixtures/tok_cases.txt); also the seeds of
+test/fuzz/fuzz_tokenizer.c (test/fuzz/corpus_tokenizer/).
+
+Encode expectations are sentencepiece's own ids, except that the special and added
+tokens (control, unknown and user-defined pieces: <pad>, </s>, <unk>, <sep>, SELECT)
+typed in the text are split out first, as transformers' T5Tokenizer does: each stretch
+of text between them is encoded by sentencepiece on its own (split_added). Decode
+expectations are transformers' decode(ids, skip_special_tokens=True) ("d" lines) and
+=False ("D" lines). The script prints how many encode cases transformers itself agrees
+with, and on what kinds of text it does not (see docs: plain-text differences between
+transformers 5.24's T5Tokenizer and sentencepiece).
 
 Rerun from the repository root:   .venv/bin/python tools/make_tokenizer_fixture.py
 Everything is deterministic (seeded corpus, single-threaded training), so a rerun
@@ -341,16 +350,87 @@ def make_cases():
     return cases
 
 
+def added_tokens_of_sp(model_blob):
+    """The pieces split out of the text before SentencePiece runs: control (3), unknown
+    (2) and user-defined (4) pieces, as the engine reads them from the GGUF token types."""
+    pieces, _ = read_model_proto(model_blob)
+    return {p.decode("utf-8"): i for i, (p, _, t) in enumerate(pieces) if t in (2, 3, 4)}
+
+
+def added_tokens_of(tok):
+    """transformers' added tokens (special or not), content -> id."""
+    return {t.content: i for i, t in tok._tokenizer.get_added_tokens_decoder().items()}
+
+
+def split_added(text, added):
+    """transformers' split of text (str or bytes) on its added tokens: leftmost match,
+    longest at that position; yields (stretch, None) and (token, id). None of T5's
+    added tokens strips the whitespace next to it (lstrip/rstrip false), and all are
+    matched on the raw text (normalized false)."""
+    enc = isinstance(text, bytes)
+    keys = {(k.encode("utf-8") if enc else k): v for k, v in added.items()}
+    lens = sorted({len(k) for k in keys}, reverse=True)
+    start = i = 0
+    while i < len(text):
+        hit = next((n for n in lens if text[i:i + n] in keys), 0)
+        if hit:
+            if i > start:
+                yield text[start:i], None
+            yield text[i:i + hit], keys[text[i:i + hit]]
+            i += hit
+            start = i
+        else:
+            i += 1
+    if start < len(text):
+        yield text[start:], None
+
+
+def encode_split(sp, text, added):
+    ids = []
+    for seg, tid in split_added(text, added):
+        ids += [tid] if tid is not None else sp.encode(seg, out_type=int)
+    return ids
+
+
+def hf_tokenizer(model_path):
+    """transformers' T5Tokenizer for a SentencePiece model, loaded as from a checkpoint."""
+    import shutil
+    import tempfile
+    import warnings
+    from transformers import T5Tokenizer
+
+    with tempfile.TemporaryDirectory() as td:
+        shutil.copyfile(model_path, os.path.join(td, "spiece.model"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return T5Tokenizer.from_pretrained(td)
+
+
 def write_cases(sp):
     rng = random.Random(11)
     cases = make_cases()
+    with open(MODEL, "rb") as f:
+        added = added_tokens_of_sp(f.read())
+    hf = hf_tokenizer(MODEL)
+    assert {k: v for k, v in added_tokens_of(hf).items() if v < sp.get_piece_size()} == added
     lines = []
     enc = []
+    n_valid = n_agree = 0
+    disagree = []
     for b in cases:
-        ids = sp.encode(b, out_type=int)
+        ids = encode_split(sp, b, added)
         enc.append(ids)
         full = ids + [sp.eos_id()]
         lines.append("x" + b.hex() + " " + " ".join(str(i) for i in [len(full)] + full))
+        try:
+            text = b.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        n_valid += 1
+        if hf(text).input_ids == full:
+            n_agree += 1
+        else:
+            disagree.append(text)
     # decode expectations: encodings of test strings, and random id runs that
     # mix control, unknown, user-defined and "▁"-led pieces
     dec = [ids for ids in enc[:: max(1, len(enc) // 700)]]
@@ -359,16 +439,21 @@ def write_cases(sp):
         k = rng.randint(0, 12)
         dec.append([rng.choice([0, 1, 2, 3, 4, 5]) if rng.random() < 0.3 else rng.randrange(n) for _ in range(k)])
     for ids in dec:
-        text = sp.decode(ids)
-        lines.append("d " + " ".join(str(i) for i in [len(ids)] + ids) + " x" + text.encode("utf-8").hex())
+        for tag, skip in (("d", True), ("D", False)):
+            text = hf.decode(ids, skip_special_tokens=skip)
+            lines.append(tag + " " + " ".join(str(i) for i in [len(ids)] + ids) + " x" + text.encode("utf-8").hex())
     with open(CASES, "w") as f:
         f.write("\n".join(lines) + "\n")
-    print(f"{len(cases)} encode cases, {len(dec)} decode cases")
+    print(f"{len(cases)} encode cases, {len(dec)} x 2 decode cases")
+    print(f"transformers' T5Tokenizer agrees on {n_agree} of the {n_valid} valid UTF-8 encode cases; "
+          f"the others hold {sum(chr(0x85) in t for t in disagree)} with U+0085 (whitespace to "
+          f"transformers only), e.g. {disagree[:3]!r}")
 
 
 # ---------------------------------------------------------------------------
-# Fuzz seeds (test/fuzz/fuzz_tokenizer.c): first byte picks the mode,
-# 0 = encode text, 1 = the rest is a precompiled_charsmap, 2 = decode ids.
+# Fuzz seeds (test/fuzz/fuzz_tokenizer.c): first byte picks the mode (mod 4),
+# 0 = encode text, 1 = the rest is a precompiled_charsmap, 2 = decode ids,
+# 3 = encode text with test/fixtures/tok_t5_bytes.gguf (byte fallback, sentinels).
 # ---------------------------------------------------------------------------
 
 def tiny_charsmap():
@@ -396,6 +481,10 @@ def write_fuzz_seeds():
         "enc_invalid": b"\x00" + b"\xff\xc3(\xe2\x82 \xf0\x9f \xed\xa0\x80",
         "cmap_tiny": b"\x01" + tiny_charsmap(),
         "dec_ids": b"\x02" + b"".join(i.to_bytes(2, "little") for i in ids),
+        "enc_special": b"\x00" + "a <pad>x</s> <unk><sep>SELECTION ＜/s＞ <se".encode(),
+        "bytes_special": b"\x07" + "The <extra_id_0> Ж龘 <extra_id_99></s>😀 <0x41> ＜extra_id_1＞".encode(),
+        "dec_sentinels": b"\x02" + b"".join(i.to_bytes(2, "little") for i in
+                                             [1099, 5, 3 + 0xE2, 3 + 0x82, 3 + 0xAC, 0, 1050, 1127, 2, 300]),
     }
     for name, data in seeds.items():
         with open(os.path.join(SEEDS, name), "wb") as f:

@@ -1,8 +1,10 @@
 /*
- * tokenizer.h — SentencePiece unigram tokenizer ("t5" tokenizer model in GGUF):
- * precompiled-charsmap normalization, U+2581 whitespace handling, Viterbi over
- * piece scores, unknown handling as SentencePiece does; and detokenization.
- * Built from GGUF metadata or from plain arrays; no BLAS, no PostgreSQL.
+ * tokenizer.h — T5's tokenizer as transformers' T5Tokenizer runs it: special
+ * and added tokens split out of the text, then SentencePiece unigram on each
+ * stretch between them (precompiled-charsmap normalization, U+2581 whitespace
+ * handling, Viterbi over piece scores, unknown handling and byte fallback as
+ * SentencePiece does); and detokenization. Built from GGUF metadata ("t5"
+ * tokenizer model) or from plain arrays; no BLAS, no PostgreSQL.
  */
 #ifndef MMS_TOKENIZER_H
 #define MMS_TOKENIZER_H
@@ -77,6 +79,21 @@ typedef struct MmsTokLimits
  * does, by mapping the bad byte to U+FFFD). Appends eos when add_eos and the
  * tokenizer has one. *ids is malloc'd (caller frees); *n_ids its length.
  * Same as mms_tok_encode_limited with no limits.
+ *
+ * As transformers' T5Tokenizer (5.x) does, the special and added tokens typed
+ * in the text are matched first, on the raw bytes (leftmost, then longest):
+ * the CONTROL, UNKNOWN and USER_DEFINED pieces ("<pad>", "</s>", "<unk>", and
+ * the "<extra_id_N>" sentinels llama.cpp's converter writes from
+ * added_tokens.json), and in a file that has "[PADn]" UNUSED pieces where the
+ * sentinels go, "<extra_id_N>" (0 <= N < 100) as id T - N, T being the 100th
+ * piece of the trailing run of UNUSED pieces. Each becomes its id, whitespace
+ * next to it staying with the text around; each stretch of text between them
+ * is tokenized on its own, as SentencePiece tokenizes a whole text (so it gets
+ * the dummy-prefix U+2581, and loses the whitespace at its ends). Inside a
+ * stretch, CONTROL pieces and sentinels are also pieces Viterbi can match
+ * (text that normalizes to "</s>"), as in transformers' Unigram model.
+ * An unknown character becomes the pieces of its UTF-8 bytes when the
+ * vocabulary has all 256 "<0xNN>" BYTE pieces (SentencePiece's byte_fallback).
  */
 MmsStatus	mms_tok_encode(const MmsTokenizer *tok, const char *text, size_t len,
 						   int add_eos, int32_t **ids, size_t *n_ids, MmsError *err);
@@ -99,11 +116,14 @@ MmsStatus	mms_tok_encode_limited(const MmsTokenizer *tok, const char *text, size
 								   int32_t **ids, size_t *n_ids, MmsError *err);
 
 /*
- * Turns ids back into text: pieces joined, U+2581 as space, the leading space
- * of the dummy prefix dropped, control/unused pieces skipped, byte pieces
- * reassembled; an incomplete UTF-8 sequence becomes U+FFFD, never a split
- * character. *text is malloc'd and NUL-terminated. Out-of-range id -> MMS_ERR_ARG.
- * Same as mms_tok_decode_limited with no limits.
+ * Turns ids back into text as transformers' decode(ids,
+ * skip_special_tokens=True) does: special tokens (CONTROL and UNKNOWN pieces,
+ * sentinels) and UNUSED pieces skipped, pieces joined with U+2581 as space,
+ * the first token printed losing its U+2581; byte pieces reassembled as
+ * SentencePiece does (an invalid or incomplete UTF-8 sequence becomes U+FFFD
+ * per bad byte, never a split character). *text is malloc'd and
+ * NUL-terminated. Out-of-range id -> MMS_ERR_ARG. Same as
+ * mms_tok_decode_opts with no flags and no limits.
  */
 MmsStatus	mms_tok_decode(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
 						   char **text, size_t *len, MmsError *err);
@@ -122,6 +142,22 @@ MmsStatus	mms_tok_decode(const MmsTokenizer *tok, const int32_t *ids, size_t n_i
 MmsStatus	mms_tok_decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
 								   const MmsTokLimits *lim, char **text, size_t *len,
 								   MmsError *err);
+
+/* Flags of mms_tok_decode_opts */
+typedef enum MmsTokDecodeFlags
+{
+	/*
+	 * Print special tokens too, as transformers' skip_special_tokens=False:
+	 * each as its piece ("<pad>", "</s>", "<unk>", "<extra_id_N>", also for a
+	 * sentinel written as a "[PADn]" piece). UNUSED pieces stay skipped.
+	 */
+	MMS_TOK_DECODE_KEEP_SPECIAL = 1
+} MmsTokDecodeFlags;
+
+/* mms_tok_decode_limited with MmsTokDecodeFlags (0: as mms_tok_decode). */
+MmsStatus	mms_tok_decode_opts(const MmsTokenizer *tok, const int32_t *ids, size_t n_ids,
+								int flags, const MmsTokLimits *lim, char **text, size_t *len,
+								MmsError *err);
 
 int32_t		mms_tok_n_pieces(const MmsTokenizer *tok);
 int32_t		mms_tok_eos_id(const MmsTokenizer *tok);

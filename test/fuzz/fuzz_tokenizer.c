@@ -1,10 +1,14 @@
 /*
- * fuzz_tokenizer.c — libFuzzer target for tokenizer.c. The first input byte
- * picks a mode: 0 encodes the rest with the fixture tokenizer
- * (test/fixtures/tok_nfkc.gguf, read once; run from the repository root or
- * set MMS_TOK_FIXTURE) and decodes the result; 1 uses the rest as a
- * precompiled_charsmap for a small fixed vocabulary and encodes fixed text
- * and the blob itself; 2 decodes the rest as 16-bit ids. Every encode and
+ * fuzz_tokenizer.c — libFuzzer target for the tokenizer (tokenizer.c and the
+ * tok_*.c files). The first input byte picks a mode: 0 encodes the rest with
+ * the fixture tokenizer (test/fixtures/tok_nfkc.gguf, read once; run from the
+ * repository root or set MMS_TOK_FIXTURE; its <pad>, </s>, <unk>, <sep> and
+ * SELECT are split out of the text) and decodes the result; 1 uses the rest
+ * as a precompiled_charsmap for a small fixed vocabulary and encodes fixed
+ * text and the blob itself; 2 decodes the rest as 16-bit ids; 3 encodes the
+ * rest with a converted T5 tokenizer that has byte fallback and [PADn]
+ * sentinels (test/fixtures/tok_t5_bytes.gguf, or MMS_TOK_FIXTURE_BYTES).
+ * Every decode is done with and without special tokens; every encode and
  * decode is repeated through the _limited functions: with max_tokens or
  * max_bytes below, at and above the real size (at or above must give the same
  * result, below MMS_ERR_LIMIT) and with a cancel at one of the polls
@@ -20,9 +24,10 @@
 #include "gguf.h"
 #include "tokenizer.h"
 
-static uint8_t *fixture_buf;
-static MmsGguf fixture_gguf;
-static MmsTokenizer *fixture_tok;
+static uint8_t *fixture_buf[2];
+static MmsGguf fixture_gguf[2];
+static MmsTokenizer *fixture_tok;	/* tok_nfkc.gguf */
+static MmsTokenizer *bytes_tok;		/* tok_t5_bytes.gguf */
 
 /* picks the limits of this input's limited calls */
 static unsigned limit_seed;
@@ -52,16 +57,16 @@ limit_near(size_t n)
 	return r == 1 ? n - 1 : r == 2 ? n : n + 1;
 }
 
-static void
-load_fixture(void)
+static MmsTokenizer *
+load_fixture(int k, const char *env, const char *path)
 {
-	const char *path = getenv("MMS_TOK_FIXTURE");
 	FILE	   *f;
 	long		n;
 	MmsError	err = {0};
+	MmsTokenizer *tok = NULL;
 
-	if (path == NULL)
-		path = "test/fixtures/tok_nfkc.gguf";
+	if (getenv(env) != NULL)
+		path = getenv(env);
 	f = fopen(path, "rb");
 	if (f == NULL)
 	{
@@ -71,16 +76,17 @@ load_fixture(void)
 	fseek(f, 0, SEEK_END);
 	n = ftell(f);
 	fseek(f, 0, SEEK_SET);
-	fixture_buf = malloc((size_t) n);
-	if (fixture_buf == NULL || fread(fixture_buf, 1, (size_t) n, f) != (size_t) n)
+	fixture_buf[k] = malloc((size_t) n);
+	if (fixture_buf[k] == NULL || fread(fixture_buf[k], 1, (size_t) n, f) != (size_t) n)
 		abort();
 	fclose(f);
-	if (mms_gguf_parse(fixture_buf, (size_t) n, &fixture_gguf, &err) != MMS_OK ||
-		mms_tok_load_gguf(&fixture_gguf, &fixture_tok, &err) != MMS_OK)
+	if (mms_gguf_parse(fixture_buf[k], (size_t) n, &fixture_gguf[k], &err) != MMS_OK ||
+		mms_tok_load_gguf(&fixture_gguf[k], &tok, &err) != MMS_OK)
 	{
 		fprintf(stderr, "fuzz_tokenizer: %s\n", err.msg);
 		abort();
 	}
+	return tok;
 }
 
 /*
@@ -89,7 +95,8 @@ load_fixture(void)
  * cancel at a poll that happens gives MMS_ERR_CANCELLED and nothing else.
  */
 static void
-decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n, const char *want, size_t want_len)
+decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n, int flags,
+			   const char *want, size_t want_len)
 {
 	MmsTokLimits lim;
 	Polls		polls = {0, 0};
@@ -103,7 +110,7 @@ decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n, const char
 	memset(&lim, 0, sizeof(lim));
 	lim.cancel = poll_cb;
 	lim.cancel_arg = &polls;
-	st = mms_tok_decode_limited(tok, ids, n, &lim, &text, &len, &err);
+	st = mms_tok_decode_opts(tok, ids, n, flags, &lim, &text, &len, &err);
 	if (st != MMS_OK || len != want_len || memcmp(text, want, len + 1) != 0)
 		__builtin_trap();
 	free(text);
@@ -112,7 +119,7 @@ decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n, const char
 		__builtin_trap();
 
 	lim.max_bytes = limit_near(want_len);
-	st = mms_tok_decode_limited(tok, ids, n, &lim, &text, &len, &err);
+	st = mms_tok_decode_opts(tok, ids, n, flags, &lim, &text, &len, &err);
 	if (lim.max_bytes >= want_len)
 	{
 		if (st != MMS_OK || len != want_len || memcmp(text, want, len + 1) != 0)
@@ -125,7 +132,7 @@ decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n, const char
 	polls.count = 0;
 	polls.cancel_at = 1 + (int) (limit_seed % (unsigned) (total + 1));
 	lim.max_bytes = 0;
-	st = mms_tok_decode_limited(tok, ids, n, &lim, &text, &len, &err);
+	st = mms_tok_decode_opts(tok, ids, n, flags, &lim, &text, &len, &err);
 	if (polls.cancel_at <= total)
 	{
 		if (st != MMS_ERR_CANCELLED || text != NULL || len != 0)
@@ -139,24 +146,32 @@ decode_limited(const MmsTokenizer *tok, const int32_t *ids, size_t n, const char
 	}
 }
 
-/* Every id in range; decoding gives a NUL-terminated string of the stated length. */
+/*
+ * Every id in range; decoding, without and with the special tokens, gives a
+ * NUL-terminated string of the stated length, the first no longer.
+ */
 static void
 check_round(const MmsTokenizer *tok, const int32_t *ids, size_t n)
 {
 	MmsError	err = {0};
+	char	   *plain;
 	char	   *text;
+	size_t		plain_len;
 	size_t		len;
 	size_t		i;
 
 	for (i = 0; i < n; i++)
 		if (ids[i] < 0 || ids[i] >= mms_tok_n_pieces(tok))
 			__builtin_trap();
-	if (mms_tok_decode(tok, ids, n, &text, &len, &err) != MMS_OK)
+	if (mms_tok_decode(tok, ids, n, &plain, &plain_len, &err) != MMS_OK || plain[plain_len] != '\0')
 		__builtin_trap();
-	if (text[len] != '\0')
+	decode_limited(tok, ids, n, 0, plain, plain_len);
+	if (mms_tok_decode_opts(tok, ids, n, MMS_TOK_DECODE_KEEP_SPECIAL, NULL, &text, &len, &err) != MMS_OK ||
+		text[len] != '\0' || len < plain_len)
 		__builtin_trap();
-	decode_limited(tok, ids, n, text, len);
+	decode_limited(tok, ids, n, MMS_TOK_DECODE_KEEP_SPECIAL, text, len);
 	free(text);
+	free(plain);
 }
 
 /*
@@ -305,10 +320,10 @@ decode_mode(const uint8_t *data, size_t size)
 	}
 	if (mms_tok_decode(fixture_tok, ids, n, &text, &len, &err) == MMS_OK)
 	{
-		if (bad || text[len] != '\0')
+		if (bad)
 			__builtin_trap();
-		decode_limited(fixture_tok, ids, n, text, len);
 		free(text);
+		check_round(fixture_tok, ids, n);
 	}
 	else if (!bad || err.code != MMS_ERR_ARG)
 		__builtin_trap();
@@ -327,6 +342,10 @@ decode_mode(const uint8_t *data, size_t size)
 			text != NULL)
 			__builtin_trap();
 	}
+	/* the same ids over the converted vocabulary: sentinels, byte runs */
+	for (i = 0; i < n; i++)
+		ids[i] = (int32_t) ((uint16_t) (data[2 * i] | data[2 * i + 1] << 8) % mms_tok_n_pieces(bytes_tok));
+	check_round(bytes_tok, ids, n);
 	free(ids);
 }
 
@@ -334,12 +353,18 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (fixture_tok == NULL)
-		load_fixture();
+	{
+		fixture_tok = load_fixture(0, "MMS_TOK_FIXTURE", "test/fixtures/tok_nfkc.gguf");
+		bytes_tok = load_fixture(1, "MMS_TOK_FIXTURE_BYTES", "test/fixtures/tok_t5_bytes.gguf");
+	}
 	if (size == 0)
 		return 0;
 	limit_seed = data[size - 1] ^ (unsigned) size;
-	switch (data[0] % 3)
+	switch (data[0] % 4)
 	{
+		case 3:
+			encode_round(bytes_tok, (const char *) data + 1, size - 1, data[0] & 4);
+			break;
 		case 0:
 			encode_round(fixture_tok, (const char *) data + 1, size - 1, data[0] & 4);
 			break;
