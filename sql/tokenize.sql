@@ -1,4 +1,4 @@
--- mms_tokenize / mms_detokenize: ids as SentencePiece gives them (the final
+-- mms_tokenize / mms_detokenize: ids as transformers' T5Tokenizer gives them (the final
 -- eos included), the way back to text, errors, and the per-session tokenizer
 -- cache, which must follow a model that is replaced.
 \getenv data MMS_TEST_DATA
