@@ -181,4 +181,53 @@ golden_free(Golden *g)
 	}
 }
 
+/* For the tests that run generations (generate.h and cmocka included before). */
+#ifdef MMS_GENERATE_H
+/* The engine request a golden generation describes. */
+static inline MmsGenRequest *
+golden_request(const MmsT5 *m, const GoldenCase *c, const GoldenGen *r)
+{
+	MmsGenOptions o;
+	MmsGenRequest *req;
+	MmsError	err;
+
+	mms_gen_options_default(&o);
+	o.max_new_tokens = r->max_new;
+	o.min_new_tokens = r->min_new;
+	o.num_beams = r->num_beams;
+	o.repetition_penalty = r->rep_penalty;
+	if (r->num_beams > 1)
+	{
+		o.length_penalty = r->length_penalty;
+		o.early_stopping = r->early_stopping ? MMS_EARLY_STOP_TRUE : MMS_EARLY_STOP_FALSE;
+	}
+	if (mms_gen_request_create(m, c->input, c->n_input, &o, &req, &err) != MMS_OK)
+		fail_msg("request: %s", err.msg);
+	return req;
+}
+
+/* Fails the test, showing both, unless res has the golden's ids. */
+static inline void
+golden_check_ids(const char *what, const char *model, int k, const GoldenGen *r, const MmsGenResult *res)
+{
+	int			same = res != NULL && res->n_ids == r->n;
+
+	for (int i = 0; same && i < r->n; i++)
+		same = res->ids[i] == r->ids[i];
+	if (!same)
+	{
+		char		got[2048] = "",
+					want[2048] = "";
+
+		for (int i = 0; res && i < res->n_ids && strlen(got) < 2000; i++)
+			snprintf(got + strlen(got), sizeof(got) - strlen(got), " %d", res->ids[i]);
+		for (int i = 0; i < r->n && strlen(want) < 2000; i++)
+			snprintf(want + strlen(want), sizeof(want) - strlen(want), " %d", r->ids[i]);
+		fail_msg("%s %s case %d (beams %d, lp %g, es %d, max %d, min %d, rep %g):\n got [%s ]\nwant [%s ]",
+				 model, what, k, r->num_beams, r->length_penalty, r->early_stopping, r->max_new,
+				 r->min_new, r->rep_penalty, got, want);
+	}
+}
+#endif
+
 #endif

@@ -213,49 +213,6 @@ check_layout(const ConvFixture *f, const Loaded *l)
  * Against transformers
  * ------------------------------------------------------------------------- */
 
-static MmsGenRequest *
-make_request(const Loaded *l, const GoldenCase *c, const GoldenGen *r)
-{
-	MmsGenOptions o;
-	MmsGenRequest *req;
-	MmsError	err;
-
-	mms_gen_options_default(&o);
-	o.max_new_tokens = r->max_new;
-	o.min_new_tokens = r->min_new;
-	o.num_beams = r->num_beams;
-	o.repetition_penalty = r->rep_penalty;
-	if (r->num_beams > 1)
-	{
-		o.length_penalty = r->length_penalty;
-		o.early_stopping = r->early_stopping ? MMS_EARLY_STOP_TRUE : MMS_EARLY_STOP_FALSE;
-	}
-	if (mms_gen_request_create(l->m, c->input, c->n_input, &o, &req, &err) != MMS_OK)
-		fail_msg("request: %s", err.msg);
-	return req;
-}
-
-static void
-check_ids(const char *what, const char *model, int k, const GoldenGen *r, const MmsGenResult *res)
-{
-	int			same = res != NULL && res->n_ids == r->n;
-
-	for (int i = 0; same && i < r->n; i++)
-		same = res->ids[i] == r->ids[i];
-	if (!same)
-	{
-		char		got[2048] = "",
-					want[2048] = "";
-
-		for (int i = 0; res && i < res->n_ids && strlen(got) < 2000; i++)
-			snprintf(got + strlen(got), sizeof(got) - strlen(got), " %d", res->ids[i]);
-		for (int i = 0; i < r->n && strlen(want) < 2000; i++)
-			snprintf(want + strlen(want), sizeof(want) - strlen(want), " %d", r->ids[i]);
-		fail_msg("%s %s case %d (beams %d, lp %g, es %d, max %d, min %d, rep %g):\n got [%s ]\nwant [%s ]",
-				 model, what, k, r->num_beams, r->length_penalty, r->early_stopping, r->max_new,
-				 r->min_new, r->rep_penalty, got, want);
-	}
-}
 
 static void
 check_score(const char *what, const char *model, int k, double got, double want)
@@ -331,13 +288,13 @@ check_generation(const char *model, const Loaded *l, const Golden *g)
 		for (int i = 0; i < c->n_greedy + c->n_beam; i++)
 		{
 			const GoldenGen *r = i < c->n_greedy ? &c->greedy[i] : &c->beam[i - c->n_greedy];
-			MmsGenRequest *req = make_request(l, c, r);
+			MmsGenRequest *req = golden_request(l->m, c, r);
 			const MmsGenResult *res;
 
 			if (mms_gen_run(l->m, l->w, 1, &req, &err) != MMS_OK)
 				fail_msg("%s: run: %s", model, err.msg);
 			res = mms_gen_request_result(req);
-			check_ids(r->num_beams > 1 ? "beam" : "greedy", model, k, r, res);
+			golden_check_ids(r->num_beams > 1 ? "beam" : "greedy", model, k, r, res);
 			if (r->num_beams > 1)
 				check_score("beam score", model, k, res->score, r->score);
 			mms_gen_request_free(req);
@@ -376,7 +333,7 @@ check_batched(const char *model, const Loaded *l, const Golden *g)
 		{
 			want[n] = i < c->n_greedy ? &c->greedy[i] : &c->beam[i - c->n_greedy];
 			wcase[n] = k;
-			reqs[n] = make_request(l, c, want[n]);
+			reqs[n] = golden_request(l->m, c, want[n]);
 		}
 	}
 	assert_true(n > 8);
@@ -384,7 +341,7 @@ check_batched(const char *model, const Loaded *l, const Golden *g)
 		fail_msg("%s: batched run: %s", model, err.msg);
 	for (int i = 0; i < n; i++)
 	{
-		check_ids("batched", model, wcase[i], want[i], mms_gen_request_result(reqs[i]));
+		golden_check_ids("batched", model, wcase[i], want[i], mms_gen_request_result(reqs[i]));
 		mms_gen_request_free(reqs[i]);
 	}
 }

@@ -61,55 +61,12 @@ max_abs_diff(const float *a, const float *b, int n)
 	return m;
 }
 
-static MmsGenRequest *
-make_request(Loaded *l, const GoldenCase *c, const GoldenGen *r)
-{
-	MmsGenOptions o;
-	MmsGenRequest *req;
-	MmsError	err;
-
-	mms_gen_options_default(&o);
-	o.max_new_tokens = r->max_new;
-	o.min_new_tokens = r->min_new;
-	o.num_beams = r->num_beams;
-	o.repetition_penalty = r->rep_penalty;
-	if (r->num_beams > 1)
-	{
-		o.length_penalty = r->length_penalty;
-		o.early_stopping = r->early_stopping ? MMS_EARLY_STOP_TRUE : MMS_EARLY_STOP_FALSE;
-	}
-	if (mms_gen_request_create(l->m, c->input, c->n_input, &o, &req, &err) != MMS_OK)
-		fail_msg("request: %s", err.msg);
-	return req;
-}
-
-static void
-check_ids(const char *what, const char *model, int k, const GoldenGen *r, const MmsGenResult *res)
-{
-	int			same = res != NULL && res->n_ids == r->n;
-
-	for (int i = 0; same && i < r->n; i++)
-		same = res->ids[i] == r->ids[i];
-	if (!same)
-	{
-		char		got[2048] = "",
-					want[2048] = "";
-
-		for (int i = 0; res && i < res->n_ids && strlen(got) < 2000; i++)
-			snprintf(got + strlen(got), sizeof(got) - strlen(got), " %d", res->ids[i]);
-		for (int i = 0; i < r->n && strlen(want) < 2000; i++)
-			snprintf(want + strlen(want), sizeof(want) - strlen(want), " %d", r->ids[i]);
-		fail_msg("%s %s case %d (beams %d, lp %g, es %d, max %d, min %d, rep %g):\n got [%s ]\nwant [%s ]",
-				 model, what, k, r->num_beams, r->length_penalty, r->early_stopping, r->max_new,
-				 r->min_new, r->rep_penalty, got, want);
-	}
-}
 
 /* Runs one request alone and returns it finished. */
 static MmsGenRequest *
 run_alone(Loaded *l, const GoldenCase *c, const GoldenGen *r)
 {
-	MmsGenRequest *req = make_request(l, c, r);
+	MmsGenRequest *req = golden_request(l->m, c, r);
 	MmsError	err;
 
 	if (mms_gen_run(l->m, l->w, 1, &req, &err) != MMS_OK)
@@ -172,7 +129,7 @@ check_fixture(const char *golden_path)
 		{
 			MmsGenRequest *req = run_alone(&l, c, &c->greedy[i]);
 
-			check_ids("greedy", g->name, k, &c->greedy[i], mms_gen_request_result(req));
+			golden_check_ids("greedy", g->name, k, &c->greedy[i], mms_gen_request_result(req));
 			mms_gen_request_free(req);
 		}
 		for (int i = 0; i < c->n_beam; i++)
@@ -180,7 +137,7 @@ check_fixture(const char *golden_path)
 			MmsGenRequest *req = run_alone(&l, c, &c->beam[i]);
 			const MmsGenResult *res = mms_gen_request_result(req);
 
-			check_ids("beam", g->name, k, &c->beam[i], res);
+			golden_check_ids("beam", g->name, k, &c->beam[i], res);
 			if (fabs(res->score - c->beam[i].score) > TOL * fmax(1.0, fabs(c->beam[i].score)))
 				fail_msg("%s case %d beam %d: score %.9g, transformers %.9g", g->name, k, i,
 						 res->score, c->beam[i].score);
@@ -245,20 +202,20 @@ test_batch_invariance(void **state)
 		{
 			want[n] = &g->cases[k].greedy[i];
 			wcase[n] = k;
-			reqs[n] = make_request(&l, &g->cases[k], want[n]);
+			reqs[n] = golden_request(l.m, &g->cases[k], want[n]);
 		}
 		for (int i = 0; i < g->cases[k].n_beam; i++, n++)
 		{
 			want[n] = &g->cases[k].beam[i];
 			wcase[n] = k;
-			reqs[n] = make_request(&l, &g->cases[k], want[n]);
+			reqs[n] = golden_request(l.m, &g->cases[k], want[n]);
 		}
 	}
 	assert_true(n > 8);
 	assert_int_equal(mms_gen_run(l.m, l.w, n, reqs, &err), MMS_OK);
 	for (int i = 0; i < n; i++)
 	{
-		check_ids("batched", g->name, wcase[i], want[i], mms_gen_request_result(reqs[i]));
+		golden_check_ids("batched", g->name, wcase[i], want[i], mms_gen_request_result(reqs[i]));
 		mms_gen_request_free(reqs[i]);
 	}
 	unload_model(&l);

@@ -69,23 +69,29 @@ sha_end(pg_cryptohash_ctx *ctx, char *hex_out)
 	hex_out[64] = '\0';
 }
 
-char *
-mms_lo_read_all(Oid loid, Size *size, char *sha_out)
+/*
+ * Reads the first max_bytes (-1: all, within mms.max_model_size) of a large
+ * object with the current user's rights, into memory of cxt, hashing what it
+ * reads when sha is not NULL.
+ */
+static char *
+read_large_object(Oid loid, int64 max_bytes, pg_cryptohash_ctx *sha, MemoryContext cxt, Size *size)
 {
 	/* be_lo_open checks SELECT on the large object for the current user */
 	int32		fd = DatumGetInt32(DirectFunctionCall2(be_lo_open, ObjectIdGetDatum(loid),
 													   Int32GetDatum(INV_READ)));
 	int64		len = DatumGetInt64(DirectFunctionCall3(be_lo_lseek64, Int32GetDatum(fd),
 														Int64GetDatum(0), Int32GetDatum(SEEK_END)));
-	pg_cryptohash_ctx *sha;
 	char	   *buf;
 	int64		done = 0;
 
-	mms_check_model_size(len);
+	if (max_bytes < 0)
+		mms_check_model_size(len);
+	else
+		len = Min(len, max_bytes);
 	(void) DirectFunctionCall3(be_lo_lseek64, Int32GetDatum(fd), Int64GetDatum(0),
 							   Int32GetDatum(SEEK_SET));
-	buf = MemoryContextAllocHuge(CurrentMemoryContext, len > 0 ? (Size) len : 1);
-	sha = sha_begin();
+	buf = MemoryContextAllocHuge(cxt, len > 0 ? (Size) len : 1);
 	while (done < len)
 	{
 		int			want = (int) Min(len - done, IO_CHUNK_BYTES);
@@ -98,12 +104,22 @@ mms_lo_read_all(Oid loid, Size *size, char *sha_out)
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("large object %u ended after " INT64_FORMAT " of " INT64_FORMAT " bytes",
 							loid, done, len)));
-		sha_update(sha, buf + done, got);
+		if (sha)
+			sha_update(sha, buf + done, got);
 		done += got;
 	}
 	(void) DirectFunctionCall1(be_lo_close, Int32GetDatum(fd));
-	sha_end(sha, sha_out);
 	*size = (Size) len;
+	return buf;
+}
+
+char *
+mms_lo_read_all(Oid loid, Size *size, char *sha_out)
+{
+	pg_cryptohash_ctx *sha = sha_begin();
+	char	   *buf = read_large_object(loid, -1, sha, CurrentMemoryContext, size);
+
+	sha_end(sha, sha_out);
 	return buf;
 }
 
@@ -214,29 +230,10 @@ mms_read_weights_prefix(const MmsModel *m, Size want, Size *got)
 {
 	MmsCatalogSession s;
 	char	   *buf;
-	int32		fd;
-	Size		done = 0;
 
-	want = Min(want, (Size) m->size_bytes);
+	/* the weights belong to the registry owner: read them with its rights */
 	mms_catalog_enter(&s);
-	fd = DatumGetInt32(DirectFunctionCall2(be_lo_open, ObjectIdGetDatum(m->weights),
-										   Int32GetDatum(INV_READ)));
-	buf = MemoryContextAllocHuge(s.caller_cxt, Max(want, 1));
-	while (done < want)
-	{
-		int			n = (int) Min(want - done, IO_CHUNK_BYTES);
-		int			r;
-
-		CHECK_FOR_INTERRUPTS();
-		r = lo_read(fd, buf + done, n);
-		if (r <= 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("stored weights of model \"%s:%d\" end after %zu bytes", m->name, m->version, done)));
-		done += r;
-	}
-	(void) DirectFunctionCall1(be_lo_close, Int32GetDatum(fd));
+	buf = read_large_object(m->weights, (int64) want, NULL, s.caller_cxt, got);
 	mms_catalog_leave(&s);
-	*got = done;
 	return buf;
 }
