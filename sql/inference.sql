@@ -151,6 +151,12 @@ SELECT mms_score('gen_tied_copy', 'hello there', 'Hello, world!')
        mms_generate('gen_tied_copy', 'Hello, world!', '{"num_beams": 3, "max_new_tokens": 8}')
      = mms_generate('gen_relu', 'Hello, world!', '{"num_beams": 3, "max_new_tokens": 8}') AS same_beams;
 SELECT mms_unregister('gen_tied_copy');
+-- the copy quantized to another type (llama-quantize without --pure): tied too
+SELECT mms_import('gen_tied_q8', :'data' || '/bad/tied_q8_head.gguf');
+SELECT tied_embeddings FROM mms.models WHERE name = 'gen_tied_q8';
+SELECT abs(mms_score('gen_tied_q8', 'hello there', 'Hello, world!')
+           - mms_score('gen_relu', 'hello there', 'Hello, world!')) < 0.5 AS scores_as_tied;
+SELECT mms_unregister('gen_tied_q8');
 
 DROP TABLE gen_in, gen_out;
 SELECT mms_unregister('gen_flan');

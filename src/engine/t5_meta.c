@@ -5,7 +5,9 @@
  */
 #include "t5_meta.h"
 
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tokenizer.h"
@@ -32,22 +34,64 @@ read_int(const MmsGguf *g, const char *key, int required, int64_t dflt,
 }
 
 /*
+ * Cosine similarity of two tensors of the same shape, dequantized row by row;
+ * -1 when they cannot be read.
+ */
+static double
+tensor_cosine(const MmsGgufTensor *a, const MmsGgufTensor *b)
+{
+	uint64_t	ne0 = a->ne[0];
+	uint64_t	rows = a->n_elems / (ne0 ? ne0 : 1);
+	uint64_t	row_a = mms_tensor_type_bytes(a->type, ne0);
+	uint64_t	row_b = mms_tensor_type_bytes(b->type, ne0);
+	float	   *x = malloc(sizeof(float) * ne0);
+	float	   *y = malloc(sizeof(float) * ne0);
+	double		xy = 0,
+				xx = 0,
+				yy = 0;
+	int			ok = x != NULL && y != NULL && row_a > 0 && row_b > 0;
+
+	for (uint64_t r = 0; ok && r < rows; r++)
+	{
+		ok = mms_dequantize(a->type, a->data + r * row_a, ne0, x, NULL) == MMS_OK &&
+			mms_dequantize(b->type, b->data + r * row_b, ne0, y, NULL) == MMS_OK;
+		for (uint64_t i = 0; ok && i < ne0; i++)
+		{
+			xy += (double) x[i] * y[i];
+			xx += (double) x[i] * x[i];
+			yy += (double) y[i] * y[i];
+		}
+	}
+	free(x);
+	free(y);
+	return ok && xx > 0 && yy > 0 ? xy / sqrt(xx * yy) : -1.0;
+}
+
+/*
  * Is the LM head the embedding? Yes without an output tensor, and also when
- * output.weight is a byte-identical copy: llama.cpp's converter writes the
+ * output.weight is a copy of it: llama.cpp's converter writes the
  * lm_head.weight that older tied t5 v1.0 checkpoints store, with no key
  * saying the head is tied, and transformers still rescales by d_model^-0.5
- * for those (tie_word_embeddings). An untied model never has an exact copy.
- * A header-only parse has no data to compare: untied, as the file says.
+ * for those (tie_word_embeddings). Of the same type a copy is byte-identical;
+ * llama-quantize may store the two in different types (say Q8_0 and Q4_0),
+ * and then they agree up to quantization error: a cosine similarity above
+ * 0.95 (Q4_0 of a tensor keeps about 0.995; an untied head trained apart
+ * from the embedding is near 0). A header-only parse has no data to compare:
+ * untied, as the file says.
  */
+#define TIED_MIN_COSINE 0.95
+
 static int
 head_is_embedding(const MmsGgufTensor *emb, const MmsGgufTensor *out)
 {
 	if (out == NULL)
 		return 1;
-	return out->type == emb->type && out->n_dims == emb->n_dims &&
-		out->ne[0] == emb->ne[0] && out->ne[1] == emb->ne[1] &&
-		out->n_bytes == emb->n_bytes && out->data != NULL && emb->data != NULL &&
-		memcmp(out->data, emb->data, out->n_bytes) == 0;
+	if (out->n_dims != emb->n_dims || out->ne[0] != emb->ne[0] || out->ne[1] != emb->ne[1] ||
+		out->data == NULL || emb->data == NULL)
+		return 0;
+	if (out->type == emb->type)
+		return out->n_bytes == emb->n_bytes && memcmp(out->data, emb->data, out->n_bytes) == 0;
+	return tensor_cosine(emb, out) > TIED_MIN_COSINE;
 }
 
 MmsStatus

@@ -7,7 +7,8 @@ the tests must not need the .venv.
     python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf OUTDIR [TIED.gguf]
 
 With TIED.gguf (test/fixtures/t5_relu_tied.gguf), also tied_stored_head.gguf:
-the same model with output.weight a copy of token_embd.weight. Also writes nan_weights.gguf (valid, but NaN in the final decoder norm) and
+the same model with output.weight a copy of token_embd.weight, and
+tied_q8_head.gguf, that copy quantized to Q8_0. Also writes nan_weights.gguf (valid, but NaN in the final decoder norm) and
 two valid variants: OUTDIR/other_tokenizer.gguf, the same model
 with a tokenizer that splits text differently (proves the tokenizer cache is
 dropped when a model is replaced), and OUTDIR/extra_metadata.gguf, with extra
@@ -220,6 +221,26 @@ def main():
         t["tensors"].append([b"output.weight", list(emb[1]), emb[2], off])
         t["data"] = bytes(data)
         files["tied_stored_head"] = write(t)
+
+        # The same copy stored as Q8_0, as llama-quantize leaves a head whose
+        # type differs from the embedding's: tied up to quantization error.
+        t = parse(open(sys.argv[3], "rb").read())
+        emb = next(x for x in t["tensors"] if x[0] == b"token_embd.weight")
+        assert emb[2] == 0, "the tied fixture's embedding must be F32"
+        vals = struct.unpack_from("<%df" % (emb[1][0] * emb[1][1]), t["data"], emb[3])
+        q = bytearray()
+        for b in range(0, len(vals), 32):
+            block = vals[b:b + 32]
+            d = max(abs(v) for v in block) / 127.0
+            q += struct.pack("<e", d)
+            q += struct.pack("<32b", *[int(round(v / d)) if d else 0 for v in block])
+        data = bytearray(t["data"])
+        data += b"\0" * ((-len(data)) % t["align"])
+        off = len(data)
+        data += q
+        t["tensors"].append([b"output.weight", list(emb[1]), 8, off])
+        t["data"] = bytes(data)
+        files["tied_q8_head"] = write(t)
 
     for name, data in files.items():
         with open(os.path.join(outdir, name + ".gguf"), "wb") as f:
