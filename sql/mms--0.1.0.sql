@@ -30,6 +30,12 @@ $$;
 CREATE SCHEMA mms;
 COMMENT ON SCHEMA mms IS 'mms model registry: catalog tables (owner only) and views (everyone)';
 
+-- The system identifier of this cluster: role oids are only meaningful in the
+-- cluster that recorded them (see restore_roles below).
+CREATE FUNCTION mms.cluster_id() RETURNS bigint
+    AS 'MODULE_PATHNAME', 'mms_cluster_id'
+    LANGUAGE C STRICT STABLE PARALLEL SAFE;
+
 CREATE SEQUENCE mms.model_id_seq;
 
 -- One row per registered model version. The registry owns the large object
@@ -43,6 +49,7 @@ CREATE TABLE mms.model_versions (
     created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     owner           oid NOT NULL,               -- the role that registered it (pg_authid.oid)
     owner_name      name NOT NULL,              -- its name, what a dump carries (see restore_roles)
+    roles_cluster   bigint NOT NULL DEFAULT mms.cluster_id(),  -- the cluster whose role oids these are
     weights         oid NOT NULL UNIQUE,        -- large object with the GGUF file
     size_bytes      bigint NOT NULL,
     sha256          text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
@@ -81,37 +88,50 @@ CREATE TABLE mms.model_grants (
     grantee_name    name,
     grantor         oid NOT NULL,
     grantor_name    name NOT NULL,
+    roles_cluster   bigint NOT NULL DEFAULT mms.cluster_id(),
     granted_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (name, grantee)
 );
 
 -- Roles are bound by oid, as PostgreSQL binds them: a rename keeps the
 -- binding, DROP ROLE is refused while a model or grant names the role (the
--- extension's utility hook, src/pg/utility.c). A dump carries both columns, but
--- oids mean nothing in another cluster: every inserted row is bound here by
--- the name it carries. The functions always write matching pairs; rows coming
--- from pg_restore get the oids of this cluster. A role missing here does not
--- fail the restore: a model is restored owned by the registry owner, a grant
--- to the missing role is skipped, and a WARNING says which.
+-- extension's utility hook, src/pg/utility.c). A dump carries the oid, the
+-- name and the cluster the oid belongs to, and every inserted row is bound
+-- again here: in the same cluster by oid (a role dropped since, even if a new
+-- one took its name, binds nobody), in another cluster by name (oids mean
+-- nothing there). A role missing here does not fail the restore: a model is
+-- restored owned by the registry owner, a grant to the missing role is
+-- skipped, and a WARNING says which.
+CREATE FUNCTION mms.bind_role(role oid, role_name name, same_cluster boolean) RETURNS oid
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.oid FROM pg_catalog.pg_roles a
+    WHERE CASE WHEN same_cluster THEN a.oid OPERATOR(pg_catalog.=) role
+               ELSE a.rolname OPERATOR(pg_catalog.=) role_name END
+$$;
+REVOKE ALL ON FUNCTION mms.bind_role(oid, name, boolean) FROM PUBLIC;
+
 CREATE FUNCTION mms.restore_roles() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     registry_owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = TG_RELID);
+    here bigint := mms.cluster_id();
+    same boolean := NEW.roles_cluster IS NOT DISTINCT FROM here;
     r oid;
 BEGIN
+    NEW.roles_cluster := here;
     -- (an incomplete row is left for the NOT NULL constraints to refuse)
     IF TG_TABLE_NAME = 'model_versions' THEN
         IF NEW.owner_name IS NULL THEN
             RETURN NEW;
         END IF;
-        SELECT a.oid INTO r FROM pg_catalog.pg_roles a WHERE a.rolname = NEW.owner_name;
+        r := mms.bind_role(NEW.owner, NEW.owner_name, same);
         IF r IS NULL THEN
             RAISE WARNING 'owner "%" of model "%:%" does not exist; model restored owned by "%"',
                 NEW.owner_name, NEW.name, NEW.version, registry_owner::regrole;
             r := registry_owner;
-            NEW.owner_name := (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r);
         END IF;
         NEW.owner := r;
+        NEW.owner_name := (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r);
         RETURN NEW;
     END IF;
     IF NEW.grantor_name IS NULL THEN
@@ -120,20 +140,18 @@ BEGIN
     IF NEW.grantee_name IS NULL THEN
         NEW.grantee := 0;
     ELSE
-        SELECT a.oid INTO r FROM pg_catalog.pg_roles a WHERE a.rolname = NEW.grantee_name;
+        r := mms.bind_role(NEW.grantee, NEW.grantee_name, same);
         IF r IS NULL THEN
             RAISE WARNING 'grant of model "%" to role "%" not restored: the role does not exist',
                 NEW.name, NEW.grantee_name;
             RETURN NULL;
         END IF;
         NEW.grantee := r;
+        NEW.grantee_name := (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r);
     END IF;
-    SELECT a.oid INTO r FROM pg_catalog.pg_roles a WHERE a.rolname = NEW.grantor_name;
-    IF r IS NULL THEN
-        r := registry_owner;
-        NEW.grantor_name := (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r);
-    END IF;
+    r := coalesce(mms.bind_role(NEW.grantor, NEW.grantor_name, same), registry_owner);
     NEW.grantor := r;
+    NEW.grantor_name := (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r);
     RETURN NEW;
 END
 $$;

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "executor/spi.h"
@@ -91,6 +92,15 @@ mms_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	if (rc != expect)
 		elog(ERROR, "mms catalog query failed: %s: %s", SPI_result_code_string(rc), sql);
 	return SPI_processed;
+}
+
+PG_FUNCTION_INFO_V1(mms_cluster_id);
+
+/* mms.cluster_id() RETURNS bigint: this cluster's system identifier, as pg_control_system() shows it. */
+Datum
+mms_cluster_id(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64((int64) GetSystemIdentifier());
 }
 
 Datum

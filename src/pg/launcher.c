@@ -447,10 +447,14 @@ mms_forget_models(Oid dboid, int64 model_id)
 		else
 			e->doomed = true;
 	}
-	if (model_id == 0)
-		for (int i = 0; i < MMS_MAX_STATS; i++)
-			if (mms_shared->stats[i].used && mms_shared->stats[i].dboid == dboid)
-				mms_shared->stats[i].used = false;
+	/* a gone model's statistics would hold a place in the fixed table forever */
+	for (int i = 0; i < MMS_MAX_STATS; i++)
+	{
+		MmsStat    *st = &mms_shared->stats[i];
+
+		if (st->used && st->dboid == dboid && (model_id == 0 || st->model_id == model_id))
+			st->used = false;
+	}
 	ConditionVariableBroadcast(&mms_shared->cv);
 	LWLockRelease(mms_shared->lock);
 	for (int i = 0; i < n_unpin; i++)
@@ -467,16 +471,22 @@ typedef struct PendingForget
 {
 	Oid			dboid;
 	int64		model_id;
+	int			nest_level;		/* subtransaction that asked */
 } PendingForget;
 
 static List *pending_forget = NIL;	/* in TopTransactionContext */
-static bool forget_callback_registered = false;
+static bool forget_callbacks_registered = false;
 
 static void
 forget_at_end_of_xact(XactEvent event, void *arg)
 {
 	ListCell   *lc;
 
+	/* a prepared transaction commits in another process: nothing would run */
+	if (event == XACT_EVENT_PRE_PREPARE && pending_forget != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot PREPARE a transaction that unregistered mms models")));
 	if (event == XACT_EVENT_COMMIT)
 		foreach(lc, pending_forget)
 		{
@@ -489,6 +499,32 @@ forget_at_end_of_xact(XactEvent event, void *arg)
 		pending_forget = NIL;
 }
 
+/* A rolled-back savepoint takes its unregisters back; a released one hands them up. */
+static void
+forget_at_end_of_subxact(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	ListCell   *lc;
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		foreach(lc, pending_forget)
+			if (((PendingForget *) lfirst(lc))->nest_level >= level)
+				pending_forget = foreach_delete_current(pending_forget, lc);
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		foreach(lc, pending_forget)
+		{
+			PendingForget *f = lfirst(lc);
+
+			if (f->nest_level >= level)
+				f->nest_level = level - 1;
+		}
+	}
+}
+
 void
 mms_forget_models_at_commit(Oid dboid, int64 model_id)
 {
@@ -497,15 +533,17 @@ mms_forget_models_at_commit(Oid dboid, int64 model_id)
 
 	if (mms_shared == NULL)
 		return;
-	if (!forget_callback_registered)
+	if (!forget_callbacks_registered)
 	{
 		RegisterXactCallback(forget_at_end_of_xact, NULL);
-		forget_callback_registered = true;
+		RegisterSubXactCallback(forget_at_end_of_subxact, NULL);
+		forget_callbacks_registered = true;
 	}
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	f = palloc(sizeof(PendingForget));
 	f->dboid = dboid;
 	f->model_id = model_id;
+	f->nest_level = GetCurrentTransactionNestLevel();
 	pending_forget = lappend(pending_forget, f);
 	MemoryContextSwitchTo(old);
 }

@@ -35,6 +35,18 @@ int			mms_worker_memory_mb = -1;
 
 void		_PG_init(void);
 
+/* 0 (what '512kB' rounds to) would otherwise read as "automatic", the largest budget. */
+static bool
+check_worker_memory(int *newval, void **extra, GucSource source)
+{
+	if (*newval == 0)
+	{
+		GUC_check_errdetail("mms.worker_memory must be at least 1MB, or -1 for automatic.");
+		return false;
+	}
+	return true;
+}
+
 Size
 mms_worker_memory_bytes(void)
 {
@@ -146,7 +158,7 @@ _PG_init(void)
 							INT_MAX / 2,
 							PGC_SIGHUP,
 							GUC_UNIT_MB,
-							NULL, NULL, NULL);
+							check_worker_memory, NULL, NULL);
 
 	DefineCustomIntVariable("mms.max_batch",
 							"Most requests one inference worker decodes together.",

@@ -267,7 +267,7 @@ extern void mms_release_database(Oid dboid);
 /*
  * The model (model_id; 0 = every model of the database) is gone: its workers
  * stop once idle, its cached weights are freed now or by the last worker to
- * detach, and (whole database) its statistics are dropped.
+ * detach, and its statistics are dropped.
  */
 extern void mms_forget_models(Oid dboid, int64 model_id);
 /* The same when the current transaction commits (nothing if it aborts). */

@@ -204,8 +204,8 @@ mms_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("%s of %d bytes is longer than %s allows", bound->what, len, bound->guc),
-					 errdetail("An input may have at most %d tokens and %d bytes per allowed token (%zu bytes).",
-							   bound->max_tokens, MMS_MAX_BYTES_PER_TOKEN, max_bytes),
+					 errdetail("The %s may have at most %d tokens and %d bytes per allowed token (%zu bytes).",
+							   bound->what, bound->max_tokens, MMS_MAX_BYTES_PER_TOKEN, max_bytes),
 					 errhint("Shorten the text, or ask a superuser to raise %s.", bound->guc)));
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),

@@ -294,7 +294,9 @@ mms_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 
-	/* after: core checked the statement and did its part */
+	/* after: core checked the statement and did its part (DROP OWNED may have dropped mms) */
+	if (here && (IsA(stmt, ReassignOwnedStmt) || IsA(stmt, DropOwnedStmt)))
+		here = registry_here();
 	if (OidIsValid(dropped_db))
 		mms_forget_models(dropped_db, 0);	/* workers it had under load, too */
 	else if (here && IsA(stmt, ReassignOwnedStmt))

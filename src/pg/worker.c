@@ -198,6 +198,25 @@ request_bytes(const MmsT5 *model, const MmsGenRequest *r)
 					mul_size(mul_size(rows, (Size) mms_t5_config(model)->vocab), 2 * sizeof(float)));
 }
 
+static int
+arrival_cmp(const void *a, const void *b)
+{
+	const MmsSlot *x = mms_slot(*(const int *) a);
+	const MmsSlot *y = mms_slot(*(const int *) b);
+
+	if (x->t_queued != y->t_queued)
+		return x->t_queued < y->t_queued ? -1 : 1;
+	return *(const int *) a - *(const int *) b;
+}
+
+/* Lock held: orders slot indexes by the time their requests were queued. */
+static void
+sort_by_arrival(int *slots, int n)
+{
+	if (n > 1)
+		qsort(slots, n, sizeof(int), arrival_cmp);
+}
+
 /* Lock not held: gives a taken slot back to the queue (or frees it if abandoned). */
 static void
 requeue(int i)
@@ -401,8 +420,12 @@ mms_worker_main(Datum arg)
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.max_running = mms_max_batch;
 	cfg.threads = mms_threads_per_worker;
-	/* a safety net: this file's own accounting (above) is stricter */
-	cfg.max_bytes = mms_worker_memory_bytes();
+	/*
+	 * No byte bound in the engine: this file charges each request against
+	 * mms.worker_memory as it is now (a reload may change it), and a request
+	 * that does not fit waits instead of failing.
+	 */
+	cfg.max_bytes = 0;
 	/*
 	 * The encoder's scratch grows with the tokens encoded in one step: 256
 	 * queued inputs of 1024 tokens would take gigabytes at once. A step
@@ -460,6 +483,12 @@ mms_worker_main(Datum arg)
 				cancelled[i] = true;
 			}
 		}
+		/*
+		 * First come, first served: a request waiting for memory goes back to
+		 * the queue with its place, so later (smaller) ones cannot overtake it
+		 * forever.
+		 */
+		sort_by_arrival(take, n_take);
 		if (n_take > 0 || n_held > 0)
 			me()->last_active = now;
 		me()->held = n_held + n_take;

@@ -59,6 +59,17 @@ cached="SELECT count(*) FROM mms.cache WHERE database = current_database() AND m
 sql mms_rob1 -c "SELECT mms_unregister('flan')" >/dev/null
 wait_for mms_rob1 "$cached" 0 && ok "unregister frees the cached weights at once" ||
 	bad "unregistered model still cached: $(sql mms_rob1 -c "SELECT * FROM mms.cache")"
+[ "$(sql mms_rob1 -c "SELECT count(*) FROM mms.stat_models WHERE database = current_database() AND model = 'flan:1'")" = 0 ] &&
+	ok "and its statistics" || bad "an unregistered model keeps its statistics"
+
+# an unregister rolled back to a savepoint leaves the cache alone
+loaded="SELECT loaded_at FROM mms.cache WHERE database = current_database() AND model = 'flan:1'"
+sql mms_rob2 -c "SELECT mms_generate('flan', 'warm', '{\"max_new_tokens\": 2}')" >/dev/null
+t0=$(sql mms_rob2 -c "$loaded")
+sql mms_rob2 -c "BEGIN" -c "SAVEPOINT s" -c "SELECT mms_unregister('flan')" -c "ROLLBACK TO s" -c "COMMIT" >/dev/null
+sleep 0.5
+[ -n "$t0" ] && [ "$(sql mms_rob2 -c "$loaded")" = "$t0" ] && ok "an unregister rolled back to a savepoint keeps the cached weights" ||
+	bad "savepoint rollback: cache row '$(sql mms_rob2 -c "$loaded")', was '$t0'"
 
 # a call that arrives while an unregister is not yet committed loads the
 # weights again; the commit must free that copy too
@@ -128,7 +139,14 @@ if [ -n "$need_kb" ] && [ "$need_kb" -gt 1024 ]; then
 else
 	bad "could not read the request's size from: $err"
 fi
+# raised by a reload: a running worker serves what now fits
+psql -X -q -d postgres -c "ALTER SYSTEM SET mms.worker_memory = '512MB'" -c "SELECT pg_reload_conf()" >/dev/null
+sleep 0.5
+out=$(sql mms_rob1 -c "SELECT length(mms_generate('flan2', 'raised', '{\"num_beams\": 16, \"max_new_tokens\": 2048, \"min_new_tokens\": 2048}')) > 0" 2>&1)
+[ "$out" = t ] && ok "a budget raised by reload applies to running workers" || bad "after raising mms.worker_memory: $out"
 psql -X -q -d postgres -c "ALTER SYSTEM RESET mms.worker_memory" -c "SELECT pg_reload_conf()" >/dev/null
+err=$(psql -X -q -d postgres -c "ALTER SYSTEM SET mms.worker_memory = '512kB'" 2>&1)
+grep -q "at least 1MB" <<<"$err" && ok "mms.worker_memory below 1MB is refused, not read as automatic" || bad "512kB: $err"
 
 # --- a text over 1 GB is refused -----------------------------------------------------------
 # The longest piece of the vocabulary, repeated past 1 GB of text.
@@ -151,6 +169,12 @@ psql -X -q -d postgres -c "CREATE ROLE regress_rob_gone" >/dev/null
 err=$(sql mms_rob1 -c "SET ROLE regress_rob_gone" -c "SELECT mms_tokenize('flan2', 'x')" 2>&1)
 grep -q "permission denied for model" <<<"$err" && ok "a new role with a dropped role's name does not inherit its grant" ||
 	bad "new role of the same name: $err"
+# nor after a dump and restore in this cluster, where oids still mean these roles
+pg_dump -Fc -f "$work/rob1.dump" mms_rob1 && createdb mms_rob_r && pg_restore -d mms_rob_r "$work/rob1.dump" 2>/dev/null
+err=$(sql mms_rob_r -c "SET ROLE regress_rob_gone" -c "SELECT mms_tokenize('flan2', 'x')" 2>&1)
+grep -q "permission denied for model" <<<"$err" && ok "nor after pg_dump and pg_restore in the same cluster" ||
+	bad "restored grant of a dropped role: $err"
+dropdb mms_rob_r
 psql -X -q -d postgres -c "DROP ROLE regress_rob_gone" >/dev/null
 sql mms_rob1 -c "SELECT mms_revoke('flan2', 'regress_rob_gone')" >/dev/null
 n=$(sql mms_rob1 -c "SELECT count(*) FROM mms.model_grants WHERE name = 'flan2' AND grantee_name = 'regress_rob_gone'")
