@@ -71,6 +71,12 @@ sleep 0.5
 [ -n "$t0" ] && [ "$(sql mms_rob2 -c "$loaded")" = "$t0" ] && ok "an unregister rolled back to a savepoint keeps the cached weights" ||
 	bad "savepoint rollback: cache row '$(sql mms_rob2 -c "$loaded")', was '$t0'"
 
+# a prepared transaction would commit in another process, where nothing frees the cache
+err=$(sql mms_rob2 -c "BEGIN" -c "SELECT mms_unregister('flan')" -c "PREPARE TRANSACTION 'mms_rob'" 2>&1)
+grep -q "cannot PREPARE a transaction that unregistered mms models" <<<"$err" &&
+	[ "$(sql mms_rob2 -c "SELECT count(*) FROM mms.models WHERE name = 'flan'")" = 1 ] &&
+	ok "PREPARE after an unregister is refused, and the model stays" || bad "PREPARE after unregister: $err"
+
 # a call that arrives while an unregister is not yet committed loads the
 # weights again; the commit must free that copy too
 sql mms_rob1 -c "SELECT mms_import('race', '$data/flan_gated.gguf')" >/dev/null
