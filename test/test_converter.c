@@ -131,16 +131,6 @@ free_golden(Golden *g)
 	free(g);
 }
 
-static double
-max_abs_diff(const float *a, const float *b, int64_t n)
-{
-	double		m = 0;
-
-	for (int64_t i = 0; i < n; i++)
-		m = fmax(m, fabs((double) a[i] - b[i]));
-	return m;
-}
-
 /* ---------------------------------------------------------------------------
  * What the converter wrote
  * ------------------------------------------------------------------------- */
@@ -237,7 +227,7 @@ encode_case(const char *model, const Loaded *l, const GoldenCase *c)
 	assert_int_equal(c->enc_cols, cfg->d_model);
 	if (mms_t5_encode(l->m, l->w, 1, &ids, &len, enc, &err) != MMS_OK)
 		fail_msg("%s: encode: %s", model, err.msg);
-	d = max_abs_diff(enc, c->enc, (int64_t) c->n_input * cfg->d_model);
+	d = mms_test_max_abs_diff(enc, c->enc, (int64_t) c->n_input * cfg->d_model);
 	if (d > TOL)
 		fail_msg("%s: encoder output differs from transformers by %g", model, d);
 	return enc;
@@ -280,7 +270,7 @@ check_generation(const char *model, const Loaded *l, const Golden *g)
 		double		d;
 
 		assert_int_equal(c->n_logits, mms_t5_config(l->m)->vocab);
-		d = max_abs_diff(logits, c->logits, c->n_logits);
+		d = mms_test_max_abs_diff(logits, c->logits, c->n_logits);
 		if (d > TOL)
 			fail_msg("%s case %d: first-step logits differ from transformers by %g", model, k, d);
 		free(logits);
@@ -424,9 +414,9 @@ test_tied_head_rescaled(void **state)
 		float	   *c = first_logits("cvt_t5_head (flipped bit)", &broken, &g->cases[k]);
 		int64_t		n = mms_t5_config(twin.m)->vocab;
 
-		assert_true(max_abs_diff(a, b, n) == 0.0);
-		assert_true(max_abs_diff(b, g->cases[k].logits, n) <= TOL);
-		assert_true(max_abs_diff(c, g->cases[k].logits, n) > 1.0);
+		assert_true(mms_test_max_abs_diff(a, b, n) == 0.0);
+		assert_true(mms_test_max_abs_diff(b, g->cases[k].logits, n) <= TOL);
+		assert_true(mms_test_max_abs_diff(c, g->cases[k].logits, n) > 1.0);
 		free(a);
 		free(b);
 		free(c);

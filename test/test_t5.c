@@ -51,16 +51,6 @@ unload_model(Loaded *l)
 	free(l->buf);
 }
 
-static double
-max_abs_diff(const float *a, const float *b, int n)
-{
-	double		m = 0;
-
-	for (int i = 0; i < n; i++)
-		m = fmax(m, fabs((double) a[i] - b[i]));
-	return m;
-}
-
 
 /* Runs one request alone and returns it finished. */
 static MmsGenRequest *
@@ -107,7 +97,7 @@ check_fixture(const char *golden_path)
 		assert_int_equal(c->enc_cols, cfg->d_model);
 		if (mms_t5_encode(l.m, l.w, 1, &ids, &len, enc, &err) != MMS_OK)
 			fail_msg("encode: %s", err.msg);
-		d = max_abs_diff(enc, c->enc, c->n_input * (int) cfg->d_model);
+		d = mms_test_max_abs_diff(enc, c->enc, c->n_input * (int) cfg->d_model);
 		if (d > TOL)
 			fail_msg("%s case %d: encoder output differs by %g", g->name, k, d);
 
@@ -118,7 +108,7 @@ check_fixture(const char *golden_path)
 		assert_int_equal(c->n_logits, cfg->vocab);
 		if (mms_t5_decode_step(l.m, l.w, 1, &stp, &start, logits, &err) != MMS_OK)
 			fail_msg("decode: %s", err.msg);
-		d = max_abs_diff(logits, c->logits, (int) cfg->vocab);
+		d = mms_test_max_abs_diff(logits, c->logits, (int) cfg->vocab);
 		if (d > TOL)
 			fail_msg("%s case %d: first-step logits differ by %g", g->name, k, d);
 		mms_t5_state_free(&st);
@@ -390,7 +380,7 @@ test_shared_arena(void **state)
 		assert_int_equal(mms_t5_state_init(m, &st, cross, 2, &err), MMS_OK);
 		mms_t5_cross_release(cross);
 		assert_int_equal(mms_t5_decode_step(m, w, 1, &stp, &start, logits, &err), MMS_OK);
-		assert_true(max_abs_diff(logits, c->logits, (int) cfg->vocab) < TOL);
+		assert_true(mms_test_max_abs_diff(logits, c->logits, (int) cfg->vocab) < TOL);
 		mms_t5_state_free(&st);
 		free(enc);
 		free(logits);
@@ -471,7 +461,7 @@ test_encoder_only(void **state)
 		float	   *enc = malloc((size_t) len * 32 * sizeof(float));
 
 		assert_int_equal(mms_t5_encode(m, w, 1, &ids, &len, enc, &err), MMS_OK);
-		assert_true(max_abs_diff(enc, c->enc, len * 32) < TOL);
+		assert_true(mms_test_max_abs_diff(enc, c->enc, len * 32) < TOL);
 		free(enc);
 	}
 	mms_gen_options_default(&o);

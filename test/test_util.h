@@ -7,6 +7,7 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,6 +38,17 @@ mms_test_read_file(const char *path, size_t *size)
 	fclose(f);
 	*size = (size_t) n;
 	return buf;
+}
+
+/* Largest |a[i] - b[i]| over n floats, in double. */
+static inline double
+mms_test_max_abs_diff(const float *a, const float *b, int64_t n)
+{
+	double		m = 0;
+
+	for (int64_t i = 0; i < n; i++)
+		m = fmax(m, fabs((double) a[i] - b[i]));
+	return m;
 }
 
 #endif

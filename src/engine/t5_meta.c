@@ -37,6 +37,9 @@ read_int(const MmsGguf *g, const char *key, int required, int64_t dflt,
  * Cosine similarity of two tensors of the same shape, dequantized row by row;
  * -1 when they cannot be read.
  */
+#define COSINE_PEEK_ROWS 64
+#define COSINE_PEEK_MIN 0.5
+
 static double
 tensor_cosine(const MmsGgufTensor *a, const MmsGgufTensor *b)
 {
@@ -61,6 +64,13 @@ tensor_cosine(const MmsGgufTensor *a, const MmsGgufTensor *b)
 			xx += (double) x[i] * x[i];
 			yy += (double) y[i] * y[i];
 		}
+		/*
+		 * An untied head (the common case, and every load calls this) is far
+		 * from the embedding after a few rows already: stop reading there.
+		 */
+		if (ok && r + 1 == COSINE_PEEK_ROWS && r + 1 < rows && xx > 0 && yy > 0 &&
+			xy / sqrt(xx * yy) < COSINE_PEEK_MIN)
+			break;
 	}
 	free(x);
 	free(y);
