@@ -76,6 +76,19 @@ extern void mms_utility_install_hook(void);
 
 /* ---- resolve.c: model references and use rights ---- */
 
+/*
+ * A model's worker pool and cache settings (mms_configure, mms.model_config),
+ * shared by all its versions. Defaults when no row exists: min 0, max 1,
+ * not pinned, priority 0.
+ */
+typedef struct MmsPoolConfig
+{
+	int32		min_workers;	/* 0 = scale to zero */
+	int32		max_workers;
+	bool		pinned;			/* loaded at start, never evicted */
+	int32		priority;		/* higher keeps the cache under pressure */
+} MmsPoolConfig;
+
 /* One registered model version, as the inference layer needs it. */
 typedef struct MmsModel
 {
@@ -87,6 +100,7 @@ typedef struct MmsModel
 	int64		size_bytes;
 	char		sha256[65];		/* hex */
 	char		arch[16];		/* general.architecture: t5 or t5encoder */
+	MmsPoolConfig pool;			/* from mms.model_config, or the defaults */
 } MmsModel;
 
 /*
