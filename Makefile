@@ -54,16 +54,17 @@ $(BUILD)/test/%: test/%.c test/test_util.h test/golden.h $(BUILD)/libmmsengine.a
 # OpenBLAS starts threads when loaded, and this library may be preloaded into
 # the postmaster. Engine objects come from build/ (compiled -O3 -fPIC above).
 MODULE_big  = mms
-PG_SRCS     = $(filter-out src/pg/worker%.c,$(wildcard src/pg/*.c))
+PG_SRCS     = $(filter-out src/pg/worker.c src/pg/worker_%.c,$(wildcard src/pg/*.c))
 PG_OBJS     = $(patsubst src/pg/%.c,build/pg/%.o,$(PG_SRCS))
 OBJS        = $(PG_OBJS) $(patsubst %,build/engine/%.o,$(ENGINE_CORE))
 PG_CPPFLAGS = -Isrc/engine
 SHLIB_LINK  = -lm
 EXTENSION   = mms
-DATA        = sql/mms--0.1.0.sql
+DATA        = sql/mms--0.1.0.sql sql/mms--0.2.0.sql sql/mms--0.1.0--0.2.0.sql
 PGFILEDESC  = "mms - T5 model registry and serving"
 
-# sql/ holds the install script and the regression tests (expected/ the results).
+# sql/ holds the install and upgrade scripts (mms--*) and the regression tests
+# (expected/ the results).
 REGRESS      = $(filter-out mms--%,$(basename $(notdir $(wildcard sql/*.sql))))
 REGRESS_OUT ?= build/regress
 REGRESS_OPTS = --load-extension=mms --outputdir=$(REGRESS_OUT)
@@ -89,7 +90,7 @@ build/pg/%.o: src/pg/%.c $(PG_HDRS) $(ENGINE_HDRS)
 # bgw_library_name); the postmaster never does. The registry functions it calls
 # (large-object reads, shared state) resolve against the preloaded mms.so;
 # -Bsymbolic keeps its own engine copy bound to itself.
-WORKER_OBJS = $(patsubst src/pg/%.c,build/pg/%.o,$(wildcard src/pg/worker*.c))
+WORKER_OBJS = $(patsubst src/pg/%.c,build/pg/%.o,src/pg/worker.c $(wildcard src/pg/worker_*.c))
 
 mms_worker$(DLSUFFIX): $(WORKER_OBJS) $(ENGINE_OBJS)
 	$(CC) $(CFLAGS) $(LDFLAGS) -shared -Wl,-Bsymbolic -o $@ $^ $(LDLIBS_BLAS) -lm

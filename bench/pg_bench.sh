@@ -67,7 +67,7 @@ SELECT b.ids[o.n] AS id, o.iso
 FROM (SELECT chunk, array_agg(id ORDER BY id) AS ids, array_agg(raw ORDER BY id) AS raws
       FROM (SELECT id, raw, (row_number() OVER (ORDER BY id) - 1) / 64 AS chunk FROM raw) s
       GROUP BY chunk) b,
-     unnest(mms_generate('m', b.raws, '$opts')) WITH ORDINALITY AS o(iso, n);
+     unnest(mms_generate_batch('m', b.raws, '$opts')) WITH ORDINALITY AS o(iso, n);
 SQL
 t2=$(date +%s.%N)
 same=$(sql -c "SELECT count(*) FROM out1 JOIN out2 USING (id) WHERE out1.iso = out2.iso")

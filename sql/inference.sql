@@ -1,4 +1,4 @@
--- Inference in SQL: mms_generate (one input, an array), mms_score, option
+-- Inference in SQL: mms_generate, mms_generate_batch, mms_score, option
 -- validation, input limits, grants, mms_load / mms_unload and the views.
 -- The fixture models have random weights: the text is noise but deterministic
 -- (t_inference_cli.py checks the same results against build/mms-run).
@@ -27,17 +27,21 @@ SELECT mms_generate('gen_flan', 'Hello', '{"max_new_tokens": 8, "do_sample": fal
 SELECT mms_generate('gen_flan', NULL::text) IS NULL AS null_in_null_out;
 SELECT mms_generate('gen_flan', '', '{"max_new_tokens": 4}');
 
--- arrays: one batch, input order, NULL in -> NULL out, shape kept
-SELECT mms_generate('gen_flan', ARRAY['Hello, world!', NULL, 'another input', ''], '{"max_new_tokens": 6}');
-SELECT mms_generate('gen_flan', ARRAY['b', 'a', 'c'], '{"max_new_tokens": 6}')
+-- mms_generate_batch: one batch, input order, NULL in -> NULL out, shape kept
+SELECT mms_generate_batch('gen_flan', ARRAY['Hello, world!', NULL, 'another input', ''], '{"max_new_tokens": 6}');
+SELECT mms_generate_batch('gen_flan', ARRAY['b', 'a', 'c'], '{"max_new_tokens": 6}')
      = ARRAY[mms_generate('gen_flan', 'b', '{"max_new_tokens": 6}'),
              mms_generate('gen_flan', 'a', '{"max_new_tokens": 6}'),
              mms_generate('gen_flan', 'c', '{"max_new_tokens": 6}')] AS array_equals_scalar_calls;
-SELECT mms_generate('gen_flan', ARRAY[]::text[]);
-SELECT mms_generate('gen_flan', ARRAY[NULL, NULL]::text[]);
-SELECT mms_generate('gen_flan', NULL::text[]) IS NULL AS null_array;
-SELECT array_dims(mms_generate('gen_flan', '[3:4]={x,y}'::text[], '{"max_new_tokens": 2}'));
-SELECT array_length(mms_generate('gen_flan', array_agg('row ' || i), '{"max_new_tokens": 4}'), 1)
+SELECT mms_generate_batch('gen_flan', ARRAY[]::text[]);
+SELECT mms_generate_batch('gen_flan', ARRAY[NULL, NULL]::text[]);
+SELECT mms_generate_batch('gen_flan', NULL::text[]) IS NULL AS null_array;
+-- an untyped literal (what psycopg sends for a Python list) is an array here
+SELECT mms_generate_batch('gen_flan', '{b,a}', '{"max_new_tokens": 6}')
+     = ARRAY[mms_generate('gen_flan', 'b', '{"max_new_tokens": 6}'),
+             mms_generate('gen_flan', 'a', '{"max_new_tokens": 6}')] AS literal_is_a_batch;
+SELECT array_dims(mms_generate_batch('gen_flan', '[3:4]={x,y}'::text[], '{"max_new_tokens": 2}'));
+SELECT array_length(mms_generate_batch('gen_flan', array_agg('row ' || i), '{"max_new_tokens": 4}'), 1)
 FROM generate_series(1, 100) i;
 -- the pattern of the README: rows batched through the array API, back in order
 CREATE TABLE gen_in AS SELECT i AS id, 'input ' || i AS raw FROM generate_series(1, 20) i;
@@ -46,7 +50,7 @@ INSERT INTO gen_out (id, result)
 SELECT b.ids[o.n], o.result
 FROM (SELECT (id - 1) / 8 AS chunk, array_agg(id ORDER BY id) AS ids, array_agg(raw ORDER BY id) AS raws
       FROM gen_in GROUP BY 1) b,
-     unnest(mms_generate('gen_flan', b.raws, '{"max_new_tokens": 4}')) WITH ORDINALITY AS o(result, n);
+     unnest(mms_generate_batch('gen_flan', b.raws, '{"max_new_tokens": 4}')) WITH ORDINALITY AS o(result, n);
 SELECT count(*) AS rows, count(DISTINCT id) AS ids FROM gen_out;
 SELECT bool_and(o.result = mms_generate('gen_flan', i.raw, '{"max_new_tokens": 4}')) AS batched_equals_per_row
 FROM gen_out o JOIN gen_in i USING (id);
@@ -58,6 +62,18 @@ SELECT round(mms_score('gen_flan', 'Hello, world!', 'target text')::numeric, 2);
 SELECT round(mms_score('gen_relu', 'Hello, world!', 'target text')::numeric, 2);
 SELECT mms_score('gen_flan', 'Hello', 'a') > mms_score('gen_flan', 'Hello', 'a b c d e f g') AS longer_is_less_likely;
 SELECT mms_score('gen_flan', NULL, 'x') IS NULL AS strict;
+-- mms_score_batch: one batch of pairs, in order and shape, NULL where either is NULL
+-- (a row of a batch may round differently from a call alone: compared to 1e-4)
+SELECT array_length(r, 1) AS n, r[3] IS NULL AS null_input, r[4] IS NULL AS null_target,
+       abs(r[1] - mms_score('gen_flan', 'Hello, world!', 'target text')) < 1e-4
+       AND abs(r[2] - mms_score('gen_flan', 'Hello', 'a b c')) < 1e-4
+       AND abs(r[5] - mms_score('gen_flan', '', '')) < 1e-4 AS equals_per_pair
+FROM mms_score_batch('gen_flan', ARRAY['Hello, world!', 'Hello', NULL, 'x', ''],
+                     ARRAY['target text', 'a b c', 'y', NULL, '']) r;
+SELECT mms_score_batch('gen_flan', ARRAY[]::text[], ARRAY[]::text[]);
+SELECT array_dims(mms_score_batch('gen_flan', '[2:3]={a,b}', '[5:6]={c,d}'));
+SELECT mms_score_batch('gen_flan', NULL, ARRAY['x']) IS NULL AS strict;
+SELECT mms_score_batch('gen_flan', ARRAY['a', 'b', 'c'], ARRAY['x', 'y']);
 
 -- every option error names the option
 SELECT mms_generate('gen_flan', 'x', '{"max_tokens": 5}');
@@ -88,7 +104,7 @@ SELECT mms_generate('gen_flan', 'x', '{"seed": 1e30}');
 SELECT mms_generate('gen_flan', 'x', '{"repetition_penalty": 0}');
 SELECT mms_generate('gen_flan', 'x', '{"do_sample": true, "num_beams": 2}');
 SELECT mms_generate('gen_flan', 'x', '{"top_k": 10, "num_beams": 2}');
-SELECT mms_generate('gen_flan', ARRAY['x'], '{"bogus": 1}');
+SELECT mms_generate_batch('gen_flan', ARRAY['x'], '{"bogus": 1}');
 
 -- input limits (mms.max_input_tokens = 1024 here; mms.max_new_tokens = 4096)
 SELECT mms_generate('gen_flan', repeat('a ', 2000));
@@ -105,7 +121,7 @@ SELECT mms_score('nope', 'x', 'y');
 CREATE ROLE regress_mms_carol;
 SET ROLE regress_mms_carol;
 SELECT mms_generate('gen_flan', 'x', '{"max_new_tokens": 2}');
-SELECT mms_generate('gen_flan', ARRAY['x'], '{"max_new_tokens": 2}');
+SELECT mms_generate_batch('gen_flan', ARRAY['x'], '{"max_new_tokens": 2}');
 SELECT mms_score('gen_flan', 'x', 'y');
 SELECT mms_load('gen_flan');
 SELECT mms_unload('gen_flan');
@@ -140,12 +156,13 @@ SELECT mms_unload('nope');
 
 -- honest labels
 SELECT p.oid::regprocedure, p.provolatile, p.proparallel, p.proisstrict FROM pg_proc p
-WHERE p.proname IN ('mms_generate', 'mms_score', 'mms_load', 'mms_unload') ORDER BY p.oid::regprocedure::text;
+WHERE p.proname IN ('mms_generate', 'mms_generate_batch', 'mms_score', 'mms_score_batch', 'mms_load', 'mms_unload')
+ORDER BY p.oid::regprocedure::text;
 
 -- a tied model whose file also stores the LM head as a copy of the embeddings
 -- (llama.cpp's converter on checkpoints with lm_head.weight) is still tied
 SELECT mms_import('gen_tied_copy', :'data' || '/bad/tied_stored_head.gguf');
-SELECT tied_embeddings FROM mms.models WHERE name = 'gen_tied_copy';
+SELECT config->'tied_embeddings' AS tied_embeddings FROM mms.models WHERE name = 'gen_tied_copy';
 SELECT mms_score('gen_tied_copy', 'hello there', 'Hello, world!')
      = mms_score('gen_relu', 'hello there', 'Hello, world!') AS same_scores_as_tied,
        mms_generate('gen_tied_copy', 'Hello, world!', '{"num_beams": 3, "max_new_tokens": 8}')
@@ -153,7 +170,7 @@ SELECT mms_score('gen_tied_copy', 'hello there', 'Hello, world!')
 SELECT mms_unregister('gen_tied_copy');
 -- the copy quantized to another type (llama-quantize without --pure): tied too
 SELECT mms_import('gen_tied_q8', :'data' || '/bad/tied_q8_head.gguf');
-SELECT tied_embeddings FROM mms.models WHERE name = 'gen_tied_q8';
+SELECT config->'tied_embeddings' AS tied_embeddings FROM mms.models WHERE name = 'gen_tied_q8';
 SELECT abs(mms_score('gen_tied_q8', 'hello there', 'Hello, world!')
            - mms_score('gen_relu', 'hello there', 'Hello, world!')) < 0.5 AS scores_as_tied;
 SELECT mms_unregister('gen_tied_q8');

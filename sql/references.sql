@@ -10,7 +10,7 @@ SELECT mms_import('m', :'flan');
 SELECT mms_import('m', :'relu', version => '5');
 SELECT mms_import('m', :'flan');
 SELECT mms_import('other', :'flan', '3', 'someone', 'another model');
-SELECT name, version, arch, ffn_kind FROM mms.models ORDER BY name, version;
+SELECT name, version, arch, config->>'ffn_kind' AS ffn_kind FROM mms.models ORDER BY name, version;
 
 -- a version that exists, and versions that are not positive integers
 SELECT mms_import('m', :'flan', '5');

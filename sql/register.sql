@@ -22,8 +22,7 @@ FROM unnest(ARRAY['t5_relu_tied', 'depth_3_1', 'inner_48', 'flan_gated_f16',
 
 \x on
 SELECT name, version, aliases, author, description, owner, arch, n_params, tensor_types,
-       d_model, d_ff, n_enc_layers, n_dec_layers, n_heads, d_kv, vocab_size, context_length,
-       ffn_kind, tied_embeddings, tokenizer, size, size_bytes
+       config, tokenizer, size, size_bytes
 FROM mms.models ORDER BY name, version;
 \x off
 SELECT name, sha256 = encode(sha256(lo_get(weights)), 'hex') AS sha_ok,
@@ -40,6 +39,14 @@ FROM mms.models ORDER BY name;
 SELECT mms_import('extra', :'data' || '/bad/extra_metadata.gguf');
 SELECT key, value FROM mms.models, jsonb_each(metadata)
 WHERE name = 'extra' AND key LIKE 'test.%' ORDER BY key;
+
+-- config: the architecture's hyperparameters (the keys of arch t5, and
+-- t5encoder's, which has no decoder)
+SELECT mms_import('encoder', :'data' || '/t5encoder.gguf');
+SELECT arch, array_agg(DISTINCT k ORDER BY k) AS config_keys
+FROM mms.models, jsonb_object_keys(config) k GROUP BY arch ORDER BY arch;
+SELECT name, config->'n_enc_layers' AS n_enc_layers, config->'n_dec_layers' AS n_dec_layers
+FROM mms.models WHERE arch = 't5encoder';
 
 -- clean up: nothing may remain
 SELECT name, mms_unregister(name) FROM mms.models ORDER BY name;

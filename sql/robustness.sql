@@ -30,7 +30,7 @@ SELECT length(mms_generate('rob', 'hello', '{"repetition_penalty": 3e38, "max_ne
 -- a model whose weights hold NaN: a clear error naming it, for every kind of call
 SELECT mms_import('nan', :'data' || '/bad/nan_weights.gguf');
 SELECT mms_generate('nan', 'hello');
-SELECT mms_generate('nan', ARRAY['hello', 'world'], '{"num_beams": 2}');
+SELECT mms_generate_batch('nan', ARRAY['hello', 'world'], '{"num_beams": 2}');
 SELECT mms_generate('nan', 'hello', '{"do_sample": true, "seed": 3}');
 SELECT mms_score('nan', 'hello', 'world');
 SELECT pg_temp.sqlstate_of($$SELECT mms_generate('nan', 'hello')$$) AS floating_point_exception;

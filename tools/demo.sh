@@ -43,7 +43,7 @@ q "-- single calls" <<'SQL'
 SELECT mms_generate('datefix', 'normalize date: March 3rd, 2021') AS greedy;
 SELECT mms_generate('datefix', 'normalize date: le 14 juillet 1989', '{"num_beams": 4}') AS beam;
 SELECT mms_generate('datefix', 'number to digits: two thousand and twenty-one') AS number;
-SELECT mms_generate('datefix', ARRAY['normalize date: 3/4/2021', NULL, 'normalize date: 2019.12.31']) AS batch;
+SELECT mms_generate_batch('datefix', ARRAY['normalize date: 3/4/2021', NULL, 'normalize date: 2019.12.31']) AS batch;
 SELECT round(mms_score('datefix', 'normalize date: March 3rd, 2021', '2021-03-03')::numeric, 4) AS logprob_right,
        round(mms_score('datefix', 'normalize date: March 3rd, 2021', '2021-04-03')::numeric, 4) AS logprob_wrong;
 SELECT mms_tokenize('datefix', 'normalize date: 3/4/2021') AS ids;
@@ -67,7 +67,7 @@ FROM (SELECT chunk, array_agg(id ORDER BY id) AS ids,
              array_agg('normalize date: ' || raw ORDER BY id) AS inputs
       FROM (SELECT id, raw, (row_number() OVER (ORDER BY id) - 1) / 64 AS chunk FROM raw_dates) s
       GROUP BY chunk) b,
-     unnest(mms_generate('datefix', b.inputs, '{"max_new_tokens": 12}')) WITH ORDINALITY AS o(iso, n);
+     unnest(mms_generate_batch('datefix', b.inputs, '{"max_new_tokens": 12}')) WITH ORDINALITY AS o(iso, n);
 \timing off
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE c.iso = to_char(r.truth, 'YYYY-MM-DD')) AS exact,

@@ -58,6 +58,33 @@ mms_registry_owner(void)
 	return owner;
 }
 
+/*
+ * The library writes and reads the catalog of the newest extension version
+ * only. After a package upgrade, until ALTER EXTENSION mms UPDATE runs in a
+ * database, its registry lacks what the library's queries name; this says so
+ * instead of failing a query. The marker is a relation the newest version
+ * added (0.2.0: the pool settings): a syscache lookup, no catalog scan.
+ */
+bool
+mms_catalog_is_current(void)
+{
+	Oid			nsp = get_namespace_oid("mms", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("model_pool_settings", nsp));
+}
+
+void
+mms_require_current_catalog(void)
+{
+	if (mms_catalog_is_current())
+		return;
+	(void) mms_registry_owner();	/* no registry at all: its own error */
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the mms model registry in this database is older than the installed mms library"),
+			 errhint("Run ALTER EXTENSION mms UPDATE in this database.")));
+}
+
 void
 mms_catalog_enter(MmsCatalogSession *s)
 {

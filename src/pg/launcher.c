@@ -1,16 +1,24 @@
 /*
- * launcher.c — the launcher background worker (in mms.so, no BLAS): starts an
- * inference worker (mms_worker.so) for each (database, model) that has
- * requests, replaces workers that die, frees the entries of workers that
- * exited, and keeps the number of running workers within mms.max_workers by
- * asking idle ones to stop. Also the backend-side lookup of a model's worker.
- * The workers themselves: worker.c; the shared state: serve.h.
+ * launcher.c — the launcher background worker (in mms.so, no BLAS), which
+ * makes every serving decision: it starts loaders for served models that are
+ * wanted, sizes each model's worker pool (up when requests wait, within
+ * min_workers .. max_workers and mms.max_workers; workers leave by
+ * themselves when idle), makes room for a model whose requests have no
+ * worker by draining one of a busy model, reaps workers that died, and at
+ * start reads every database's pinned models. Each decision is an event
+ * (mms.events, and a LOG line). It connects to no database, so it blocks
+ * none; it reads pg_database only.
  */
 #include "postgres.h"
 
 #include <signal.h>
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -20,15 +28,16 @@
 #include "storage/proc.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "serve.h"
 
-/* a worker that exits this many times in a row before serving is given up */
-#define MAX_FAILED_STARTS 3
+/* a pool's only worker is not drained for another model before it served this long */
+#define MIN_SLICE_MS 1000
 
-/* Handles of the workers this launcher registered (launcher-local). */
-static BackgroundWorkerHandle *handles[MMS_MAX_WORKERS];
+static BackgroundWorkerHandle *handles[MMS_WORKER_SLOTS];
+static List *scan_todo = NIL;	/* databases whose pinned models are still to read */
 
 void
 mms_launcher_register(void)
@@ -36,7 +45,7 @@ mms_launcher_register(void)
 	BackgroundWorker bgw;
 
 	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	/* consistent state: also on hot standbys */
 	bgw.bgw_start_time = BgWorkerStart_ConsistentState;
 	bgw.bgw_restart_time = 5;
@@ -47,207 +56,80 @@ mms_launcher_register(void)
 	RegisterBackgroundWorker(&bgw);
 }
 
-static bool
-serving(const MmsWorker *w)
-{
-	return w->state == MMS_W_REQUESTED || w->state == MMS_W_STARTING ||
-		w->state == MMS_W_LOADING || w->state == MMS_W_READY;
-}
-
-int
-mms_find_worker(const MmsModelKey *k)
-{
-	for (int i = 0; i < MMS_MAX_WORKERS; i++)
-	{
-		MmsWorker  *w = &mms_shared->workers[i];
-
-		if (!mms_key_equal(&w->model, k) || w->stop_requested)
-			continue;
-		/* an entry whose worker died will be restarted: queue there too */
-		if (serving(w) || (w->state == MMS_W_EXITED && w->exit_reason == MMS_EXIT_OTHER))
-			return i;
-	}
-	return -1;
-}
-
-int
-mms_want_worker(const MmsModelKey *k)
-{
-	int			i = mms_find_worker(k);
-
-	if (i >= 0)
-		return i;
-	for (i = 0; i < MMS_MAX_WORKERS; i++)
-	{
-		MmsWorker  *w = &mms_shared->workers[i];
-
-		if (w->state != MMS_W_FREE)
-			continue;
-		w->generation++;
-		w->model = *k;
-		w->state = MMS_W_REQUESTED;
-		w->pid = 0;
-		w->procno = -1;
-		w->stop_requested = false;
-		w->exit_reason = MMS_EXIT_NONE;
-		w->failed_starts = 0;
-		memset(&w->err, 0, sizeof(w->err));
-		w->batch = 0;
-		w->held = 0;
-		w->served = 0;
-		w->started_at = 0;
-		w->last_active = GetCurrentTimestamp();
-		return i;
-	}
-	return -1;
-}
-
 void
 mms_wake_launcher(void)
 {
-	mms_wake_procno(mms_shared->launcher_procno);
+	if (mms_shared)
+		mms_wake_procno(mms_shared->launcher_procno);
 }
 
 static void
 launcher_exit(int code, Datum arg)
 {
-	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
+	LWLockAcquire(mms_shared->workers_lock, LW_EXCLUSIVE);
 	if (mms_shared->launcher_pid == MyProcPid)
 	{
 		mms_shared->launcher_procno = -1;
 		mms_shared->launcher_pid = 0;
 	}
-	LWLockRelease(mms_shared->lock);
+	LWLockRelease(mms_shared->workers_lock);
 }
 
-/* Lock held: fails the QUEUED slots of entry i (nothing will run them). */
-static void
-fail_queued(int i, const MmsSlotError *err)
+static const char *
+kind_name(MmsWorkerKind k)
 {
-	for (int s = 0; s < mms_shared->n_slots; s++)
-	{
-		MmsSlot    *slot = mms_slot(s);
-
-		if (slot->worker == i && slot->state == MMS_SLOT_QUEUED)
-			mms_slot_fail(slot, err->sqlstate, err->msg, err->hint);
-	}
+	return k == MMS_WK_LOADER ? "mms loader" : k == MMS_WK_SCAN ? "mms scan" : "mms worker";
 }
 
+/* Registers the process of worker entry i. */
 static void
-set_err(MmsSlotError *e, int sqlstate, const char *msg, const char *hint)
+launch(int i, const MmsWorker *w, const char *what)
 {
-	e->sqlstate = sqlstate;
-	strlcpy(e->msg, msg, sizeof(e->msg));
-	strlcpy(e->hint, hint, sizeof(e->hint));
-}
+	BackgroundWorker bgw;
+	bool		ok;
 
-/* Lock held: the entry's process is gone; decide what becomes of the entry. */
-static void
-settle_exited(int i)
-{
-	MmsWorker  *w = &mms_shared->workers[i];
-	int			queued = mms_worker_queued(i);
-
+	memset(&bgw, 0, sizeof(bgw));
+	/* inference workers connect to no database; loaders and scans do, briefly */
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS |
+		(w->kind == MMS_WK_INFERENCE ? 0 : BGWORKER_BACKEND_DATABASE_CONNECTION);
+	bgw.bgw_start_time = BgWorkerStart_ConsistentState;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	/* the only library that links OpenBLAS, loaded by these processes alone */
+	strlcpy(bgw.bgw_library_name, "mms_worker", BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name,
+			w->kind == MMS_WK_LOADER ? "mms_loader_main" :
+			w->kind == MMS_WK_SCAN ? "mms_scan_main" : "mms_worker_main", BGW_MAXLEN);
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s for %s", kind_name(w->kind), what);
+	strlcpy(bgw.bgw_type, kind_name(w->kind), BGW_MAXLEN);
+	bgw.bgw_main_arg = Int32GetDatum(i);
+	memcpy(bgw.bgw_extra, &w->generation, sizeof(w->generation));
+	bgw.bgw_notify_pid = MyProcPid;
 	if (handles[i])
 	{
 		pfree(handles[i]);
 		handles[i] = NULL;
 	}
-	if (w->exit_reason == MMS_EXIT_LOAD_FAILED || w->failed_starts >= MAX_FAILED_STARTS)
 	{
-		if (w->err.sqlstate == 0)
-			set_err(&w->err, ERRCODE_SYSTEM_ERROR,
-					"the inference worker exited before it could serve",
-					"The server log shows why.");
-		fail_queued(i, &w->err);
-		w->state = MMS_W_FREE;
+		/* handles outlive the pass's memory */
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		ok = RegisterDynamicBackgroundWorker(&bgw, &handles[i]);
+		MemoryContextSwitchTo(old);
 	}
-	else if (queued > 0)
-	{
-		/*
-		 * Replace it: same entry, so queued requests stay where they are. A
-		 * worker that died with nothing queued is replaced by the next call
-		 * (its database may be going away: DROP DATABASE terminates it).
-		 */
-		w->generation++;
-		w->state = MMS_W_REQUESTED;
-		w->exit_reason = MMS_EXIT_NONE;
-		w->stop_requested = false;
-	}
-	else
-		w->state = MMS_W_FREE;
-	ConditionVariableBroadcast(&mms_shared->cv);
-}
-
-static int
-running_count(void)
-{
-	int			n = 0;
-
-	for (int i = 0; i < MMS_MAX_WORKERS; i++)
-	{
-		MmsWorkerState st = mms_shared->workers[i].state;
-
-		if (st == MMS_W_STARTING || st == MMS_W_LOADING || st == MMS_W_READY)
-			n++;
-	}
-	return n;
-}
-
-/* Lock held: asks the longest-idle worker not serving k to stop; true if one was asked. */
-static bool
-stop_one_idle(const MmsModelKey *k)
-{
-	int			best = -1;
-
-	for (int i = 0; i < MMS_MAX_WORKERS; i++)
-	{
-		MmsWorker  *w = &mms_shared->workers[i];
-
-		if (w->state != MMS_W_READY || mms_key_equal(&w->model, k))
-			continue;
-		if (w->stop_requested)
-			return true;		/* one is on its way out */
-		if (w->held > 0 || mms_worker_queued(i) > 0)
-			continue;
-		if (best < 0 || w->last_active < mms_shared->workers[best].last_active)
-			best = i;
-	}
-	if (best < 0)
-		return false;
-	mms_shared->workers[best].stop_requested = true;
-	mms_wake_procno(mms_shared->workers[best].procno);
-	return true;
-}
-
-static bool
-start_worker(int i, uint32 generation, const MmsModelKey *k)
-{
-	BackgroundWorker bgw;
-
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_ConsistentState;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	/* the only library that links OpenBLAS, loaded by the worker process alone */
-	strlcpy(bgw.bgw_library_name, "mms_worker", BGW_MAXLEN);
-	strlcpy(bgw.bgw_function_name, "mms_worker_main", BGW_MAXLEN);
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "mms worker for %s:%d", k->name, k->version);
-	strlcpy(bgw.bgw_type, "mms worker", BGW_MAXLEN);
-	bgw.bgw_main_arg = Int32GetDatum(i);
-	memcpy(bgw.bgw_extra, &generation, sizeof(generation));
-	bgw.bgw_notify_pid = MyProcPid;
-	return RegisterDynamicBackgroundWorker(&bgw, &handles[i]);
+	mms_workers_launched(i, w->generation, ok);
+	if (!ok)
+		ereport(WARNING,
+				(errmsg("mms: could not start %s: no background worker slot is free", kind_name(w->kind)),
+				 errhint("Raise max_worker_processes (it must exceed mms.max_workers plus other background workers).")));
 }
 
 /*
- * Lock held: is the process of entry i still there? A restarted launcher has
- * no handles for workers started before; it goes by their pid.
+ * Is the process of entry i still there? A restarted launcher has no handles
+ * for workers started before; it goes by their pid.
  */
 static bool
-alive(int i)
+alive(const MmsWorker *w, int i)
 {
-	MmsWorker  *w = &mms_shared->workers[i];
 	pid_t		pid;
 
 	if (handles[i])
@@ -255,101 +137,319 @@ alive(int i)
 	return w->pid > 0 && kill(w->pid, 0) == 0;
 }
 
+/* Frees the entries of processes that are gone; a crash fails what they ran. */
 static void
-launcher_pass(void)
+reap(MmsWorker *ws, const MmsServed *dir)
 {
-	int			want[MMS_MAX_WORKERS];
-	uint32		want_gen[MMS_MAX_WORKERS];
-	MmsModelKey want_key[MMS_MAX_WORKERS];
-	int			n_want = 0;
-
-	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < MMS_MAX_WORKERS; i++)
+	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
 	{
-		MmsWorker  *w = &mms_shared->workers[i];
+		MmsWorker  *w = &ws[i];
 
-		if ((w->state == MMS_W_STARTING || w->state == MMS_W_LOADING || w->state == MMS_W_READY) &&
-			!alive(i))
+		if ((w->state == MMS_W_STARTING || w->state == MMS_W_ATTACHING || w->state == MMS_W_READY ||
+			 w->state == MMS_W_DRAINING) && !alive(w, i))
 		{
 			/* gone without its exit callback (or started by an earlier launcher) */
-			mms_worker_orphan_slots(i, "the inference worker exited while running this request");
-			if (w->state != MMS_W_READY)
-				w->failed_starts++;
+			mms_queue_orphan(i, "the inference worker exited while running this request");
+			mms_workers_vanished(i);
 			w->state = MMS_W_EXITED;
-			w->exit_reason = MMS_EXIT_OTHER;
-			w->pid = 0;
-			w->procno = -1;
+			w->clean_exit = false;
 		}
-		if (w->state == MMS_W_EXITED)
-			settle_exited(i);
-		if (w->state == MMS_W_REQUESTED)
-		{
-			want[n_want] = i;
-			want_gen[n_want] = w->generation;
-			want_key[n_want] = w->model;
-			n_want++;
-		}
-	}
-	LWLockRelease(mms_shared->lock);
-
-	for (int j = 0; j < n_want; j++)
-	{
-		int			i = want[j];
-		MmsWorker  *w = &mms_shared->workers[i];
-		bool		room;
-		bool		started = false;
-
-		LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-		room = running_count() < mms_max_workers;
-		if (!room)
-			(void) stop_one_idle(&want_key[j]);
-		LWLockRelease(mms_shared->lock);
-		if (!room)
-			continue;			/* retried when the stopped one has exited */
-
+		if (w->state != MMS_W_EXITED)
+			continue;
+		if (!w->clean_exit && w->kind == MMS_WK_INFERENCE)
+			mms_event("worker_exit", &dir[w->served], "worker exited unexpectedly; see the server log");
 		if (handles[i])
 		{
 			pfree(handles[i]);
 			handles[i] = NULL;
 		}
-		started = start_worker(i, want_gen[j], &want_key[j]);
-
-		LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-		if (w->state == MMS_W_REQUESTED && w->generation == want_gen[j])
-		{
-			if (started)
-				w->state = MMS_W_STARTING;
-			else
-			{
-				MmsSlotError e;
-
-				set_err(&e, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-						"could not start an inference worker: no background worker slot is free",
-						"Raise max_worker_processes (it must exceed mms.max_workers plus other background workers).");
-				fail_queued(i, &e);
-				w->state = MMS_W_FREE;
-				ConditionVariableBroadcast(&mms_shared->cv);
-			}
-		}
-		LWLockRelease(mms_shared->lock);
+		mms_workers_free(i);
+		w->state = MMS_W_FREE;
 	}
+}
+
+/* Reads the databases that accept connections (shared catalog: no database needed). */
+static void
+list_databases(void)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	MemoryContext old;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (!db->datallowconn)
+			continue;
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		scan_todo = lappend_oid(scan_todo, db->oid);
+		MemoryContextSwitchTo(old);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+}
+
+/* One scan at a time, until every database was read. */
+static void
+scan_next(const MmsWorker *ws)
+{
+	MmsWorker	w;
+	int			i;
+
+	for (i = 0; i < MMS_WORKER_SLOTS; i++)
+		if (ws[i].kind == MMS_WK_SCAN && ws[i].state != MMS_W_FREE)
+			return;
+	if (scan_todo == NIL)
+		return;
+	if ((i = mms_workers_request(MMS_WK_SCAN, -1, 0, linitial_oid(scan_todo), &w)) < 0)
+		return;
+	scan_todo = list_delete_first(scan_todo);
+	launch(i, &w, "pinned models");
+}
+
+/* What the launcher knows of one served model in a pass. */
+typedef struct Pool
+{
+	int			workers;		/* up or coming */
+	int			ready;
+	int			draining;
+	bool		loading;		/* a loader runs for it */
+	int			queued;
+	int			running;
+	TimestampTz oldest;
+} Pool;
+
+static void
+count_pools(const MmsWorker *ws, Pool *pools, int *total, int *loaders)
+{
+	memset(pools, 0, sizeof(Pool) * MMS_MAX_SERVED);
+	*total = 0;
+	*loaders = 0;
+	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
+	{
+		const MmsWorker *w = &ws[i];
+
+		if (w->state == MMS_W_FREE || w->state == MMS_W_EXITED || w->served < 0)
+			continue;
+		if (w->kind == MMS_WK_LOADER)
+		{
+			pools[w->served].loading = true;
+			(*loaders)++;
+			continue;
+		}
+		if (w->kind != MMS_WK_INFERENCE)
+			continue;
+		(*total)++;				/* draining ones still hold a process */
+		if (w->state == MMS_W_DRAINING)
+			pools[w->served].draining++;
+		else
+		{
+			pools[w->served].workers++;
+			if (w->state == MMS_W_READY)
+				pools[w->served].ready++;
+		}
+	}
+	for (int i = 0; i < MMS_MAX_SERVED; i++)
+		mms_queue_depth(i, &pools[i].queued, &pools[i].running, &pools[i].oldest);
+}
+
+/* How many workers pool i should have now. */
+static int
+pool_target(const MmsServed *s, const Pool *p, TimestampTz now)
+{
+	int			want = p->workers;
+	int			max = Max(1, s->pool.max_workers);
+
+	if (want < s->pool.min_workers && !s->doomed)
+		want = s->pool.min_workers;
+	if (p->queued > 0 && p->workers == 0)
+		want = Max(want, 1);
+	/* grow by one while requests wait: more outstanding than the target per worker, or waiting too long */
+	if (p->queued > 0 && p->workers > 0 && p->workers == p->ready && !s->doomed &&
+		(p->queued + p->running > mms_pool_target_requests * p->workers ||
+		 (p->oldest != 0 && now - p->oldest > (int64) mms_pool_upscale_wait_ms * 1000)))
+		want = p->workers + 1;
+	return Min(want, max);
+}
+
+/*
+ * Within mms.max_workers, a pool whose requests have no worker gets one: an
+ * idle worker of another pool is drained first, else one of the largest
+ * pool, else the longest-running only worker of a pool (after MIN_SLICE_MS),
+ * so that no model waits on others' traffic.
+ */
+static void
+make_worker_room(const MmsWorker *ws, const MmsServed *dir, const Pool *pools, int starving)
+{
+	int			victim = -1;
+	int			best_pool = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
+		if (ws[i].kind == MMS_WK_INFERENCE && ws[i].state == MMS_W_DRAINING)
+			return;				/* one is on its way out already */
+	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
+	{
+		const MmsWorker *w = &ws[i];
+		const Pool *p;
+
+		if (w->kind != MMS_WK_INFERENCE || w->state != MMS_W_READY || w->served == starving)
+			continue;
+		p = &pools[w->served];
+		if (w->held == 0 && p->queued == 0)
+		{
+			if (victim < 0 || best_pool < 1000 || w->last_active < ws[victim].last_active)
+				victim = i, best_pool = 1000;	/* idle: always preferred */
+			continue;
+		}
+		if (best_pool >= 1000)
+			continue;
+		if (p->workers > 1 && p->workers > best_pool)
+			victim = i, best_pool = p->workers;
+		else if (p->workers == 1 && best_pool <= 1 &&
+				 now - w->started_at > (int64) MIN_SLICE_MS * 1000 &&
+				 (victim < 0 || w->started_at < ws[victim].started_at))
+			victim = i, best_pool = 1;
+	}
+	if (victim < 0)
+		return;
+	mms_workers_drain(victim);
+	mms_event("scale_down", &dir[ws[victim].served], "worker %d drained to make room for model %s:%d",
+			  ws[victim].pid, dir[starving].users[0].name, dir[starving].users[0].version);
+}
+
+static void
+decide(MmsWorker *ws, const MmsServed *dir)
+{
+	Pool		pools[MMS_MAX_SERVED];
+	int			total;
+	int			loaders;
+	TimestampTz now = GetCurrentTimestamp();
+
+	count_pools(ws, pools, &total, &loaders);
+	for (int i = 0; i < MMS_MAX_SERVED; i++)
+	{
+		const MmsServed *s = &dir[i];
+		const Pool *p = &pools[i];
+		int			want;
+		char		what[NAMEDATALEN + 16];
+
+		if (s->sha256[0] == '\0')
+			continue;
+		snprintf(what, sizeof(what), "%s:%d", s->n_users > 0 ? s->users[0].name : "?",
+				 s->n_users > 0 ? s->users[0].version : 0);
+		if (s->n_users == 0 && p->queued > 0 && s->state != MMS_S_READY)
+		{
+			MmsSlotError err;
+
+			mms_set_error(&err, ERRCODE_UNDEFINED_OBJECT, "the model was unregistered", NULL);
+			mms_queue_fail_all(i, &err);
+			continue;
+		}
+		if ((s->state == MMS_S_EMPTY && (p->queued > 0 || s->pool.pinned) && s->n_users > 0))
+			mms_served_want(i, s->generation);
+		if (s->state == MMS_S_WANTED && !p->loading && loaders < MMS_MAX_LOADERS)
+		{
+			MmsWorker	w;
+			int			k = mms_workers_request(MMS_WK_LOADER, i, s->generation, s->users[0].dboid, &w);
+
+			if (k >= 0)
+			{
+				launch(k, &w, what);
+				loaders++;
+			}
+			continue;
+		}
+		if (s->state != MMS_S_READY)
+			continue;
+		want = pool_target(s, p, now);
+		for (int n = p->workers; n < want; n++)
+		{
+			MmsWorker	w;
+			int			k;
+
+			if (total >= mms_max_workers)
+			{
+				if (p->workers == 0 && p->queued > 0)
+					make_worker_room(ws, dir, pools, i);
+				break;
+			}
+			if ((k = mms_workers_request(MMS_WK_INFERENCE, i, s->generation, InvalidOid, &w)) < 0)
+				break;
+			launch(k, &w, what);
+			total++;
+			if (p->workers > 0)
+				mms_event("scale_up", s, "%d -> %d workers (%d queued, %d running)",
+						  p->workers, n + 1, p->queued, p->running);
+		}
+	}
+}
+
+static void
+launcher_pass(void)
+{
+	MmsWorker  *ws = palloc(sizeof(mms_shared->workers));
+	MmsServed  *dir = palloc(sizeof(mms_shared->served));
+
+	mms_served_snapshot(dir);
+	mms_workers_snapshot(ws);
+	reap(ws, dir);
+	scan_next(ws);
+	decide(ws, dir);
+	pfree(ws);
+	pfree(dir);
+}
+
+/* The launcher ticks faster while requests wait (upscale decisions look at wait times). */
+static long
+next_tick(void)
+{
+	for (int i = 0; i < MMS_MAX_SERVED; i++)
+	{
+		int			q,
+					r;
+
+		mms_queue_depth(i, &q, &r, NULL);
+		if (q > 0)
+			return Max(10L, Min(100L, mms_pool_upscale_wait_ms / 4));
+	}
+	return scan_todo != NIL ? 100L : 1000L;
 }
 
 void
 mms_launcher_main(Datum arg)
 {
+	MemoryContext pass_cxt;
+
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 
-	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
+	LWLockAcquire(mms_shared->workers_lock, LW_EXCLUSIVE);
 	mms_shared->launcher_procno = MyProc->pgprocno;
 	mms_shared->launcher_pid = MyProcPid;
-	LWLockRelease(mms_shared->lock);
+	LWLockRelease(mms_shared->workers_lock);
 	before_shmem_exit(launcher_exit, 0);
 
+	/* no database: pg_database is a shared catalog */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	if (!mms_shared->scanned)
+	{
+		list_databases();
+		mms_shared->scanned = true;
+	}
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "mms launcher pass", ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
+		MemoryContext old;
+
 		if (ShutdownRequestPending)
 			proc_exit(1);		/* 1: the postmaster restarts us unless it is shutting down */
 		if (ConfigReloadPending)
@@ -357,193 +457,51 @@ mms_launcher_main(Datum arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		old = MemoryContextSwitchTo(pass_cxt);
 		launcher_pass();
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(pass_cxt);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 1000L, PG_WAIT_EXTENSION);
+						 next_tick(), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
 }
 
 /*
- * Before DROP DATABASE: the workers connected to it would make the drop fail
- * ("being accessed by other users"). Asks its idle workers to stop, waits a
- * little for them, and drops its unused cached weights. Busy workers serve
- * sessions of that database, which block the drop anyway.
+ * Before DROP DATABASE: only loaders and start-up scans ever connect to a
+ * database, briefly; waits (up to 5 s) for those connected to the one going
+ * away. Inference workers connect to none and never block the drop.
  */
 void
 mms_release_database(Oid dboid)
 {
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 5000);
+	MmsWorker  *ws;
 
 	if (mms_shared == NULL || !OidIsValid(dboid))
 		return;
+	ws = palloc(sizeof(mms_shared->workers));
 	for (;;)
 	{
 		bool		waiting = false;
-		dsm_handle	unpin[MMS_MAX_CACHED];
-		int			n_unpin = 0;
 
-		LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-		for (int i = 0; i < MMS_MAX_WORKERS; i++)
-		{
-			MmsWorker  *w = &mms_shared->workers[i];
-
-			if (w->model.dboid != dboid || w->state == MMS_W_FREE || w->state == MMS_W_EXITED)
-				continue;
-			if (w->held == 0 && mms_worker_queued(i) == 0)
-			{
-				w->stop_requested = true;
-				mms_wake_procno(w->procno);
-			}
-			waiting = true;
-		}
-		for (int i = 0; i < MMS_MAX_CACHED; i++)
-		{
-			MmsCacheEntry *e = &mms_shared->cache[i];
-
-			if (e->model.dboid == dboid && e->state == MMS_C_READY && e->refcount == 0)
-				unpin[n_unpin++] = mms_cache_evict_locked(i);
-		}
-		LWLockRelease(mms_shared->lock);
-		for (int i = 0; i < n_unpin; i++)
-			dsm_unpin_segment(unpin[i]);
+		mms_workers_snapshot(ws);
+		for (int i = 0; i < MMS_WORKER_SLOTS; i++)
+			if (ws[i].kind != MMS_WK_INFERENCE && ws[i].dboid == dboid &&
+				ws[i].state != MMS_W_FREE && ws[i].state != MMS_W_EXITED)
+				waiting = true;
 		if (!waiting || GetCurrentTimestamp() > deadline)
 			break;
-		(void) ConditionVariableTimedSleep(&mms_shared->cv, 100, PG_WAIT_EXTENSION);
-		ConditionVariableCancelSleep();
-		CHECK_FOR_INTERRUPTS();
+		mms_wait_shared(100);
 	}
+	pfree(ws);
 }
 
 void
 mms_forget_models(Oid dboid, int64 model_id)
 {
-	dsm_handle	unpin[MMS_MAX_CACHED];
-	int			n_unpin = 0;
-
 	if (mms_shared == NULL || !OidIsValid(dboid))
 		return;
-	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < MMS_MAX_WORKERS; i++)
-	{
-		MmsWorker  *w = &mms_shared->workers[i];
-
-		if (w->state == MMS_W_FREE || w->model.dboid != dboid ||
-			(model_id != 0 && w->model.model_id != model_id))
-			continue;
-		/* in-flight requests finish; the worker leaves once idle */
-		w->stop_requested = true;
-		mms_wake_procno(w->procno);
-	}
-	for (int i = 0; i < MMS_MAX_CACHED; i++)
-	{
-		MmsCacheEntry *e = &mms_shared->cache[i];
-
-		if (e->state == MMS_C_EMPTY || e->model.dboid != dboid ||
-			(model_id != 0 && e->model.model_id != model_id))
-			continue;
-		if (e->state == MMS_C_READY && e->refcount == 0)
-			unpin[n_unpin++] = mms_cache_evict_locked(i);
-		else
-			e->doomed = true;
-	}
-	/* a gone model's statistics would hold a place in the fixed table forever */
-	for (int i = 0; i < MMS_MAX_STATS; i++)
-	{
-		MmsStat    *st = &mms_shared->stats[i];
-
-		if (st->used && st->dboid == dboid && (model_id == 0 || st->model_id == model_id))
-			st->used = false;
-	}
-	ConditionVariableBroadcast(&mms_shared->cv);
-	LWLockRelease(mms_shared->lock);
-	for (int i = 0; i < n_unpin; i++)
-		dsm_unpin_segment(unpin[i]);
-}
-
-/*
- * Forgetting before commit would race: a call arriving between the forget and
- * the commit still sees the model, gets a new worker and loads a new cache
- * entry that nothing would ever mark. After commit, a new worker can no longer
- * read the weights (its snapshot sees them deleted); a rollback keeps the cache.
- */
-typedef struct PendingForget
-{
-	Oid			dboid;
-	int64		model_id;
-	int			nest_level;		/* subtransaction that asked */
-} PendingForget;
-
-static List *pending_forget = NIL;	/* in TopTransactionContext */
-static bool forget_callbacks_registered = false;
-
-static void
-forget_at_end_of_xact(XactEvent event, void *arg)
-{
-	ListCell   *lc;
-
-	/* a prepared transaction commits in another process: nothing would run */
-	if (event == XACT_EVENT_PRE_PREPARE && pending_forget != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot PREPARE a transaction that unregistered mms models")));
-	if (event == XACT_EVENT_COMMIT)
-		foreach(lc, pending_forget)
-		{
-			PendingForget *f = lfirst(lc);
-
-			mms_forget_models(f->dboid, f->model_id);
-		}
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
-		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
-		pending_forget = NIL;
-}
-
-/* A rolled-back savepoint takes its unregisters back; a released one hands them up. */
-static void
-forget_at_end_of_subxact(SubXactEvent event, SubTransactionId mySubid,
-						 SubTransactionId parentSubid, void *arg)
-{
-	int			level = GetCurrentTransactionNestLevel();
-	ListCell   *lc;
-
-	if (event == SUBXACT_EVENT_ABORT_SUB)
-	{
-		foreach(lc, pending_forget)
-			if (((PendingForget *) lfirst(lc))->nest_level >= level)
-				pending_forget = foreach_delete_current(pending_forget, lc);
-	}
-	else if (event == SUBXACT_EVENT_COMMIT_SUB)
-	{
-		foreach(lc, pending_forget)
-		{
-			PendingForget *f = lfirst(lc);
-
-			if (f->nest_level >= level)
-				f->nest_level = level - 1;
-		}
-	}
-}
-
-void
-mms_forget_models_at_commit(Oid dboid, int64 model_id)
-{
-	MemoryContext old;
-	PendingForget *f;
-
-	if (mms_shared == NULL)
-		return;
-	if (!forget_callbacks_registered)
-	{
-		RegisterXactCallback(forget_at_end_of_xact, NULL);
-		RegisterSubXactCallback(forget_at_end_of_subxact, NULL);
-		forget_callbacks_registered = true;
-	}
-	old = MemoryContextSwitchTo(TopTransactionContext);
-	f = palloc(sizeof(PendingForget));
-	f->dboid = dboid;
-	f->model_id = model_id;
-	f->nest_level = GetCurrentTransactionNestLevel();
-	pending_forget = lappend(pending_forget, f);
-	MemoryContextSwitchTo(old);
+	mms_served_forget(dboid, model_id);
+	mms_stats_forget(dboid, model_id);
 }

@@ -75,7 +75,8 @@ sha_end(pg_cryptohash_ctx *ctx, char *hex_out)
  * reads when sha is not NULL.
  */
 static char *
-read_large_object(Oid loid, int64 max_bytes, pg_cryptohash_ctx *sha, MemoryContext cxt, Size *size)
+read_large_object(Oid loid, int64 max_bytes, pg_cryptohash_ctx *sha, MemoryContext cxt, Size *size,
+				  char *into)
 {
 	/* be_lo_open checks SELECT on the large object for the current user */
 	int32		fd = DatumGetInt32(DirectFunctionCall2(be_lo_open, ObjectIdGetDatum(loid),
@@ -91,7 +92,12 @@ read_large_object(Oid loid, int64 max_bytes, pg_cryptohash_ctx *sha, MemoryConte
 		len = Min(len, max_bytes);
 	(void) DirectFunctionCall3(be_lo_lseek64, Int32GetDatum(fd), Int64GetDatum(0),
 							   Int32GetDatum(SEEK_SET));
-	buf = MemoryContextAllocHuge(cxt, len > 0 ? (Size) len : 1);
+	if (into != NULL && len != max_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("large object %u has " INT64_FORMAT " bytes, not the " INT64_FORMAT " registered",
+						loid, len, max_bytes)));
+	buf = into ? into : MemoryContextAllocHuge(cxt, len > 0 ? (Size) len : 1);
 	while (done < len)
 	{
 		int			want = (int) Min(len - done, IO_CHUNK_BYTES);
@@ -117,7 +123,7 @@ char *
 mms_lo_read_all(Oid loid, Size *size, char *sha_out)
 {
 	pg_cryptohash_ctx *sha = sha_begin();
-	char	   *buf = read_large_object(loid, -1, sha, CurrentMemoryContext, size);
+	char	   *buf = read_large_object(loid, -1, sha, CurrentMemoryContext, size, NULL);
 
 	sha_end(sha, sha_out);
 	return buf;
@@ -204,25 +210,32 @@ mms_lo_unlink(Oid loid)
 	(void) DirectFunctionCall1(be_lo_unlink, ObjectIdGetDatum(loid));
 }
 
-char *
-mms_read_weights(const MmsModel *m, Size *size)
+static void
+check_sha(const MmsModel *m, const char *sha)
 {
-	MmsCatalogSession s;
-	char		sha[65];
-	char	   *buf;
-
-	/* the weights belong to the registry owner: read them with its rights */
-	mms_catalog_enter(&s);
-	MemoryContextSwitchTo(s.caller_cxt);
-	buf = mms_lo_read_all(m->weights, size, sha);
-	mms_catalog_leave(&s);
 	if (strcmp(sha, m->sha256) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("stored weights of model \"%s:%d\" do not match their sha256", m->name, m->version),
 				 errdetail("Large object %u has sha256 %s; the registry recorded %s.",
 						   m->weights, sha, m->sha256)));
-	return buf;
+}
+
+void
+mms_read_weights_into(const MmsModel *m, char *dst)
+{
+	MmsCatalogSession s;
+	char		sha[65];
+	Size		size;
+	pg_cryptohash_ctx *ctx;
+
+	/* straight into dst (a shared segment): no private copy of the weights */
+	mms_catalog_enter(&s);
+	ctx = sha_begin();
+	(void) read_large_object(m->weights, m->size_bytes, ctx, s.caller_cxt, &size, dst);
+	sha_end(ctx, sha);
+	mms_catalog_leave(&s);
+	check_sha(m, sha);
 }
 
 char *
@@ -233,7 +246,7 @@ mms_read_weights_prefix(const MmsModel *m, Size want, Size *got)
 
 	/* the weights belong to the registry owner: read them with its rights */
 	mms_catalog_enter(&s);
-	buf = read_large_object(m->weights, (int64) want, NULL, s.caller_cxt, got);
+	buf = read_large_object(m->weights, (int64) want, NULL, s.caller_cxt, got, NULL);
 	mms_catalog_leave(&s);
 	return buf;
 }

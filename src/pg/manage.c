@@ -26,9 +26,9 @@ required_text(FunctionCallInfo fcinfo, int argno, const char *what)
 
 /*
  * Removes one version (catalog session entered): its row, its aliases (by
- * cascade), its large object, and the grants of its name when it was the last
- * version; its cached weights are dropped when the transaction commits.
- * false if the row was already gone.
+ * cascade), its large object, and the grants and pool settings of its name
+ * when it was the last version; its cached weights are dropped when the
+ * transaction commits. false if the row was already gone.
  */
 bool
 mms_unregister_spi(int64 id, const char *name, Oid weights)
@@ -43,6 +43,10 @@ mms_unregister_spi(int64 id, const char *name, Oid weights)
 	t[0] = TEXTOID;
 	v[0] = CStringGetTextDatum(name);
 	mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.name OPERATOR(pg_catalog.=) $1"
+				 " AND NOT EXISTS (SELECT 1 FROM mms.model_versions m"
+				 " WHERE m.name OPERATOR(pg_catalog.=) $1)",
+				 1, t, v, NULL, SPI_OK_DELETE);
+	mms_spi_exec("DELETE FROM mms.model_pool_settings p WHERE p.name OPERATOR(pg_catalog.=) $1"
 				 " AND NOT EXISTS (SELECT 1 FROM mms.model_versions m"
 				 " WHERE m.name OPERATOR(pg_catalog.=) $1)",
 				 1, t, v, NULL, SPI_OK_DELETE);

@@ -32,6 +32,9 @@ int			mms_max_new_tokens = 512;
 int			mms_max_requests = 256;
 int			mms_max_batch = 64;
 int			mms_worker_memory_mb = -1;
+int			mms_pool_target_requests = 16;
+int			mms_pool_upscale_wait_ms = 500;
+int			mms_max_stats = 5000;
 
 void		_PG_init(void);
 
@@ -105,6 +108,28 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("mms.pool_target_requests",
+							"A model's pool grows by a worker when it has more outstanding requests than this per worker.",
+							"Outstanding = queued + running. Pools stay within max_workers of mms_configure and mms.max_workers.",
+							&mms_pool_target_requests,
+							16,
+							1,
+							65536,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.pool_upscale_wait",
+							"A model's pool grows by a worker when its oldest queued request has waited this long.",
+							NULL,
+							&mms_pool_upscale_wait_ms,
+							500,
+							1,
+							INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("mms.threads_per_worker",
 							"BLAS threads each inference worker uses.",
 							NULL,
@@ -117,8 +142,9 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("mms.worker_idle_timeout",
-							"An inference worker with no request for this long exits.",
-							NULL,
+							"An inference worker with no request for this long exits, "
+							"unless its pool would fall below min_workers.",
+							"This is the pool's scale-down delay.",
 							&mms_worker_idle_timeout_ms,
 							300 * 1000,
 							100,
@@ -200,6 +226,17 @@ _PG_init(void)
 								256,
 								8,
 								65536,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("mms.max_stats",
+								"Entries of mms.stat_models (database, role, model); the least used are evicted beyond it.",
+								NULL,
+								&mms_max_stats,
+								5000,
+								100,
+								1000000,
 								PGC_POSTMASTER,
 								0,
 								NULL, NULL, NULL);

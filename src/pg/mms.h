@@ -45,6 +45,10 @@ typedef struct MmsCatalogSession
 } MmsCatalogSession;
 
 extern Oid	mms_registry_owner(void);
+/* Does this database's registry have the catalog this library version uses? */
+extern bool mms_catalog_is_current(void);
+/* ERROR (with a hint to ALTER EXTENSION mms UPDATE) when it does not. */
+extern void mms_require_current_catalog(void);
 extern void mms_catalog_enter(MmsCatalogSession *s);
 extern void mms_catalog_leave(MmsCatalogSession *s);
 
@@ -108,6 +112,12 @@ typedef struct MmsModel
  * With for_use, also checks that the calling role may use the model.
  */
 extern void mms_resolve_model(const char *ref, bool for_use, MmsModel *out);
+/*
+ * Every pinned model of the current database, the version its plain name
+ * resolves to, pool filled; palloc'd array in *out (NULL when none). Needs a
+ * transaction; returns 0 where the registry is missing or predates pinning.
+ */
+extern int	mms_pinned_models(MmsModel **out);
 extern bool mms_model_exists(const char *name);
 extern bool mms_role_may_use(Oid roleid, const MmsModel *m);
 
@@ -121,8 +131,9 @@ extern char *mms_file_read_all(const char *path, Size *size, char *sha_out);
 /* Creates a large object owned by the current user holding buf; returns its oid. */
 extern Oid	mms_lo_create_from(const char *buf, Size size);
 extern void mms_lo_unlink(Oid loid);
-/* The stored weights of a model, read as the registry owner, sha256-checked. */
-extern char *mms_read_weights(const MmsModel *m, Size *size);
+/* The stored weights of a model, read as the registry owner straight into dst
+ * (m->size_bytes bytes), sha256-checked. */
+extern void mms_read_weights_into(const MmsModel *m, char *dst);
 /* The first want bytes (fewer if the file is shorter) of a model's weights, unchecked. */
 extern char *mms_read_weights_prefix(const MmsModel *m, Size want, Size *got);
 

@@ -1,6 +1,7 @@
 /*
- * options.c — the options jsonb of mms_generate turned into an MmsOptionSet
- * (given options; the worker fills in the engine defaults): every key known, every value of the right type and range, or
+ * options.c — the options jsonb of mms_generate turned into the final
+ * MmsGenOptions the worker runs (the engine's defaults under the given
+ * options, checked by the engine's own validator — no BLAS needed): every key known, every value of the right type and range, or
  * an ERROR naming the option. Meanings are HF generate()'s (generate.h); the
  * sampling rule is mms-run's.
  */
@@ -16,6 +17,26 @@
 #include "utils/numeric.h"
 
 #include "serve.h"
+
+/* Options the caller gave (bits), kept apart from the defaults until the end. */
+#define MMS_OPT_MAX_NEW_TOKENS		(1 << 0)
+#define MMS_OPT_MIN_NEW_TOKENS		(1 << 1)
+#define MMS_OPT_NUM_BEAMS			(1 << 2)
+#define MMS_OPT_LENGTH_PENALTY		(1 << 3)
+#define MMS_OPT_EARLY_STOPPING		(1 << 4)
+#define MMS_OPT_DO_SAMPLE			(1 << 5)
+#define MMS_OPT_TEMPERATURE			(1 << 6)
+#define MMS_OPT_TOP_K				(1 << 7)
+#define MMS_OPT_TOP_P				(1 << 8)
+#define MMS_OPT_SEED				(1 << 9)
+#define MMS_OPT_REPETITION_PENALTY	(1 << 10)
+
+typedef struct MmsOptionSet
+{
+	uint32		given;
+	int32		max_new_cap;	/* mms.max_new_tokens: bounds the default max_new_tokens */
+	MmsGenOptions v;
+} MmsOptionSet;
 
 #define VALID_OPTIONS "max_new_tokens, min_new_tokens, num_beams, length_penalty, early_stopping, " \
 	"do_sample, temperature, top_k, top_p, seed, repetition_penalty"
@@ -75,8 +96,8 @@ get_bool(const char *key, const JsonbValue *v)
 	return v->val.boolean;
 }
 
-void
-mms_parse_options(Jsonb *opts, MmsOptionSet *set)
+static void
+parse_given(Jsonb *opts, MmsOptionSet *set)
 {
 	MmsGenOptions *o = &set->v;
 	JsonbIterator *it;
@@ -206,7 +227,7 @@ mms_parse_options(Jsonb *opts, MmsOptionSet *set)
 
 	/*
 	 * The two rules that span options, checked here so that the error comes
-	 * before any work; the worker validates again with the engine.
+	 * before any work; the engine validates the final options below.
 	 */
 	if (o->do_sample && (set->given & MMS_OPT_NUM_BEAMS) && o->num_beams > 1)
 		ereport(ERROR,
@@ -218,4 +239,34 @@ mms_parse_options(Jsonb *opts, MmsOptionSet *set)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("option \"min_new_tokens\" must not exceed max_new_tokens (%d)", o->max_new_tokens)));
+}
+
+/* The given options over the engine's defaults, validated by the engine. */
+void
+mms_parse_options(Jsonb *opts, MmsGenOptions *o)
+{
+	MmsOptionSet set;
+	MmsError	err;
+
+	parse_given(opts, &set);
+	mms_gen_options_default(o);
+	if (!(set.given & MMS_OPT_MAX_NEW_TOKENS) && set.max_new_cap > 0)
+		o->max_new_tokens = Min(o->max_new_tokens, set.max_new_cap);
+#define TAKE(bit, field) if (set.given & (bit)) o->field = set.v.field
+	TAKE(MMS_OPT_MAX_NEW_TOKENS, max_new_tokens);
+	TAKE(MMS_OPT_MIN_NEW_TOKENS, min_new_tokens);
+	TAKE(MMS_OPT_NUM_BEAMS, num_beams);
+	TAKE(MMS_OPT_LENGTH_PENALTY, length_penalty);
+	TAKE(MMS_OPT_EARLY_STOPPING, early_stopping);
+	TAKE(MMS_OPT_DO_SAMPLE, do_sample);
+	TAKE(MMS_OPT_TEMPERATURE, temperature);
+	TAKE(MMS_OPT_TOP_K, top_k);
+	TAKE(MMS_OPT_TOP_P, top_p);
+	TAKE(MMS_OPT_SEED, seed);
+	TAKE(MMS_OPT_REPETITION_PENALTY, repetition_penalty);
+#undef TAKE
+	if (mms_gen_options_validate(o, &err) != MMS_OK)
+		ereport(ERROR,
+				(errcode(mms_engine_sqlstate(err.code)),
+				 errmsg("%s", err.msg)));
 }

@@ -9,9 +9,11 @@
 #include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 
 #include "mms.h"
 #include "t5_meta.h"
@@ -52,6 +54,30 @@ read_args(FunctionCallInfo fcinfo, RegisterArgs *a, const char *source_what)
 	a->description = opt_text(fcinfo, 4);
 }
 
+/*
+ * The hyperparameters for the config column. The keys are those of the
+ * columns they replaced in 0.1.0 (the upgrade script builds the same object
+ * from them), so upgraded and new rows read alike.
+ */
+static Datum
+t5_config_jsonb(const MmsT5Config *c)
+{
+	StringInfoData json;
+
+	initStringInfo(&json);
+	appendStringInfo(&json,
+					 "{\"d_model\": " INT64_FORMAT ", \"d_ff\": " INT64_FORMAT
+					 ", \"n_enc_layers\": " INT64_FORMAT ", \"n_dec_layers\": " INT64_FORMAT
+					 ", \"n_heads\": " INT64_FORMAT ", \"d_kv\": " INT64_FORMAT
+					 ", \"vocab_size\": " INT64_FORMAT ", \"context_length\": " INT64_FORMAT
+					 ", \"ffn_kind\": \"%s\", \"tied_embeddings\": %s}",
+					 (int64) c->d_model, (int64) c->d_ff, (int64) c->n_enc_layer,
+					 (int64) c->n_dec_layer, (int64) c->n_head, (int64) c->d_kv,
+					 (int64) c->vocab, (int64) c->context_length,
+					 c->gated ? "gated-gelu" : "relu", c->tied ? "true" : "false");
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(json.data));
+}
+
 /* Validates the file, stores the copy and inserts the row; returns the version. */
 static int32
 register_buffer(const RegisterArgs *a, const char *buf, Size size, const char *sha)
@@ -62,11 +88,13 @@ register_buffer(const RegisterArgs *a, const char *buf, Size size, const char *s
 	MmsStatus	st;
 	char		types[64];
 	Datum		metadata;
+	Datum		config;
 	MmsCatalogSession s;
 	Oid			owner = GetUserId();
 	int32		version = a->version;
 	Oid			loid;
 
+	mms_require_current_catalog();
 	if (size == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
@@ -79,6 +107,7 @@ register_buffer(const RegisterArgs *a, const char *buf, Size size, const char *s
 				 errmsg("could not register model \"%s\": %s", a->name, err.msg)));
 	mms_t5_type_list(info.type_mask, types, sizeof(types));
 	metadata = mms_gguf_metadata_jsonb(g);
+	config = t5_config_jsonb(&info.cfg);
 
 	mms_catalog_enter(&s);
 
@@ -119,12 +148,10 @@ register_buffer(const RegisterArgs *a, const char *buf, Size size, const char *s
 	loid = mms_lo_create_from(buf, size);
 
 	{
-		const MmsT5Config *c = &info.cfg;
-		Oid			t[24] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, OIDOID, OIDOID, INT8OID,
-			TEXTOID, TEXTOID, INT8OID, TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID,
-		INT4OID, INT4OID, TEXTOID, BOOLOID, TEXTOID, JSONBOID, NAMEOID};
-		Datum		v[24];
-		char		n[24];
+		Oid			t[15] = {TEXTOID, INT4OID, TEXTOID, TEXTOID, OIDOID, OIDOID, INT8OID,
+		TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, JSONBOID, JSONBOID, NAMEOID};
+		Datum		v[15];
+		char		n[15];
 
 		memset(n, ' ', sizeof(n));
 		v[0] = CStringGetTextDatum(a->name);
@@ -140,26 +167,15 @@ register_buffer(const RegisterArgs *a, const char *buf, Size size, const char *s
 		v[8] = CStringGetTextDatum(info.arch);
 		v[9] = Int64GetDatum((int64) info.n_params);
 		v[10] = CStringGetTextDatum(types);
-		v[11] = Int32GetDatum((int32) c->d_model);
-		v[12] = Int32GetDatum((int32) c->d_ff);
-		v[13] = Int32GetDatum((int32) c->n_enc_layer);
-		v[14] = Int32GetDatum((int32) c->n_dec_layer);
-		v[15] = Int32GetDatum((int32) c->n_head);
-		v[16] = Int32GetDatum((int32) c->d_kv);
-		v[17] = Int32GetDatum((int32) c->vocab);
-		v[18] = Int32GetDatum((int32) Min(c->context_length, PG_INT32_MAX));
-		v[19] = CStringGetTextDatum(c->gated ? "gated-gelu" : "relu");
-		v[20] = BoolGetDatum(c->tied != 0);
-		v[21] = CStringGetTextDatum(info.tokenizer);
-		v[22] = metadata;
-		v[23] = mms_role_name_datum(owner);
+		v[11] = CStringGetTextDatum(info.tokenizer);
+		v[12] = metadata;
+		v[13] = config;
+		v[14] = mms_role_name_datum(owner);
 		mms_spi_exec("INSERT INTO mms.model_versions (name, version, author, description, owner,"
-					 " weights, size_bytes, sha256, arch, n_params, tensor_types, d_model, d_ff,"
-					 " n_enc_layers, n_dec_layers, n_heads, d_kv, vocab_size, context_length,"
-					 " ffn_kind, tied_embeddings, tokenizer, metadata, owner_name)"
-					 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
-					 " $16, $17, $18, $19, $20, $21, $22, $23, $24)",
-					 24, t, v, n, SPI_OK_INSERT);
+					 " weights, size_bytes, sha256, arch, n_params, tensor_types, tokenizer,"
+					 " metadata, config, owner_name)"
+					 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+					 15, t, v, n, SPI_OK_INSERT);
 	}
 	mms_catalog_leave(&s);
 	mms_registry_generation++;

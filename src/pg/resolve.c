@@ -1,8 +1,9 @@
 /*
  * resolve.c — model references ('name', 'name:version', 'name@alias') turned
- * into one registered version, and the rule for who may use a model. The one
- * resolver that tokenization and inference share; mms.resolve() is
- * its SQL face. Writing the catalog is register.c's and manage.c's job.
+ * into one registered version with its pool settings, and the rule for who
+ * may use a model. The one resolver that tokenization, inference and the
+ * launcher share; mms.resolve() is its SQL face. Writing the catalog is
+ * register.c's, manage.c's and configure.c's job.
  */
 #include "postgres.h"
 
@@ -14,14 +15,31 @@
 
 #include "mms.h"
 
+/*
+ * A version and its name's pool settings, in one query: every call resolves
+ * its model, so the settings cost no extra round trip. NULL settings (no row)
+ * are the defaults.
+ */
 #define MODEL_COLUMNS \
-	"m.id, m.name, m.version, m.owner::pg_catalog.oid, m.weights, m.size_bytes, m.sha256, m.arch"
+	"m.id, m.name, m.version, m.owner::pg_catalog.oid, m.weights, m.size_bytes, m.sha256, m.arch," \
+	" p.min_workers, p.max_workers, p.pinned, p.priority"
+#define JOIN_POOL \
+	" LEFT JOIN mms.model_pool_settings p ON p.name OPERATOR(pg_catalog.=) m.name"
+
+/* What a model without a row in mms.model_pool_settings gets (the table's defaults). */
+static const MmsPoolConfig default_pool = {
+	.min_workers = 0,
+	.max_workers = 1,
+	.pinned = false,
+	.priority = 0,
+};
 
 static void
 fill_model(HeapTuple tup, TupleDesc desc, MmsModel *out)
 {
 	bool		isnull;
 	char	   *s;
+	Datum		d;
 
 	out->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 	s = SPI_getvalue(tup, desc, 2);
@@ -34,6 +52,15 @@ fill_model(HeapTuple tup, TupleDesc desc, MmsModel *out)
 	strlcpy(out->sha256, s, sizeof(out->sha256));
 	s = SPI_getvalue(tup, desc, 8);
 	strlcpy(out->arch, s, sizeof(out->arch));
+
+	out->pool = default_pool;
+	d = SPI_getbinval(tup, desc, 9, &isnull);
+	if (isnull)
+		return;
+	out->pool.min_workers = DatumGetInt32(d);
+	out->pool.max_workers = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
+	out->pool.pinned = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
+	out->pool.priority = DatumGetInt32(SPI_getbinval(tup, desc, 12, &isnull));
 }
 
 /* Runs a one-row model query; false when it found nothing. */
@@ -116,7 +143,7 @@ resolve_spi(const char *ref, MmsModel *out)
 	{
 		types[1] = INT4OID;
 		values[1] = Int32GetDatum(version);
-		if (fetch_model("SELECT " MODEL_COLUMNS " FROM mms.model_versions m"
+		if (fetch_model("SELECT " MODEL_COLUMNS " FROM mms.model_versions m" JOIN_POOL
 						" WHERE m.name OPERATOR(pg_catalog.=) $1"
 						" AND m.version OPERATOR(pg_catalog.=) $2",
 						2, types, values, out))
@@ -133,13 +160,13 @@ resolve_spi(const char *ref, MmsModel *out)
 	if (fetch_model("SELECT " MODEL_COLUMNS " FROM mms.model_aliases a"
 					" JOIN mms.model_versions m"
 					" ON m.name OPERATOR(pg_catalog.=) a.name"
-					" AND m.version OPERATOR(pg_catalog.=) a.version"
+					" AND m.version OPERATOR(pg_catalog.=) a.version" JOIN_POOL
 					" WHERE a.name OPERATOR(pg_catalog.=) $1"
 					" AND a.alias OPERATOR(pg_catalog.=) $2",
 					2, types, values, out))
 		return;
 	if (alias == NULL &&
-		fetch_model("SELECT " MODEL_COLUMNS " FROM mms.model_versions m"
+		fetch_model("SELECT " MODEL_COLUMNS " FROM mms.model_versions m" JOIN_POOL
 					" WHERE m.name OPERATOR(pg_catalog.=) $1"
 					" ORDER BY m.version DESC LIMIT 1",
 					1, types, values, out))
@@ -198,6 +225,7 @@ mms_resolve_model(const char *ref, bool for_use, MmsModel *out)
 	MmsCatalogSession s;
 	bool		ok = true;
 
+	mms_require_current_catalog();
 	mms_catalog_enter(&s);
 	resolve_spi(ref, out);
 	if (for_use)
@@ -209,6 +237,40 @@ mms_resolve_model(const char *ref, bool for_use, MmsModel *out)
 				 errmsg("permission denied for model \"%s:%d\"", out->name, out->version),
 				 errhint("A member of role \"mms_admin\" can allow it with mms_grant('%s', role).",
 						 out->name)));
+}
+
+/*
+ * The launcher loads pinned models when the server starts: of each pinned
+ * name, the version its plain name resolves to (the "default" alias, else the
+ * highest version), as that is the version calls without a version use.
+ * Zero in a database without the registry or with one older than pinning.
+ */
+int
+mms_pinned_models(MmsModel **out)
+{
+	MmsCatalogSession s;
+	uint64		n;
+
+	*out = NULL;
+	if (!mms_catalog_is_current())
+		return 0;
+	mms_catalog_enter(&s);
+	n = mms_spi_exec("SELECT DISTINCT ON (m.name) " MODEL_COLUMNS
+					 " FROM mms.model_versions m" JOIN_POOL
+					 " LEFT JOIN mms.model_aliases a ON a.name OPERATOR(pg_catalog.=) m.name"
+					 " AND a.version OPERATOR(pg_catalog.=) m.version"
+					 " AND a.alias OPERATOR(pg_catalog.=) 'default'"
+					 " WHERE p.pinned"
+					 " ORDER BY m.name, a.alias IS NOT NULL DESC, m.version DESC",
+					 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (n > 0)
+	{
+		*out = MemoryContextAlloc(s.caller_cxt, sizeof(MmsModel) * n);
+		for (uint64 i = 0; i < n; i++)
+			fill_model(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &(*out)[i]);
+	}
+	mms_catalog_leave(&s);
+	return (int) n;
 }
 
 PG_FUNCTION_INFO_V1(mms_resolve);

@@ -1,29 +1,31 @@
 /*
- * serve.h — the shared state of inference: request slots, the worker table,
- * the model-cache directory and per-model statistics, all in one main-shmem
- * struct (shmem.c). Used by the calling backends (dispatch.c), the launcher
- * (launcher.c), the views (views.c) and the inference workers (worker*.c,
- * built into mms_worker.so). The engine never sees this header.
+ * serve.h — the shared state of inference and the verbs over it. Each shared
+ * structure has one owner module, the only file that writes its fields; the
+ * others call its verbs:
  *
- * Protocol (every field below is read and written under mms_shared->lock
- * unless said otherwise):
+ *   served.c   served models: one entry per distinct weights (sha256), with
+ *              its DSM segment, its pool settings and the registrations that
+ *              use it (locks: dir_lock)
+ *   queue.c    request slots and one FIFO queue per served model, each queue
+ *              under its own lock (queue_locks[served])
+ *   workers.c  the worker table: inference workers and loaders (workers_lock)
+ *   stats.c    statistics, a shared hash keyed by (database, role, model)
+ *   events.c   the ring of serving decisions behind mms.events
+ *   shmem.c    sizes and creates all of the above
  *
- * - A backend takes FREE slots, writes the tokens and options (FILLING), then
- *   marks them QUEUED for a worker entry and sets that worker's latch (or the
- *   launcher's while the worker is not up). It waits on its own latch.
- * - The worker of that entry takes QUEUED slots (RUNNING), runs them in its
- *   scheduler, writes results and marks them DONE (sqlstate = 0 on success),
- *   then sets the owner's latch. The owner copies the result and frees the slot.
- * - A backend that stops waiting (ERROR, cancel, timeout, exit) frees its
- *   QUEUED/DONE slots and marks RUNNING ones ABANDONED: the worker cancels the
- *   request at the next step and frees the slot when it collects it.
- * - A worker that exits fails its RUNNING slots and frees its ABANDONED ones
- *   (before_shmem_exit); QUEUED ones stay for the replacement the launcher
- *   starts. The launcher does the same for a worker that vanished.
+ * Processes: calling backends (request.c submits, dispatch.c the SQL
+ * functions), the launcher (launcher.c: loads, scales and replaces), loaders
+ * (worker_loader.c: stream a large object into a segment, then exit) and
+ * inference workers (worker.c: no database connection; attach a segment and
+ * run requests from their model's queue). Workers and loaders are in
+ * mms_worker.so, the only library that links OpenBLAS.
  *
- * Weights live in DSM segments (one per cached model): the GGUF bytes, then
+ * Lock order, when two are held: dir_lock, workers_lock, a queue lock,
+ * stats_lock, events_lock. Most verbs take one and release it.
+ *
+ * Weights live in DSM segments (one per served model): the GGUF bytes, then
  * the dequantization arena at arena_off. Offsets only; every process maps the
- * segment at its own address.
+ * segment at its own address. The engine never sees this header.
  */
 #ifndef MMS_SERVE_H
 #define MMS_SERVE_H
@@ -41,8 +43,9 @@
 #include "tokenizer.h"
 
 #define MMS_MAX_WORKERS 64		/* upper bound of mms.max_workers */
-#define MMS_MAX_CACHED 64		/* models in the cache directory */
-#define MMS_MAX_STATS 128		/* models with statistics */
+#define MMS_MAX_SERVED 64		/* distinct weights served at once */
+#define MMS_MAX_USERS 8			/* registrations remembered per served model */
+#define MMS_MAX_LOADERS 4		/* loads at once */
 #define MMS_ERRMSG 256
 #define MMS_ERRHINT 160
 
@@ -56,49 +59,11 @@ extern int	mms_max_new_tokens;
 extern int	mms_max_requests;
 extern int	mms_max_batch;
 extern int	mms_worker_memory_mb;	/* -1 = automatic */
+extern int	mms_pool_target_requests;
+extern int	mms_pool_upscale_wait_ms;
+extern int	mms_max_stats;
 /* mms.worker_memory in bytes, the automatic value worked out */
 extern Size mms_worker_memory_bytes(void);
-
-typedef enum MmsSlotState
-{
-	MMS_SLOT_FREE = 0,
-	MMS_SLOT_FILLING,
-	MMS_SLOT_QUEUED,
-	MMS_SLOT_RUNNING,
-	MMS_SLOT_DONE,
-	MMS_SLOT_ABANDONED
-} MmsSlotState;
-
-typedef enum MmsReqKind
-{
-	MMS_REQ_GENERATE = 0,
-	MMS_REQ_SCORE
-} MmsReqKind;
-
-/*
- * Generation options as the caller gave them: values of the options in
- * `given` (MMS_OPT_* bits), the rest take the engine's defaults in the worker
- * (mms.so has no access to generate.c, which needs BLAS). max_new_cap is the
- * caller's mms.max_new_tokens, a bound on the default max_new_tokens.
- */
-#define MMS_OPT_MAX_NEW_TOKENS		(1 << 0)
-#define MMS_OPT_MIN_NEW_TOKENS		(1 << 1)
-#define MMS_OPT_NUM_BEAMS			(1 << 2)
-#define MMS_OPT_LENGTH_PENALTY		(1 << 3)
-#define MMS_OPT_EARLY_STOPPING		(1 << 4)
-#define MMS_OPT_DO_SAMPLE			(1 << 5)
-#define MMS_OPT_TEMPERATURE			(1 << 6)
-#define MMS_OPT_TOP_K				(1 << 7)
-#define MMS_OPT_TOP_P				(1 << 8)
-#define MMS_OPT_SEED				(1 << 9)
-#define MMS_OPT_REPETITION_PENALTY	(1 << 10)
-
-typedef struct MmsOptionSet
-{
-	uint32		given;
-	int32		max_new_cap;
-	MmsGenOptions v;
-} MmsOptionSet;
 
 /* What a failure carries back to the caller. */
 typedef struct MmsSlotError
@@ -108,170 +73,376 @@ typedef struct MmsSlotError
 	char		hint[MMS_ERRHINT];
 } MmsSlotError;
 
+extern void mms_set_error(MmsSlotError *e, int sqlstate, const char *msg, const char *hint);
+
+/* A registration that uses a served model: enough to load it and to name it. */
+typedef struct MmsModelRef
+{
+	Oid			dboid;
+	int64		model_id;
+	Oid			weights;
+	int32		version;
+	char		name[NAMEDATALEN];
+} MmsModelRef;
+
+/* ================= served.c: served models (the cache) ================= */
+
+typedef enum MmsServedState
+{
+	MMS_S_EMPTY = 0,
+	MMS_S_WANTED,				/* requests or a pin wait for a load */
+	MMS_S_LOADING,				/* a loader fills the segment */
+	MMS_S_READY,
+	MMS_S_FAILED				/* the last load failed: load_err; retried on demand */
+} MmsServedState;
+
+typedef struct MmsServed
+{
+	MmsServedState state;
+	uint32		generation;		/* bumped when the entry is reused */
+	char		sha256[65];
+	int64		size_bytes;
+	MmsModelRef users[MMS_MAX_USERS];	/* users[0] is loaded from */
+	int			n_users;
+	MmsPoolConfig pool;
+	dsm_handle	handle;
+	Size		seg_bytes;		/* whole segment */
+	Size		gguf_bytes;		/* file at offset 0 */
+	Size		arena_off;		/* dequantization arena (f32) */
+	Size		arena_floats;
+	int			refcount;		/* processes attached */
+	bool		doomed;			/* no registration left: drained, then freed */
+	int			loader_pid;
+	MmsSlotError load_err;
+	TimestampTz wanted_at;
+	TimestampTz last_used;		/* last request taken */
+	TimestampTz loaded_at;
+	double		load_ms;
+	uint64		loads;
+	uint64		steps;			/* decoder steps of its workers */
+	uint64		rows;			/* sequence-steps: rows / steps = mean batch */
+	int			max_batch;
+} MmsServed;
+
+/*
+ * Finds or creates the served entry for m's weights and records m as a user;
+ * pool settings come from m (the latest caller's view of mms.model_config).
+ * Returns the index and its generation; ERROR when the directory is full.
+ */
+extern int	mms_served_acquire(const MmsModel *m, Oid dboid, uint32 *generation);
+/* The entry wants its weights (a request or a pin): WANTED unless loaded or loading. */
+extern void mms_served_want(int i, uint32 generation);
+/* A copy of entry i (under dir_lock); false when i no longer has that generation (0 = any). */
+extern bool mms_served_get(int i, uint32 generation, MmsServed *out);
+/* Copies the whole directory (views, launcher). */
+extern void mms_served_snapshot(MmsServed *out);
+/* Loader verbs: claim a WANTED entry, publish the segment, or record a failure. */
+extern bool mms_served_claim_load(int i, uint32 generation, MmsServed *out);
+extern void mms_served_loaded(int i, dsm_handle h, Size seg_bytes, Size gguf_bytes, Size arena_off,
+							  Size arena_floats, double load_ms);
+extern void mms_served_load_failed(int i, const MmsSlotError *err);
+/* Worker verbs: attach (refcount) to a READY entry, detach (frees a doomed entry's last use). */
+extern bool mms_served_attach(int i, uint32 generation, MmsServed *out);
+extern void mms_served_detach(int i);
+extern void mms_served_add_steps(int i, uint64 steps, uint64 rows, int last_batch);
+/*
+ * Cache budget: evicts unused, unpinned entries (lowest priority, then least
+ * recently used) until need more bytes fit; returns false if they cannot now.
+ */
+extern bool mms_served_make_room(Size need, int for_entry, Size *used_out);
+/* A registration (model_id; 0 = all of the database) is gone: drop it from its entries. */
+extern void mms_served_forget(Oid dboid, int64 model_id);
+/* mms_unload: frees an unused entry now; false if in use or not loaded. */
+extern bool mms_served_unload(int i);
+extern void mms_served_set_pool(Oid dboid, const char *name, const MmsPoolConfig *pool);
+extern void mms_served_reset_stats(void);
+/* The entry serving these weights, or -1. */
+extern int	mms_served_lookup(const char *sha256);
+
+/* ================= queue.c: requests ================= */
+
+typedef enum MmsSlotState
+{
+	MMS_SLOT_FREE = 0,
+	MMS_SLOT_FILLING,			/* taken by a backend, not queued yet */
+	MMS_SLOT_QUEUED,
+	MMS_SLOT_RUNNING,
+	MMS_SLOT_DONE,
+	MMS_SLOT_ABANDONED			/* the caller left while it ran */
+} MmsSlotState;
+
+typedef enum MmsReqKind
+{
+	MMS_REQ_GENERATE = 0,
+	MMS_REQ_SCORE
+} MmsReqKind;
+
+/*
+ * One request. Written by its owner while FILLING; once queued, its state
+ * changes under the queue lock of its served model, and only the queue verbs
+ * change it.
+ */
 typedef struct MmsSlot
 {
 	MmsSlotState state;
+	int			served;			/* queue it is in */
+	uint32		served_gen;
+	int			prev;			/* queue links (QUEUED only) */
+	int			next;
 	int			owner_procno;
 	int			owner_pid;
-	int			worker;			/* index in workers[] */
-	uint32		worker_gen;		/* generation of that entry when queued */
+	/* who asked and for what: where quotas and fair queueing plug in */
+	Oid			roleid;
+	Oid			dboid;
+	int64		model_id;
+	int			runner;			/* worker index while RUNNING */
 	MmsReqKind	kind;
-	MmsOptionSet opts;
+	MmsGenOptions opts;			/* final: defaults resolved and validated by the caller */
 	int32		n_input;		/* tokens[0 .. n_input) */
 	int32		n_target;		/* score: tokens[n_input .. +n_target) */
 	int32		n_output;		/* result ids, written over tokens[0 ..) */
 	double		logprob;
-	double		score;
 	MmsSlotError err;
 	TimestampTz t_queued;
 	TimestampTz t_started;
 	int32		tokens[FLEXIBLE_ARRAY_MEMBER];	/* slot_tokens entries */
 } MmsSlot;
 
+extern MmsSlot *mms_slot(int i);
+extern int	mms_slot_tokens(void);
+extern int	mms_queue_alloc(void);	/* a FILLING slot, or -1 when none is free */
+extern void mms_queue_free_unqueued(int slot);	/* gives back a FILLING slot */
+/* Queues a filled slot at the tail; returns the queue's length after. */
+extern int	mms_queue_submit(int slot, int served, uint32 served_gen);
+/* Owner: true (and the slot freed, its result copied by fn) once DONE. */
+typedef void (*MmsCollectFn) (const MmsSlot *s, void *arg);
+extern bool mms_queue_collect(int slot, MmsCollectFn fn, void *arg);
+/* Owner leaves: QUEUED/DONE freed, RUNNING marked ABANDONED; true if it had not finished. */
+extern bool mms_queue_abandon(int slot);
+/* Worker: takes up to max QUEUED requests, first come first served. */
+extern int	mms_queue_take(int served, int worker, int max, int *out);
+/* Worker: puts taken requests back at the head, in their order (memory wait). */
+extern void mms_queue_return(int served, const int *slots, int n);
+/* Worker: true when the caller abandoned this running request. */
+extern bool mms_queue_is_abandoned(int slot);
+/* Worker: ends a request with a result (ids, logprob) or an error (err). */
+extern void mms_queue_finish(int slot, const int32 *ids, int n_ids, double logprob,
+							 const MmsSlotError *err);
+/* Every QUEUED request of the queue fails with err (its model cannot load). */
+extern void mms_queue_fail_all(int served, const MmsSlotError *err);
+/* Running requests of a worker that vanished fail; abandoned ones are freed. */
+extern void mms_queue_orphan(int worker, const char *why);
+extern void mms_queue_depth(int served, int *queued, int *running, TimestampTz *oldest);
+
+/* ================= workers.c: the worker table ================= */
+
 typedef enum MmsWorkerState
 {
 	MMS_W_FREE = 0,
-	MMS_W_REQUESTED,			/* a backend wants it; the launcher starts it */
+	MMS_W_REQUESTED,			/* the launcher starts it */
 	MMS_W_STARTING,				/* registered, process not up yet */
-	MMS_W_LOADING,				/* connected, loading or attaching weights */
+	MMS_W_ATTACHING,			/* mapping the weights */
 	MMS_W_READY,
-	MMS_W_EXITED				/* gone; the launcher frees or restarts the entry */
+	MMS_W_DRAINING,				/* finishes what it holds, takes nothing, exits */
+	MMS_W_EXITED				/* gone; the launcher frees the entry */
 } MmsWorkerState;
 
-typedef enum MmsExitReason
+typedef enum MmsWorkerKind
 {
-	MMS_EXIT_NONE = 0,
-	MMS_EXIT_IDLE,				/* mms.worker_idle_timeout: not replaced */
-	MMS_EXIT_STOP,				/* asked to stop (unload, budget, pool limit): not replaced */
-	MMS_EXIT_LOAD_FAILED,		/* could not load: queued requests get err */
-	MMS_EXIT_OTHER				/* terminated or failed: replaced when wanted */
-} MmsExitReason;
-
-/* The model a worker or cache entry serves: enough to load it without SPI. */
-typedef struct MmsModelKey
-{
-	Oid			dboid;
-	int64		model_id;
-	Oid			weights;
-	int64		size_bytes;
-	int32		version;
-	char		name[NAMEDATALEN];
-	char		sha256[65];
-} MmsModelKey;
+	MMS_WK_INFERENCE = 0,
+	MMS_WK_LOADER,
+	MMS_WK_SCAN					/* reads pinned models of one database at start */
+} MmsWorkerKind;
 
 typedef struct MmsWorker
 {
 	MmsWorkerState state;
-	uint32		generation;		/* bumped on every (re)use of the entry */
-	MmsModelKey model;
+	MmsWorkerKind kind;
+	uint32		generation;		/* bumped on every use of the entry */
+	int			served;
+	uint32		served_gen;
+	Oid			dboid;			/* loaders and scans: the database they connect to */
 	int			pid;
 	int			procno;			/* -1 until the process is up */
-	bool		stop_requested;
-	MmsExitReason exit_reason;
-	int			failed_starts;	/* exits before READY in a row */
-	MmsSlotError err;			/* why loading failed */
+	bool		clean_exit;		/* left by itself (idle, drained, done) */
 	int			batch;			/* rows of the last decoder step */
 	int			held;			/* requests in its scheduler */
-	uint64		served;
+	uint64		requests_served;
 	TimestampTz started_at;
 	TimestampTz last_active;
 } MmsWorker;
 
-typedef enum MmsCacheState
-{
-	MMS_C_EMPTY = 0,
-	MMS_C_LOADING,
-	MMS_C_READY
-} MmsCacheState;
+/* Launcher: a FREE entry becomes REQUESTED for served (or a loader, a scan); -1 if none free. */
+extern int	mms_workers_request(MmsWorkerKind kind, int served, uint32 served_gen, Oid dboid,
+								MmsWorker *out);
+extern void mms_workers_snapshot(MmsWorker *out);
+/* Process start: REQUESTED/STARTING entry i of that generation becomes ours; false if not. */
+extern bool mms_workers_begin(int i, uint32 generation, MmsWorker *out);
+extern void mms_workers_set_state(int i, uint32 generation, MmsWorkerState st);
+extern void mms_workers_report(int i, uint32 generation, int held, int batch, uint64 finished,
+							   bool active);
+/*
+ * An idle inference worker asks to leave: granted (state EXITED) when it is
+ * draining, when its model is doomed, or when idle past mms.worker_idle_timeout
+ * with more workers in the pool than min_workers.
+ */
+extern bool mms_workers_may_leave(int i, uint32 generation, int min_workers, bool doomed);
+extern bool mms_workers_is_draining(int i, uint32 generation);
+extern void mms_workers_exited(int i, uint32 generation, bool clean);
+/* Latches of served's ready workers (after queueing work for them). */
+extern void mms_workers_wake(int served);
+extern int	mms_workers_count(int served, int *ready);
+extern void mms_workers_drain(int i);
+extern void mms_workers_drain_served(int served);
+/* Launcher only. */
+extern void mms_workers_launched(int i, uint32 generation, bool ok);
+extern void mms_workers_free(int i);
+extern void mms_workers_vanished(int i);
 
-typedef struct MmsCacheEntry
-{
-	MmsCacheState state;
-	MmsModelKey model;
-	int			loader_pid;
-	dsm_handle	handle;
-	Size		seg_bytes;		/* whole segment */
-	Size		gguf_bytes;		/* file at offset 0 */
-	Size		arena_off;		/* dequantization arena (f32) */
-	Size		arena_floats;
-	int			refcount;		/* workers attached */
-	bool		doomed;			/* model or database gone: freed at refcount 0, never reused */
-	TimestampTz last_used;
-	TimestampTz loaded_at;
-	double		load_ms;
-} MmsCacheEntry;
+/* ================= stats.c ================= */
 
-typedef struct MmsStat
+typedef struct MmsStatKey
 {
-	bool		used;
 	Oid			dboid;
+	Oid			roleid;
 	int64		model_id;
-	int32		version;
-	char		name[NAMEDATALEN];
+} MmsStatKey;
+
+typedef struct MmsStatCounts
+{
 	uint64		calls;
 	uint64		input_tokens;
 	uint64		output_tokens;
 	uint64		errors;
 	uint64		cancels;
-	uint64		cache_loads;
-	uint64		steps;			/* decoder steps of its workers */
-	uint64		rows;			/* sequence-steps: rows / steps = mean batch */
-	int			max_batch;
 	double		total_ms;
 	double		queue_ms;
-} MmsStat;
+} MmsStatCounts;
+
+typedef struct MmsStatEntry
+{
+	MmsStatKey	key;			/* hash key: first */
+	char		name[NAMEDATALEN];
+	int32		version;
+	char		sha256[65];
+	MmsStatCounts c;
+} MmsStatEntry;
+
+extern Size mms_stats_shmem_size(void);
+extern void mms_stats_shmem_init(void);
+/* Adds to the counters of (database, role, model); evicts the least used entries when full. */
+extern void mms_stats_add(const MmsStatKey *k, const char *name, int32 version, const char *sha256,
+						  const MmsStatCounts *add);
+extern MmsStatEntry *mms_stats_snapshot(int *n, uint64 *dealloc, TimestampTz *reset);
+extern void mms_stats_reset(void);
+extern void mms_stats_forget(Oid dboid, int64 model_id);
+
+/* ================= events.c ================= */
+
+#define MMS_MAX_EVENTS 256
+#define MMS_EVENT_DETAIL 160
+
+typedef struct MmsEvent
+{
+	TimestampTz at;
+	char		kind[16];		/* load, load_failed, evict, scale_up, scale_down, worker_exit */
+	char		model[NAMEDATALEN + 12];
+	char		sha256[65];
+	char		detail[MMS_EVENT_DETAIL];
+} MmsEvent;
+
+/* Records a serving decision (and writes it to the server log). */
+extern void mms_event(const char *kind, const MmsServed *s, const char *fmt,...) pg_attribute_printf(3, 4);
+extern int	mms_events_snapshot(MmsEvent *out);
+
+/* ================= shmem.c ================= */
 
 typedef struct MmsShared
 {
-	LWLock	   *lock;
-	ConditionVariable cv;		/* a slot freed, a cache entry or a worker changed */
+	LWLock	   *dir_lock;
+	LWLock	   *workers_lock;
+	LWLock	   *slots_lock;		/* the free list of slots */
+	LWLock	   *events_lock;
+	LWLock	   *stats_lock;
+	LWLock	   *queue_locks;	/* MMS_MAX_SERVED of them */
+	ConditionVariable cv;		/* a served entry or a worker changed */
 	int			launcher_procno;	/* -1 while no launcher runs */
 	int			launcher_pid;
+	bool		scanned;		/* pinned models of every database were read */
+	/* queue.c */
 	int			n_slots;
 	int			slot_tokens;
 	Size		slot_stride;
 	Size		slots_off;		/* from the start of this struct */
-	TimestampTz stats_reset;
-	MmsWorker	workers[MMS_MAX_WORKERS];
-	MmsCacheEntry cache[MMS_MAX_CACHED];
-	MmsStat		stats[MMS_MAX_STATS];
+	int			free_head;		/* free list through MmsSlot.next */
+	int			q_head[MMS_MAX_SERVED];
+	int			q_tail[MMS_MAX_SERVED];
+	int			q_queued[MMS_MAX_SERVED];
+	int			q_running[MMS_MAX_SERVED];
+	/* workers.c */
+	MmsWorker	workers[MMS_MAX_WORKERS + MMS_MAX_LOADERS + 1];
+	/* served.c */
+	MmsServed	served[MMS_MAX_SERVED];
+	/* events.c */
+	int			event_next;
+	uint64		event_count;
+	MmsEvent	events[MMS_MAX_EVENTS];
 } MmsShared;
+
+#define MMS_WORKER_SLOTS (MMS_MAX_WORKERS + MMS_MAX_LOADERS + 1)
 
 extern MmsShared *mms_shared;
 
-/* ---- shmem.c ---- */
 extern void mms_shmem_install_hooks(void);
 extern void mms_require_serving(void);
-extern MmsSlot *mms_slot(int i);
-extern void mms_key_from_model(MmsModelKey *k, const MmsModel *m);
-extern bool mms_key_equal(const MmsModelKey *a, const MmsModelKey *b);
-/* lock held; creates the entry when missing (NULL if the table is full) */
-extern MmsStat *mms_stat_for(const MmsModelKey *k);
 extern void mms_wake_procno(int procno);
-/* Lock held: empties cache entry i; returns its handle, to unpin after unlocking. */
-extern dsm_handle mms_cache_evict_locked(int i);
-extern int	mms_worker_queued(int w);	/* lock held: QUEUED + RUNNING + ABANDONED */
-extern void mms_slot_fail(MmsSlot *s, int sqlstate, const char *msg, const char *hint);
-/* lock held: worker w is gone; fail its running slots, free abandoned ones */
-extern void mms_worker_orphan_slots(int w, const char *why);
+/* Waits on the shared condition variable (with interrupts) for up to ms. */
+extern void mms_wait_shared(long ms);
 
 /* ---- launcher.c ---- */
 extern void mms_launcher_register(void);
 extern PGDLLEXPORT void mms_launcher_main(Datum arg);
-/* lock held: an entry serving k in this state set, or -1 */
-extern int	mms_find_worker(const MmsModelKey *k);
-/* lock held: find or request a worker for k; -1 when the table is full */
-extern int	mms_want_worker(const MmsModelKey *k);
 extern void mms_wake_launcher(void);
 extern void mms_release_database(Oid dboid);
 /*
- * The model (model_id; 0 = every model of the database) is gone: its workers
- * stop once idle, its cached weights are freed now or by the last worker to
- * detach, and its statistics are dropped.
+ * The model (model_id; 0 = every model of the database) is gone: its
+ * registration leaves its served entry; an entry left without users drains
+ * its workers and frees its weights; statistics are dropped.
  */
 extern void mms_forget_models(Oid dboid, int64 model_id);
 /* The same when the current transaction commits (nothing if it aborts). */
 extern void mms_forget_models_at_commit(Oid dboid, int64 model_id);
+
+/* ---- request.c: the asynchronous request API of a backend ---- */
+
+typedef struct MmsRequestSet MmsRequestSet;
+
+typedef struct MmsResult
+{
+	bool		done;
+	int32	   *ids;			/* palloc'd in the set's context */
+	int32		n_ids;
+	double		logprob;
+	MmsSlotError *err;			/* NULL = succeeded */
+} MmsResult;
+
+/*
+ * A set of requests on one model, submitted together and collected as they
+ * finish. Requests wait in the backend until a slot is free. Cleanup is
+ * automatic: an ERROR (or the end of the resource owner) abandons what is
+ * still in flight, and the workers drop it.
+ */
+extern MmsRequestSet *mms_requests_begin(const MmsModel *m);
+/* Adds a request (tokens copied into the slot when it is submitted); returns its index. */
+extern int	mms_requests_add(MmsRequestSet *rs, MmsReqKind kind, const MmsGenOptions *opts,
+							 const int32 *input, int32 n_input, const int32 *target, int32 n_target);
+/* Submits what fits in free slots, collects what finished; never waits. Returns requests still open. */
+extern int	mms_requests_poll(MmsRequestSet *rs);
+/* Waits until request i (or, with -1, every request) has finished. */
+extern void mms_requests_wait(MmsRequestSet *rs, int i);
+extern const MmsResult *mms_requests_result(MmsRequestSet *rs, int i);
+extern void mms_requests_cancel(MmsRequestSet *rs, int i);
+extern void mms_requests_end(MmsRequestSet *rs);
 
 /* ---- tokenize.c ---- */
 extern MmsTokenizer *mms_tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text,
@@ -301,7 +472,7 @@ extern int32 *mms_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *b
 /* Text of ids (interruptible, refused beyond 1 GB); ERROR on failure. */
 extern text *mms_decode_ids(MmsTokenizer *tok, const int32 *ids, int32 n);
 
-/* ---- options.c ---- */
-extern void mms_parse_options(Jsonb *opts, MmsOptionSet *out);
+/* ---- options.c: the options jsonb, resolved over the engine's defaults and validated ---- */
+extern void mms_parse_options(Jsonb *opts, MmsGenOptions *out);
 
 #endif

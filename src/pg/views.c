@@ -1,18 +1,19 @@
 /*
  * views.c — what operators see and do with the serving machinery: the
- * set-returning functions behind mms.cache, mms.workers and mms.stat_models,
- * mms_stat_reset(), and mms_load / mms_unload (warm and drop a model's cached
- * weights). Reads shared state under the lock, copies, then builds rows.
+ * set-returning functions behind mms.cache, mms.pools, mms.workers,
+ * mms.events, mms.stat_models and mms.stat_info, mms_stat_reset(), and
+ * mms_load / mms_unload. Each reads a snapshot through its owner's verbs,
+ * then builds rows.
  */
 #include "postgres.h"
 
 #include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "pgstat.h"
-#include "storage/latch.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -20,8 +21,8 @@
 
 /*
  * pg_stat_statements' rule: the serving state of every database is visible to
- * superusers, mms_admin and pg_read_all_stats; everyone else sees the rows of
- * the database they are connected to, without worker pids.
+ * superusers, mms_admin and pg_read_all_stats; everyone else sees what
+ * concerns the database they are connected to, without worker pids.
  */
 static bool
 sees_everything(void)
@@ -29,10 +30,33 @@ sees_everything(void)
 	return mms_is_admin(GetUserId()) || has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
 }
 
+/* A served model is visible when one of its registrations is. */
 static bool
-row_visible(bool all, Oid dboid)
+served_visible(bool all, const MmsServed *s)
 {
-	return all || dboid == MyDatabaseId;
+	if (s->sha256[0] == '\0')
+		return false;
+	if (all)
+		return true;
+	for (int u = 0; u < s->n_users; u++)
+		if (s->users[u].dboid == MyDatabaseId)
+			return true;
+	return false;
+}
+
+/* The name a viewer sees for a served model: a registration of its own database first. */
+static Datum
+served_name(bool all, const MmsServed *s, bool *isnull)
+{
+	for (int pass = 0; pass < 2; pass++)
+		for (int u = 0; u < s->n_users; u++)
+			if (s->users[u].dboid == MyDatabaseId || (pass == 1 && all))
+			{
+				*isnull = false;
+				return CStringGetTextDatum(psprintf("%s:%d", s->users[u].name, s->users[u].version));
+			}
+	*isnull = true;
+	return (Datum) 0;
 }
 
 static Datum
@@ -44,52 +68,111 @@ db_name(Oid dboid)
 }
 
 static Datum
-model_ref(const char *name, int32 version)
-{
-	return CStringGetTextDatum(psprintf("%s:%d", name, version));
-}
-
-static Datum
 ts_or_null(TimestampTz t, bool *isnull)
 {
 	*isnull = (t == 0);
 	return TimestampTzGetDatum(t);
 }
 
+static MmsServed *
+served_dir(void)
+{
+	MmsServed  *dir = palloc(sizeof(MmsServed) * MMS_MAX_SERVED);
+
+	mms_served_snapshot(dir);
+	return dir;
+}
+
 PG_FUNCTION_INFO_V1(mms_cache);
 
-/* mms_cache(): one row per cached (or loading) model. */
+/* mms_cache(): one row per served model whose weights are loaded or loading. */
 Datum
 mms_cache(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	MmsCacheEntry *copy = palloc(sizeof(mms_shared->cache));
+	MmsServed  *dir;
 	bool		all = sees_everything();
 
 	mms_require_serving();
 	InitMaterializedSRF(fcinfo, 0);
-	LWLockAcquire(mms_shared->lock, LW_SHARED);
-	memcpy(copy, mms_shared->cache, sizeof(mms_shared->cache));
-	LWLockRelease(mms_shared->lock);
-	for (int i = 0; i < MMS_MAX_CACHED; i++)
+	dir = served_dir();
+	for (int i = 0; i < MMS_MAX_SERVED; i++)
 	{
-		MmsCacheEntry *e = &copy[i];
-		Datum		v[9];
-		bool		n[9] = {0};
+		MmsServed  *s = &dir[i];
+		Datum		v[10];
+		bool		n[10] = {0};
+		Datum	   *names = palloc(sizeof(Datum) * MMS_MAX_USERS);
+		int			n_names = 0;
 
-		if (e->state == MMS_C_EMPTY || !row_visible(all, e->model.dboid))
+		if (!served_visible(all, s) ||
+			(s->state != MMS_S_READY && s->state != MMS_S_LOADING && s->state != MMS_S_WANTED))
 			continue;
-		v[0] = db_name(e->model.dboid);
-		v[1] = model_ref(e->model.name, e->model.version);
-		v[2] = Int64GetDatum(e->model.model_id);
-		v[3] = Int64GetDatum((int64) e->seg_bytes);
-		n[3] = e->state != MMS_C_READY;
-		v[4] = CStringGetTextDatum(e->state == MMS_C_READY ? "ready" : "loading");
-		v[5] = Int32GetDatum(e->refcount);
-		v[6] = ts_or_null(e->last_used, &n[6]);
-		v[7] = ts_or_null(e->loaded_at, &n[7]);
-		v[8] = Float8GetDatum(e->load_ms);
-		n[8] = e->state != MMS_C_READY;
+		for (int u = 0; u < s->n_users; u++)
+			if (all || s->users[u].dboid == MyDatabaseId)
+			{
+				char	   *db = get_database_name(s->users[u].dboid);
+
+				names[n_names++] = CStringGetTextDatum(psprintf("%s/%s:%d", db ? db : "?",
+																s->users[u].name, s->users[u].version));
+			}
+		v[0] = CStringGetTextDatum(s->sha256);
+		v[1] = PointerGetDatum(construct_array(names, n_names, TEXTOID, -1, false, TYPALIGN_INT));
+		v[2] = Int64GetDatum((int64) s->seg_bytes);
+		n[2] = s->state != MMS_S_READY;
+		v[3] = CStringGetTextDatum(s->state == MMS_S_READY ? "ready" : "loading");
+		v[4] = Int32GetDatum(s->refcount);
+		v[5] = BoolGetDatum(s->pool.pinned);
+		v[6] = Int32GetDatum(s->pool.priority);
+		v[7] = ts_or_null(s->last_used, &n[7]);
+		v[8] = ts_or_null(s->loaded_at, &n[8]);
+		v[9] = Float8GetDatum(s->load_ms);
+		n[9] = s->state != MMS_S_READY;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	}
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(mms_pools);
+
+/* mms_pools(): one row per served model: its pool settings, workers and queue. */
+Datum
+mms_pools(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MmsServed  *dir;
+	bool		all = sees_everything();
+	TimestampTz now = GetCurrentTimestamp();
+
+	mms_require_serving();
+	InitMaterializedSRF(fcinfo, 0);
+	dir = served_dir();
+	for (int i = 0; i < MMS_MAX_SERVED; i++)
+	{
+		MmsServed  *s = &dir[i];
+		Datum		v[14];
+		bool		n[14] = {0};
+		int			queued,
+					running;
+		TimestampTz oldest;
+
+		if (!served_visible(all, s))
+			continue;
+		mms_queue_depth(i, &queued, &running, &oldest);
+		v[0] = CStringGetTextDatum(s->sha256);
+		v[1] = served_name(all, s, &n[1]);
+		v[2] = Int32GetDatum(s->pool.min_workers);
+		v[3] = Int32GetDatum(s->pool.max_workers);
+		v[4] = BoolGetDatum(s->pool.pinned);
+		v[5] = Int32GetDatum(s->pool.priority);
+		v[6] = Int32GetDatum(mms_workers_count(i, NULL));
+		v[7] = Int32GetDatum(queued);
+		v[8] = Int32GetDatum(running);
+		v[9] = Float8GetDatum(oldest ? (double) (now - oldest) / 1000.0 : 0);
+		n[9] = oldest == 0;
+		v[10] = Int64GetDatum((int64) s->steps);
+		v[11] = Int64GetDatum((int64) s->rows);
+		v[12] = Int32GetDatum(s->max_batch);
+		v[13] = Int64GetDatum((int64) s->loads);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 	}
 	return (Datum) 0;
@@ -101,55 +184,55 @@ worker_state(MmsWorkerState st)
 	switch (st)
 	{
 		case MMS_W_REQUESTED:
-			return "requested";
 		case MMS_W_STARTING:
 			return "starting";
-		case MMS_W_LOADING:
+		case MMS_W_ATTACHING:
 			return "loading";
 		case MMS_W_READY:
 			return "ready";
-		case MMS_W_EXITED:
-			return "exited";
+		case MMS_W_DRAINING:
+			return "draining";
 		default:
-			return "free";
+			return "exited";
 	}
 }
 
 PG_FUNCTION_INFO_V1(mms_workers);
 
-/* mms_workers(): one row per inference worker (starting, running or just exited). */
+/* mms_workers(): one row per inference worker. */
 Datum
 mms_workers(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	MmsWorker  *copy = palloc(sizeof(mms_shared->workers));
-	int			queued[MMS_MAX_WORKERS];
+	MmsWorker  *ws = palloc(sizeof(mms_shared->workers));
+	MmsServed  *dir;
 	bool		all = sees_everything();
 
 	mms_require_serving();
 	InitMaterializedSRF(fcinfo, 0);
-	LWLockAcquire(mms_shared->lock, LW_SHARED);
-	memcpy(copy, mms_shared->workers, sizeof(mms_shared->workers));
-	for (int i = 0; i < MMS_MAX_WORKERS; i++)
-		queued[i] = copy[i].state == MMS_W_FREE ? 0 : mms_worker_queued(i);
-	LWLockRelease(mms_shared->lock);
-	for (int i = 0; i < MMS_MAX_WORKERS; i++)
+	dir = served_dir();
+	mms_workers_snapshot(ws);
+	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
 	{
-		MmsWorker  *w = &copy[i];
+		MmsWorker  *w = &ws[i];
+		MmsServed  *s;
 		Datum		v[9];
 		bool		n[9] = {0};
 
-		if (w->state == MMS_W_FREE || !row_visible(all, w->model.dboid))
+		if (w->kind != MMS_WK_INFERENCE || w->state == MMS_W_FREE || w->state == MMS_W_EXITED ||
+			w->served < 0)
+			continue;
+		s = &dir[w->served];
+		if (!served_visible(all, s) || s->generation != w->served_gen)
 			continue;
 		v[0] = Int32GetDatum(w->pid);
 		n[0] = w->pid == 0 || !all;
-		v[1] = db_name(w->model.dboid);
-		v[2] = model_ref(w->model.name, w->model.version);
-		v[3] = CStringGetTextDatum(w->stop_requested && w->state == MMS_W_READY ? "stopping" :
-								   worker_state(w->state));
+		v[1] = CStringGetTextDatum(s->sha256);
+		v[2] = served_name(all, s, &n[2]);
+		v[3] = CStringGetTextDatum(worker_state(w->state));
 		v[4] = Int32GetDatum(w->batch);
-		v[5] = Int32GetDatum(queued[i]);
-		v[6] = Int64GetDatum((int64) w->served);
+		v[5] = Int32GetDatum(w->held);
+		v[6] = Int64GetDatum((int64) w->requests_served);
 		v[7] = ts_or_null(w->started_at, &n[7]);
 		v[8] = ts_or_null(w->last_active, &n[8]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
@@ -157,52 +240,131 @@ mms_workers(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+PG_FUNCTION_INFO_V1(mms_events);
+
+/* mms_events(): the recent serving decisions, oldest first. */
+Datum
+mms_events(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MmsEvent   *evs = palloc(sizeof(MmsEvent) * MMS_MAX_EVENTS);
+	MmsServed  *dir;
+	bool		all = sees_everything();
+	int			n_ev;
+
+	mms_require_serving();
+	InitMaterializedSRF(fcinfo, 0);
+	dir = served_dir();
+	n_ev = mms_events_snapshot(evs);
+	for (int j = 0; j < n_ev; j++)
+	{
+		MmsEvent   *e = &evs[j];
+		Datum		v[5];
+		bool		n[5] = {0};
+
+		if (!all)
+		{
+			int			i;
+
+			/* other databases' decisions stay theirs */
+			for (i = 0; i < MMS_MAX_SERVED; i++)
+				if (served_visible(false, &dir[i]) && strcmp(dir[i].sha256, e->sha256) == 0)
+					break;
+			if (i == MMS_MAX_SERVED)
+				continue;
+		}
+		v[0] = TimestampTzGetDatum(e->at);
+		v[1] = CStringGetTextDatum(e->kind);
+		v[2] = CStringGetTextDatum(e->model);
+		n[2] = e->model[0] == '\0';
+		v[3] = CStringGetTextDatum(e->sha256);
+		n[3] = e->sha256[0] == '\0';
+		v[4] = CStringGetTextDatum(e->detail);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	}
+	return (Datum) 0;
+}
+
 PG_FUNCTION_INFO_V1(mms_stat_models);
 
-/* mms_stat_models(): per-model counters since the last mms_stat_reset(). */
+/*
+ * mms_stat_models(): counters per (database, role, model version) since the
+ * last mms_stat_reset(); the decoder's counters are its served model's.
+ */
 Datum
 mms_stat_models(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	MmsStat    *copy = palloc(sizeof(mms_shared->stats));
+	MmsServed  *dir;
+	MmsStatEntry *st;
+	int			n_st;
+	uint64		dealloc;
 	TimestampTz reset;
 	bool		all = sees_everything();
 
 	mms_require_serving();
 	InitMaterializedSRF(fcinfo, 0);
-	LWLockAcquire(mms_shared->lock, LW_SHARED);
-	memcpy(copy, mms_shared->stats, sizeof(mms_shared->stats));
-	reset = mms_shared->stats_reset;
-	LWLockRelease(mms_shared->lock);
-	for (int i = 0; i < MMS_MAX_STATS; i++)
+	dir = served_dir();
+	st = mms_stats_snapshot(&n_st, &dealloc, &reset);
+	for (int j = 0; j < n_st; j++)
 	{
-		MmsStat    *s = &copy[i];
-		Datum		v[16];
-		bool		n[16] = {0};
+		MmsStatEntry *e = &st[j];
+		MmsServed  *s = NULL;
+		Datum		v[17];
+		bool		n[17] = {0};
+		char	   *role;
 
-		if (!s->used || !row_visible(all, s->dboid))
+		if (!all && e->key.dboid != MyDatabaseId)
 			continue;
-		v[0] = db_name(s->dboid);
-		v[1] = model_ref(s->name, s->version);
-		v[2] = Int64GetDatum((int64) s->calls);
-		v[3] = Int64GetDatum((int64) s->input_tokens);
-		v[4] = Int64GetDatum((int64) s->output_tokens);
-		v[5] = Float8GetDatum(s->total_ms);
-		v[6] = Float8GetDatum(s->calls ? s->total_ms / s->calls : 0);
-		n[6] = s->calls == 0;
-		v[7] = Float8GetDatum(s->queue_ms);
-		v[8] = Int64GetDatum((int64) s->errors);
-		v[9] = Int64GetDatum((int64) s->cancels);
-		v[10] = Int64GetDatum((int64) s->cache_loads);
-		v[11] = Int64GetDatum((int64) s->steps);
-		v[12] = Int64GetDatum((int64) s->rows);
-		v[13] = Float8GetDatum(s->steps ? (double) s->rows / s->steps : 0);
-		n[13] = s->steps == 0;
-		v[14] = Int32GetDatum(s->max_batch);
-		v[15] = TimestampTzGetDatum(reset);
+		for (int i = 0; i < MMS_MAX_SERVED; i++)
+			if (dir[i].sha256[0] != '\0' && strcmp(dir[i].sha256, e->sha256) == 0)
+				s = &dir[i];
+		role = GetUserNameFromId(e->key.roleid, true);
+		v[0] = db_name(e->key.dboid);
+		v[1] = CStringGetTextDatum(role ? role : "?");
+		v[2] = CStringGetTextDatum(psprintf("%s:%d", e->name, e->version));
+		v[3] = Int64GetDatum((int64) e->c.calls);
+		v[4] = Int64GetDatum((int64) e->c.input_tokens);
+		v[5] = Int64GetDatum((int64) e->c.output_tokens);
+		v[6] = Float8GetDatum(e->c.total_ms);
+		v[7] = Float8GetDatum(e->c.calls ? e->c.total_ms / e->c.calls : 0);
+		n[7] = e->c.calls == 0;
+		v[8] = Float8GetDatum(e->c.queue_ms);
+		v[9] = Int64GetDatum((int64) e->c.errors);
+		v[10] = Int64GetDatum((int64) e->c.cancels);
+		v[11] = Int64GetDatum(s ? (int64) s->loads : 0);
+		v[12] = Int64GetDatum(s ? (int64) s->steps : 0);
+		v[13] = Int64GetDatum(s ? (int64) s->rows : 0);
+		v[14] = Float8GetDatum(s && s->steps ? (double) s->rows / s->steps : 0);
+		n[14] = s == NULL || s->steps == 0;
+		v[15] = Int32GetDatum(s ? s->max_batch : 0);
+		v[16] = TimestampTzGetDatum(reset);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
 	}
 	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(mms_stat_info);
+
+/* mms_stat_info(): statistics entries evicted for room (never silently lost) and the last reset. */
+Datum
+mms_stat_info(PG_FUNCTION_ARGS)
+{
+	TupleDesc	desc;
+	Datum		v[3];
+	bool		n[3] = {0};
+	int			n_st;
+	uint64		dealloc;
+	TimestampTz reset;
+
+	mms_require_serving();
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	(void) mms_stats_snapshot(&n_st, &dealloc, &reset);
+	v[0] = Int32GetDatum(n_st);
+	v[1] = Int64GetDatum((int64) dealloc);
+	v[2] = TimestampTzGetDatum(reset);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), v, n)));
 }
 
 PG_FUNCTION_INFO_V1(mms_stat_reset);
@@ -212,75 +374,49 @@ mms_stat_reset(PG_FUNCTION_ARGS)
 {
 	mms_require_serving();
 	mms_require_admin("reset mms statistics");
-	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-	memset(mms_shared->stats, 0, sizeof(mms_shared->stats));
-	mms_shared->stats_reset = GetCurrentTimestamp();
-	LWLockRelease(mms_shared->lock);
+	mms_stats_reset();
+	mms_served_reset_stats();
 	PG_RETURN_VOID();
-}
-
-/* Waits on the shared condition variable (with interrupts) for up to ms. */
-static void
-wait_a_little(long ms)
-{
-	(void) ConditionVariableTimedSleep(&mms_shared->cv, ms, PG_WAIT_EXTENSION);
-	ConditionVariableCancelSleep();
-	CHECK_FOR_INTERRUPTS();
 }
 
 PG_FUNCTION_INFO_V1(mms_load);
 
 /*
- * mms_load(model text) RETURNS boolean: starts the model's worker, which
- * loads (or attaches) the weights; returns once it can serve.
+ * mms_load(model text) RETURNS boolean: loads the model's weights into the
+ * shared cache (a loader reads them) and returns once they are there.
  */
 Datum
 mms_load(PG_FUNCTION_ARGS)
 {
 	char	   *ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	MmsModel	m;
-	MmsModelKey key;
+	uint32		gen;
+	int			i;
 
 	mms_require_serving();
-	/* warming the cache can make other models' idle workers stop: an operator's call */
+	/* warming the cache can evict other models: an operator's call */
 	mms_require_admin("load models");
 	mms_resolve_model(ref, true, &m);
-	mms_key_from_model(&key, &m);
+	i = mms_served_acquire(&m, MyDatabaseId, &gen);
+	mms_served_want(i, gen);
 	for (;;)
 	{
-		int			w;
-		MmsWorker	copy;
+		MmsServed	s;
 
-		LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-		w = mms_find_worker(&key);
-		if (w < 0)
-			w = mms_want_worker(&key);
-		if (w >= 0)
-			copy = mms_shared->workers[w];
-		LWLockRelease(mms_shared->lock);
-		if (w < 0)
+		if (!mms_served_get(i, gen, &s))
 			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("too many inference workers requested")));
-		mms_wake_launcher();
-		/* follow this entry until it serves or gives up */
-		for (;;)
-		{
-			if (copy.state == MMS_W_READY)
-				PG_RETURN_BOOL(true);
-			if (copy.exit_reason == MMS_EXIT_LOAD_FAILED && copy.err.sqlstate != 0)
-				ereport(ERROR,
-						(errcode(copy.err.sqlstate),
-						 errmsg("could not load model \"%s:%d\": %s", m.name, m.version, copy.err.msg),
-						 copy.err.hint[0] ? errhint("%s", copy.err.hint) : 0));
-			if (copy.state == MMS_W_FREE || !mms_key_equal(&copy.model, &key) ||
-				(copy.state == MMS_W_EXITED && copy.exit_reason != MMS_EXIT_OTHER))
-				break;			/* gone (idle, stopped, reused): ask again */
-			wait_a_little(100);
-			LWLockAcquire(mms_shared->lock, LW_SHARED);
-			copy = mms_shared->workers[w];
-			LWLockRelease(mms_shared->lock);
-		}
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("model \"%s:%d\" was unregistered while loading", m.name, m.version)));
+		if (s.state == MMS_S_READY)
+			PG_RETURN_BOOL(true);
+		if (s.state == MMS_S_FAILED)
+			ereport(ERROR,
+					(errcode(s.load_err.sqlstate ? s.load_err.sqlstate : ERRCODE_SYSTEM_ERROR),
+					 errmsg("could not load model \"%s:%d\": %s", m.name, m.version, s.load_err.msg),
+					 s.load_err.hint[0] ? errhint("%s", s.load_err.hint) : 0));
+		if (s.state == MMS_S_EMPTY)
+			mms_served_want(i, gen);	/* evicted meanwhile: again */
+		mms_wait_shared(100);
 	}
 }
 
@@ -295,72 +431,34 @@ mms_unload(PG_FUNCTION_ARGS)
 {
 	char	   *ref = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	MmsModel	m;
-	MmsModelKey key;
 	TimestampTz deadline;
-	bool		busy = false;
+	int			i;
+	int			queued,
+				running;
 
 	mms_require_serving();
 	mms_require_admin("unload models");
 	mms_resolve_model(ref, false, &m);
-	mms_key_from_model(&key, &m);
-
-	LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < MMS_MAX_WORKERS; i++)
-	{
-		MmsWorker  *w = &mms_shared->workers[i];
-
-		if (w->state != MMS_W_FREE && w->state != MMS_W_EXITED && mms_key_equal(&w->model, &key) &&
-			(w->held > 0 || mms_worker_queued(i) > 0))
-			busy = true;
-	}
-	if (!busy)
-		for (int i = 0; i < MMS_MAX_WORKERS; i++)
-		{
-			MmsWorker  *w = &mms_shared->workers[i];
-
-			if (w->state != MMS_W_FREE && w->state != MMS_W_EXITED && mms_key_equal(&w->model, &key))
-			{
-				w->stop_requested = true;
-				mms_wake_procno(w->procno);
-			}
-		}
-	LWLockRelease(mms_shared->lock);
-	if (busy)
+	i = mms_served_lookup(m.sha256);
+	if (i < 0)
+		PG_RETURN_BOOL(false);
+	mms_queue_depth(i, &queued, &running, NULL);
+	if (queued > 0 || running > 0)
 	{
 		ereport(NOTICE,
 				(errmsg("model \"%s:%d\" is in use and stays loaded", m.name, m.version)));
 		PG_RETURN_BOOL(false);
 	}
-	mms_wake_launcher();
-
+	mms_workers_drain_served(i);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10000);
 	for (;;)
 	{
-		int			ci = -1;
-		int			refs = 0;
-		dsm_handle	h = 0;
+		MmsServed	s;
 
-		LWLockAcquire(mms_shared->lock, LW_EXCLUSIVE);
-		for (int i = 0; i < MMS_MAX_CACHED; i++)
-		{
-			MmsCacheEntry *e = &mms_shared->cache[i];
-
-			if (e->state == MMS_C_READY && mms_key_equal(&e->model, &key))
-			{
-				ci = i;
-				refs = e->refcount;
-			}
-		}
-		if (ci >= 0 && refs == 0)
-			h = mms_cache_evict_locked(ci);
-		LWLockRelease(mms_shared->lock);
-		if (ci < 0)
+		if (!mms_served_get(i, 0, &s) || strcmp(s.sha256, m.sha256) != 0 || s.state != MMS_S_READY)
 			PG_RETURN_BOOL(false);
-		if (refs == 0)
-		{
-			dsm_unpin_segment(h);
+		if (s.refcount == 0 && mms_served_unload(i))
 			PG_RETURN_BOOL(true);
-		}
 		if (GetCurrentTimestamp() > deadline)
 		{
 			ereport(NOTICE,
@@ -368,6 +466,6 @@ mms_unload(PG_FUNCTION_ARGS)
 							m.name, m.version)));
 			PG_RETURN_BOOL(false);
 		}
-		wait_a_little(100);
+		mms_wait_shared(100);
 	}
 }

@@ -1,7 +1,8 @@
 /*
- * worker.h — declarations private to mms_worker.so (worker.c, worker_cache.c):
- * the inference worker's model, as attached from the shared cache. Only the
- * worker library includes the BLAS-using engine headers through this.
+ * worker.h — declarations private to mms_worker.so: the inference worker
+ * (worker.c), its view of a served model's segment (worker_cache.c) and the
+ * loader and start-up scan processes (worker_loader.c). Only the worker
+ * library includes the BLAS-using engine headers through this.
  */
 #ifndef MMS_WORKER_H
 #define MMS_WORKER_H
@@ -12,6 +13,8 @@
 #include "serve.h"
 #include "t5.h"
 
+#define MMS_ARENA_ALIGN 64
+
 typedef struct MmsLoaded
 {
 	dsm_segment *seg;			/* pinned mapping: lives as long as the process */
@@ -19,15 +22,15 @@ typedef struct MmsLoaded
 	MmsT5	   *model;			/* weights in the segment (F32 in place, rest in the arena) */
 } MmsLoaded;
 
-/* Attaches to k's cached weights, loading them first if nobody has. ERROR on failure. */
-extern void mms_worker_cache_get(const MmsModelKey *k, MmsLoaded *out);
 /*
- * Lock held: drops this process's refcount (or its unfinished load claim).
- * Returns the handle of a doomed segment this detach left unused, for the
- * caller to unpin after unlocking; 0 if none.
+ * Attaches to served entry i's weights (refcount taken). false when the entry
+ * is no longer READY with that generation; ERROR if the segment is unusable.
+ * *attached says whether a reference is held (to drop at exit), even after an ERROR.
  */
-extern dsm_handle mms_worker_cache_release(void);
+extern bool mms_worker_attach(int i, uint32 generation, MmsLoaded *out, bool *attached);
 
 extern PGDLLEXPORT void mms_worker_main(Datum arg);
+extern PGDLLEXPORT void mms_loader_main(Datum arg);
+extern PGDLLEXPORT void mms_scan_main(Datum arg);
 
 #endif

@@ -1,8 +1,9 @@
 #!/bin/bash
 # t_dump_restore.sh — pg_dump / pg_restore carry the registry: every model,
-# version, alias and grant arrives in a new database with the same sha256 (of
-# the catalog and of the stored bytes), the same tokenization and the weights
-# still unreadable to ordinary roles; registration continues afterwards.
+# version, alias, grant and pool setting arrives in a new database with the
+# same sha256 (of the catalog and of the stored bytes), the same tokenization
+# and the weights still unreadable to ordinary roles; registration continues
+# afterwards.
 # Run by test/pg/run.sh (PGHOST/PGPORT/PGUSER point at its cluster).
 set -u
 data=$MMS_TEST_DATA
@@ -34,6 +35,8 @@ SELECT mms_set_alias('flan_gated', 'prod', 7);
 SELECT mms_set_alias('t5_relu_tied', 'prod', 1);
 SELECT mms_grant('flan_gated', 'regress_mms_dump_reader');
 SELECT mms_grant('inner_48', 'public');
+SELECT mms_configure('flan_gated', min_workers => 1, max_workers => 3, pinned => true, priority => 7);
+SELECT mms_configure('inner_48', priority => -2);
 \lo_import '$data/flan_gated.gguf'
 SELECT mms_register('from_client', :LASTOID, NULL, 'a client', 'via lo_import');
 SELECT lo_unlink(:LASTOID);
@@ -46,10 +49,11 @@ snapshot() {
 	local db=$1
 	sql -d "$db" >"$work/$db.models" <<'SQL'
 SELECT id, name, version, aliases, author, description, created_at, owner, arch, n_params,
-       tensor_types, d_model, d_ff, n_enc_layers, n_dec_layers, n_heads, d_kv, vocab_size,
-       context_length, ffn_kind, tied_embeddings, tokenizer, size, size_bytes, sha256,
-       weights, metadata
+       tensor_types, config, tokenizer, size, size_bytes, sha256, weights, metadata
 FROM mms.models ORDER BY name, version;
+SQL
+	sql -d "$db" >"$work/$db.pool" <<'SQL'
+SELECT * FROM mms.model_config ORDER BY model;
 SQL
 	sql -d "$db" >"$work/$db.stored" <<'SQL'
 SELECT name, version, sha256 = encode(sha256(lo_get(weights)), 'hex') AS stored_bytes_match,
@@ -91,7 +95,7 @@ snapshot $dst || bad "snapshot of $dst"
 
 n_models=$(sql -d $dst -c "SELECT count(*) FROM mms.models")
 [ "$n_models" = 11 ] && ok "11 model versions restored" || bad "$n_models model versions restored, expected 11"
-for what in models stored grants tokens reader; do
+for what in models stored grants pool tokens reader; do
 	if cmp -s "$work/$src.$what" "$work/$dst.$what" && [ -s "$work/$dst.$what" ]; then
 		ok "identical $what after restore ($(wc -l <"$work/$dst.$what") lines)"
 	else

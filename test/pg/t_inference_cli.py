@@ -4,7 +4,7 @@ engine's CLI gives (`build/mms-run --model F [options] INPUT`, `--score
 TARGET`) on the same inputs and options: greedy, beam search (length
 penalty, early stopping), sampling with a seed (temperature, top-k, top-p),
 min_new_tokens and repetition penalty, for a gated-GELU untied model and a
-ReLU tied one; through the scalar function and through the array API.
+ReLU tied one; through the scalar function and through mms_generate_batch.
 Prints one "ok: ..." or "FAILED: ..." line per model and mode.
 
 Run by test/pg/run.sh (PGHOST/PGPORT/PGUSER point at its cluster, started
@@ -89,8 +89,8 @@ def main():
                 q = ";\n".join("SELECT encode(convert_to(mms_generate('%s', %s, '%s'), 'UTF8'), 'hex')"
                                % (m, lit(t), oj) for t in INPUTS) + ";"
                 got = [bytes.fromhex(h) for h in psql(q).splitlines()]
-                # one array call
-                qa = ("SELECT encode(convert_to(r, 'UTF8'), 'hex') FROM unnest(mms_generate('%s', ARRAY[%s], '%s'))"
+                # one batch call
+                qa = ("SELECT encode(convert_to(r, 'UTF8'), 'hex') FROM unnest(mms_generate_batch('%s', ARRAY[%s], '%s'))"
                       " WITH ORDINALITY AS u(r, i) ORDER BY i;" % (m, ", ".join(lit(t) for t in INPUTS), oj))
                 got_a = [bytes.fromhex(h) for h in psql(qa).splitlines()]
                 for i, t in enumerate(INPUTS):
@@ -98,14 +98,14 @@ def main():
                     if i >= len(got) or got[i] != want[i]:
                         bad.append("scalar %s %r: sql %r cli %r" % (oj, t, got[i] if i < len(got) else None, want[i]))
                     if i >= len(got_a) or got_a[i] != want[i]:
-                        bad.append("array %s %r: sql %r cli %r" % (oj, t, got_a[i] if i < len(got_a) else None, want[i]))
+                        bad.append("batch %s %r: sql %r cli %r" % (oj, t, got_a[i] if i < len(got_a) else None, want[i]))
             if bad:
                 failed += 1
                 print("FAILED: %s: %d of %d generations differ from mms-run" % (m, len(bad), 2 * n))
                 for b in bad[:5]:
                     print("   " + b)
             else:
-                print("ok: %s: mms_generate (scalar and array) = mms-run on %d inputs x %d option sets"
+                print("ok: %s: mms_generate and mms_generate_batch = mms-run on %d inputs x %d option sets"
                       % (m, len(INPUTS), len(CASES)))
             # scoring
             bad = []

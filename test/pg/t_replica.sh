@@ -62,7 +62,7 @@ as_server pg_ctl -D "$work/replica" -m fast -w stop >/dev/null
 as_server pg_ctl -D "$work/primary" -m fast -w stop >/dev/null
 as_server pg_ctl -D "$work/primary" -l "$work/primary.log" -w -o "-c port=$p1 $opts" start >/dev/null ||
 	{ bad "primary did not restart"; exit 0; }
-for f in "mms_generate('rep', 'x')" "mms_generate('rep', ARRAY['x'])" "mms_score('rep', 'x', 'y')" "mms_load('rep')"; do
+for f in "mms_generate('rep', 'x')" "mms_generate_batch('rep', ARRAY['x'])" "mms_score('rep', 'x', 'y')" "mms_load('rep')"; do
 	out=$(q $p1 -c "SELECT $f" 2>&1)
 	if grep -q "not preloaded" <<<"$out" && grep -q "HINT:  Add mms to shared_preload_libraries" <<<"$out"; then
 		ok "without the preload, $f fails with a hint"

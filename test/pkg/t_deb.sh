@@ -72,13 +72,15 @@ deb=$(ls "$work"/${pkg}_*.deb 2>/dev/null | head -n 1)
 # --- contents --------------------------------------------------------------------
 files=$(dpkg-deb -c "$deb" | awk '{print $NF}' | sed 's,^\./,/,')
 missing=""
+# every install and upgrade script of sql/, the default version's among them
+scripts=$(cd "$src/sql" && ls mms--*.sql | sed 's,^,/usr/share/postgresql/15/extension/,')
 for f in /usr/lib/postgresql/15/lib/mms.so /usr/lib/postgresql/15/lib/mms_worker.so \
 	/usr/share/postgresql/15/extension/mms.control \
-	"/usr/share/postgresql/15/extension/mms--$ctl_version.sql" \
+	"/usr/share/postgresql/15/extension/mms--$ctl_version.sql" $scripts \
 	/usr/share/doc/$pkg/copyright /usr/share/doc/$pkg/README.md.gz; do
 	grep -qxF "$f" <<<"$files" || missing+=" $f"
 done
-[ -z "$missing" ] && ok "package holds the libraries, control file, install script, README and copyright" ||
+[ -z "$missing" ] && ok "package holds the libraries, control file, install and upgrade scripts, README and copyright" ||
 	bad "package lacks:$missing"
 extra=$(grep -E '/(build|test)/|mms-run|mms-bench|test_[a-z]+$|\.(a|o|bc)$' <<<"$files")
 [ -z "$extra" ] && ok "package holds no build outputs or test binaries" || bad "package holds: $extra"

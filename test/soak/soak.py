@@ -99,7 +99,7 @@ def sample_opts(seed):
 
 
 Q_GEN = "SELECT mms_generate(%s::text, %s::text, %s::jsonb)"
-Q_ARR = "SELECT mms_generate(%s::text, %s::text[], %s::jsonb)"
+Q_ARR = "SELECT mms_generate_batch(%s::text, %s::text[], %s::jsonb)"
 Q_SCORE = "SELECT mms_score(%s::text, %s::text, %s::text)"
 SCORE_TOLERANCE = 1e-4
 

@@ -120,7 +120,7 @@ SELECT ref, input, target, options, mms_generate(ref, input, options) AS output,
 FROM cases WHERE good;
 CREATE VIEW probes AS
 SELECT ref, input, target, options, mms_generate(ref, input, options) AS output,
-       mms_generate(ref, ARRAY[input, target], options) AS outputs,
+       mms_generate_batch(ref, ARRAY[input, target], options) AS outputs,
        mms_score(ref, input, target) AS score, mms_detokenize(ref, mms_tokenize(ref, input)) AS roundtrip
 FROM cases;
 

@@ -1,0 +1,357 @@
+/*
+ * queue.c — request slots and the queue of each served model. Owns the slots
+ * and the queue heads in MmsShared; nothing else writes them.
+ *
+ * A backend takes a free slot (FILLING, the slots lock), writes the request,
+ * and queues it at the tail of its model's queue (QUEUED). Any worker of that
+ * model takes requests from the head (RUNNING), and ends them (DONE) with a
+ * result or an error, setting the owner's latch; the owner copies the result
+ * and frees the slot. An owner that leaves frees what has not started and
+ * marks running requests ABANDONED; the worker cancels them and frees the
+ * slot. Each queue has its own lock, so models do not contend.
+ *
+ * The order of service is decided in take(): first come, first served today.
+ * This is the seam for weighted fair queueing between roles (each slot says
+ * who asked: roleid, dboid).
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/timestamp.h"
+
+#include "serve.h"
+
+MmsSlot *
+mms_slot(int i)
+{
+	return (MmsSlot *) ((char *) mms_shared + mms_shared->slots_off + (Size) i * mms_shared->slot_stride);
+}
+
+int
+mms_slot_tokens(void)
+{
+	return mms_shared->slot_tokens;
+}
+
+static LWLock *
+qlock(int served)
+{
+	return &((LWLockPadded *) mms_shared->queue_locks)[served].lock;
+}
+
+int
+mms_queue_alloc(void)
+{
+	int			i;
+
+	LWLockAcquire(mms_shared->slots_lock, LW_EXCLUSIVE);
+	i = mms_shared->free_head;
+	if (i >= 0)
+	{
+		MmsSlot    *s = mms_slot(i);
+
+		mms_shared->free_head = s->next;
+		s->state = MMS_SLOT_FILLING;
+		s->prev = s->next = -1;
+		s->owner_procno = MyProc->pgprocno;
+		s->owner_pid = MyProcPid;
+	}
+	LWLockRelease(mms_shared->slots_lock);
+	return i;
+}
+
+/* Returns a slot to the free list (its queue lock, if any, already released). */
+static void
+free_slot(int i)
+{
+	MmsSlot    *s = mms_slot(i);
+
+	LWLockAcquire(mms_shared->slots_lock, LW_EXCLUSIVE);
+	s->state = MMS_SLOT_FREE;
+	s->owner_pid = 0;
+	s->owner_procno = -1;
+	s->next = mms_shared->free_head;
+	mms_shared->free_head = i;
+	LWLockRelease(mms_shared->slots_lock);
+}
+
+void
+mms_queue_free_unqueued(int slot)
+{
+	free_slot(slot);
+}
+
+/* Queue lock held: unlinks a QUEUED slot. */
+static void
+unlink_slot(int served, int i)
+{
+	MmsSlot    *s = mms_slot(i);
+
+	if (s->prev >= 0)
+		mms_slot(s->prev)->next = s->next;
+	else
+		mms_shared->q_head[served] = s->next;
+	if (s->next >= 0)
+		mms_slot(s->next)->prev = s->prev;
+	else
+		mms_shared->q_tail[served] = s->prev;
+	s->prev = s->next = -1;
+	mms_shared->q_queued[served]--;
+}
+
+int
+mms_queue_submit(int slot, int served, uint32 served_gen)
+{
+	MmsSlot    *s = mms_slot(slot);
+	int			n;
+
+	s->served = served;
+	s->served_gen = served_gen;
+	s->runner = -1;
+	s->n_output = 0;
+	memset(&s->err, 0, sizeof(s->err));
+	s->t_started = 0;
+	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
+	s->t_queued = GetCurrentTimestamp();
+	s->prev = mms_shared->q_tail[served];
+	s->next = -1;
+	if (s->prev >= 0)
+		mms_slot(s->prev)->next = slot;
+	else
+		mms_shared->q_head[served] = slot;
+	mms_shared->q_tail[served] = slot;
+	n = ++mms_shared->q_queued[served];
+	s->state = MMS_SLOT_QUEUED;
+	LWLockRelease(qlock(served));
+	return n;
+}
+
+bool
+mms_queue_collect(int slot, MmsCollectFn fn, void *arg)
+{
+	MmsSlot    *s = mms_slot(slot);
+	int			served = s->served;
+	bool		done;
+
+	LWLockAcquire(qlock(served), LW_SHARED);
+	done = s->state == MMS_SLOT_DONE;
+	LWLockRelease(qlock(served));
+	if (!done)
+		return false;
+	/* DONE belongs to the owner alone: nobody else touches the slot now */
+	fn(s, arg);
+	free_slot(slot);
+	return true;
+}
+
+bool
+mms_queue_abandon(int slot)
+{
+	MmsSlot    *s = mms_slot(slot);
+	int			served = s->served;
+	bool		unfinished = true;
+	bool		free_it = false;
+	bool		wake = false;
+
+	if (s->state == MMS_SLOT_FILLING)
+	{
+		free_slot(slot);
+		return false;
+	}
+	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
+	switch (s->state)
+	{
+		case MMS_SLOT_QUEUED:
+			unlink_slot(served, slot);
+			free_it = true;
+			break;
+		case MMS_SLOT_RUNNING:
+			s->state = MMS_SLOT_ABANDONED;
+			wake = true;
+			break;
+		case MMS_SLOT_DONE:
+			unfinished = false;
+			free_it = true;
+			break;
+		default:
+			unfinished = false;
+			break;
+	}
+	LWLockRelease(qlock(served));
+	if (free_it)
+		free_slot(slot);
+	if (wake)
+		mms_workers_wake(served);
+	return unfinished;
+}
+
+int
+mms_queue_take(int served, int worker, int max, int *out)
+{
+	int			n = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
+	while (n < max && mms_shared->q_head[served] >= 0)
+	{
+		int			i = mms_shared->q_head[served];
+		MmsSlot    *s = mms_slot(i);
+
+		unlink_slot(served, i);
+		s->state = MMS_SLOT_RUNNING;
+		s->runner = worker;
+		s->t_started = now;
+		mms_shared->q_running[served]++;
+		out[n++] = i;
+	}
+	LWLockRelease(qlock(served));
+	return n;
+}
+
+void
+mms_queue_return(int served, const int *slots, int n)
+{
+	int			n_free = 0;
+
+	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
+	/* back to the head in reverse, so that their order is kept */
+	for (int j = n - 1; j >= 0; j--)
+	{
+		int			i = slots[j];
+		MmsSlot    *s = mms_slot(i);
+
+		mms_shared->q_running[served]--;
+		if (s->state == MMS_SLOT_ABANDONED)
+		{
+			/* off every list: freed below, outside the queue lock */
+			n_free++;
+			s->state = MMS_SLOT_FREE;
+			continue;
+		}
+		s->state = MMS_SLOT_QUEUED;
+		s->runner = -1;
+		s->prev = -1;
+		s->next = mms_shared->q_head[served];
+		if (s->next >= 0)
+			mms_slot(s->next)->prev = i;
+		else
+			mms_shared->q_tail[served] = i;
+		mms_shared->q_head[served] = i;
+		mms_shared->q_queued[served]++;
+	}
+	LWLockRelease(qlock(served));
+	if (n_free > 0)
+		for (int j = 0; j < n; j++)
+			if (mms_slot(slots[j])->state == MMS_SLOT_FREE)
+				free_slot(slots[j]);
+}
+
+bool
+mms_queue_is_abandoned(int slot)
+{
+	MmsSlot    *s = mms_slot(slot);
+	bool		r;
+
+	LWLockAcquire(qlock(s->served), LW_SHARED);
+	r = s->state == MMS_SLOT_ABANDONED;
+	LWLockRelease(qlock(s->served));
+	return r;
+}
+
+/* Queue lock held: a RUNNING or ABANDONED request ends; true if the slot must be freed. */
+static bool
+end_locked(MmsSlot *s, const int32 *ids, int n_ids, double logprob, const MmsSlotError *err)
+{
+	mms_shared->q_running[s->served]--;
+	if (s->state == MMS_SLOT_ABANDONED)
+		return true;
+	if (err != NULL && err->sqlstate != 0)
+	{
+		s->err = *err;
+		s->n_output = 0;
+	}
+	else if (n_ids > mms_shared->slot_tokens)
+	{
+		mms_set_error(&s->err, ERRCODE_PROGRAM_LIMIT_EXCEEDED, "result longer than a request slot", NULL);
+		s->n_output = 0;
+	}
+	else
+	{
+		memcpy(s->tokens, ids, sizeof(int32) * n_ids);
+		s->n_output = n_ids;
+		s->logprob = logprob;
+		s->err.sqlstate = 0;
+	}
+	s->runner = -1;
+	s->state = MMS_SLOT_DONE;
+	mms_wake_procno(s->owner_procno);
+	return false;
+}
+
+void
+mms_queue_finish(int slot, const int32 *ids, int n_ids, double logprob, const MmsSlotError *err)
+{
+	MmsSlot    *s = mms_slot(slot);
+	bool		free_it;
+
+	LWLockAcquire(qlock(s->served), LW_EXCLUSIVE);
+	free_it = end_locked(s, ids, n_ids, logprob, err);
+	LWLockRelease(qlock(s->served));
+	if (free_it)
+		free_slot(slot);
+}
+
+void
+mms_queue_fail_all(int served, const MmsSlotError *err)
+{
+	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
+	while (mms_shared->q_head[served] >= 0)
+	{
+		int			i = mms_shared->q_head[served];
+		MmsSlot    *s = mms_slot(i);
+
+		unlink_slot(served, i);
+		s->err = *err;
+		s->n_output = 0;
+		s->state = MMS_SLOT_DONE;
+		mms_wake_procno(s->owner_procno);
+	}
+	LWLockRelease(qlock(served));
+}
+
+void
+mms_queue_orphan(int worker, const char *why)
+{
+	MmsSlotError err;
+
+	mms_set_error(&err, ERRCODE_SYSTEM_ERROR, why, "The request was in flight; it can be retried.");
+	for (int i = 0; i < mms_shared->n_slots; i++)
+	{
+		MmsSlot    *s = mms_slot(i);
+		int			served = s->served;
+		bool		free_it = false;
+
+		/* unlocked peek, confirmed under the lock */
+		if (s->runner != worker || (s->state != MMS_SLOT_RUNNING && s->state != MMS_SLOT_ABANDONED))
+			continue;
+		LWLockAcquire(qlock(served), LW_EXCLUSIVE);
+		if (s->runner == worker && s->served == served &&
+			(s->state == MMS_SLOT_RUNNING || s->state == MMS_SLOT_ABANDONED))
+			free_it = end_locked(s, NULL, 0, 0, &err);
+		LWLockRelease(qlock(served));
+		if (free_it)
+			free_slot(i);
+	}
+}
+
+void
+mms_queue_depth(int served, int *queued, int *running, TimestampTz *oldest)
+{
+	LWLockAcquire(qlock(served), LW_SHARED);
+	*queued = mms_shared->q_queued[served];
+	*running = mms_shared->q_running[served];
+	if (oldest)
+		*oldest = mms_shared->q_head[served] >= 0 ? mms_slot(mms_shared->q_head[served])->t_queued : 0;
+	LWLockRelease(qlock(served));
+}

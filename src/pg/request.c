@@ -1,0 +1,370 @@
+/*
+ * request.c — the asynchronous request API of a backend (serve.h): a set of
+ * requests on one model is submitted into free slots of the model's queue
+ * and collected as workers finish them, without blocking unless asked to.
+ * Every SQL inference function is built on it; so will the batching executor
+ * node and the HTTP gateway's functions.
+ *
+ * Nothing is left behind: the slots a set holds are listed in
+ * TopMemoryContext, and a resource-owner callback (ERROR, cancel, timeout)
+ * or the backend's exit callback abandons them — queued requests are freed,
+ * running ones are cancelled by their worker. Results live in the memory
+ * context that was current when the set began.
+ */
+#include "postgres.h"
+
+#include "lib/ilist.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+#include "serve.h"
+
+typedef struct Req
+{
+	MmsReqKind	kind;
+	const MmsGenOptions *opts;
+	const int32 *input;
+	int32		n_input;
+	const int32 *target;
+	int32		n_target;
+	int			slot;			/* -1 waiting for a slot; -2 finished */
+	MmsResult	res;
+} Req;
+
+struct MmsRequestSet
+{
+	dlist_node	node;			/* in open_sets */
+	ResourceOwner owner;
+	MemoryContext cxt;			/* requests and results */
+	MmsModel	model;
+	int			served;
+	uint32		served_gen;
+	Req		   *reqs;
+	int			n;
+	int			cap;
+	int			next_unsubmitted;
+	int			n_open;
+	int		   *inflight;		/* TopMemoryContext: request indexes holding slots */
+	int		   *inflight_slot;
+	int			n_inflight;
+	int			inflight_cap;
+	TimestampTz t0;
+	MmsStatCounts counts;
+};
+
+static dlist_head open_sets = DLIST_STATIC_INIT(open_sets);
+static bool callbacks_registered = false;
+
+static void flush_stats(MmsRequestSet *rs);
+
+/* Abandons every slot the set holds and forgets the set (no palloc: may run in abort). */
+static void
+release_set(MmsRequestSet *rs)
+{
+	for (int j = 0; j < rs->n_inflight; j++)
+		if (mms_queue_abandon(rs->inflight_slot[j]))
+			rs->counts.cancels++, rs->counts.calls++;
+	rs->n_inflight = 0;
+	flush_stats(rs);
+	dlist_delete(&rs->node);
+	pfree(rs->inflight);
+	pfree(rs->inflight_slot);
+	pfree(rs);
+}
+
+static void
+release_at_resowner(ResourceReleasePhase phase, bool isCommit, bool isTopLevel, void *arg)
+{
+	dlist_mutable_iter it;
+
+	if (phase != RESOURCE_RELEASE_BEFORE_LOCKS)
+		return;
+	dlist_foreach_modify(it, &open_sets)
+	{
+		MmsRequestSet *rs = dlist_container(MmsRequestSet, node, it.cur);
+
+		if (rs->owner == CurrentResourceOwner)
+			release_set(rs);
+	}
+}
+
+/* before_shmem_exit: a backend that exits mid-call (FATAL) leaves no slot behind. */
+static void
+release_at_exit(int code, Datum arg)
+{
+	dlist_mutable_iter it;
+
+	if (mms_shared == NULL)
+		return;
+	dlist_foreach_modify(it, &open_sets)
+		release_set(dlist_container(MmsRequestSet, node, it.cur));
+}
+
+MmsRequestSet *
+mms_requests_begin(const MmsModel *m)
+{
+	MmsRequestSet *rs;
+
+	mms_require_serving();
+	if (!callbacks_registered)
+	{
+		RegisterResourceReleaseCallback(release_at_resowner, NULL);
+		before_shmem_exit(release_at_exit, 0);
+		callbacks_registered = true;
+	}
+	rs = MemoryContextAllocZero(TopMemoryContext, sizeof(MmsRequestSet));
+	rs->inflight_cap = 16;
+	rs->inflight = MemoryContextAlloc(TopMemoryContext, sizeof(int) * rs->inflight_cap);
+	rs->inflight_slot = MemoryContextAlloc(TopMemoryContext, sizeof(int) * rs->inflight_cap);
+	rs->owner = CurrentResourceOwner;
+	rs->cxt = CurrentMemoryContext;
+	rs->model = *m;
+	rs->t0 = GetCurrentTimestamp();
+	dlist_push_tail(&open_sets, &rs->node);
+	/* the model's served entry, shared by every database with the same bytes */
+	rs->served = mms_served_acquire(m, MyDatabaseId, &rs->served_gen);
+	return rs;
+}
+
+int
+mms_requests_add(MmsRequestSet *rs, MmsReqKind kind, const MmsGenOptions *opts,
+				 const int32 *input, int32 n_input, const int32 *target, int32 n_target)
+{
+	Req		   *r;
+
+	if (n_input + n_target > mms_slot_tokens())
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("request of %d tokens is larger than a request slot (%d tokens)",
+						n_input + n_target, mms_slot_tokens())));
+	if (rs->n == rs->cap)
+	{
+		int			cap = Max(8, rs->cap * 2);
+
+		rs->reqs = rs->reqs ? repalloc(rs->reqs, sizeof(Req) * cap) :
+			MemoryContextAlloc(rs->cxt, sizeof(Req) * cap);
+		rs->cap = cap;
+	}
+	r = &rs->reqs[rs->n];
+	memset(r, 0, sizeof(*r));
+	r->kind = kind;
+	r->opts = opts;
+	r->input = input;
+	r->n_input = n_input;
+	r->target = target;
+	r->n_target = kind == MMS_REQ_SCORE ? n_target : 0;
+	r->slot = -1;
+	rs->n_open++;
+	return rs->n++;
+}
+
+static void
+track(MmsRequestSet *rs, int req, int slot)
+{
+	if (rs->n_inflight == rs->inflight_cap)
+	{
+		rs->inflight_cap *= 2;
+		rs->inflight = repalloc(rs->inflight, sizeof(int) * rs->inflight_cap);
+		rs->inflight_slot = repalloc(rs->inflight_slot, sizeof(int) * rs->inflight_cap);
+	}
+	rs->inflight[rs->n_inflight] = req;
+	rs->inflight_slot[rs->n_inflight] = slot;
+	rs->n_inflight++;
+}
+
+/* Puts waiting requests into free slots; true if any went. */
+static bool
+submit(MmsRequestSet *rs)
+{
+	int			queued = 0;
+	int			ready;
+	int			n = 0;
+
+	while (rs->next_unsubmitted < rs->n)
+	{
+		Req		   *r = &rs->reqs[rs->next_unsubmitted];
+		int			i;
+		MmsSlot    *s;
+
+		if (r->slot != -1)
+		{
+			rs->next_unsubmitted++;
+			continue;
+		}
+		if ((i = mms_queue_alloc()) < 0)
+			break;
+		s = mms_slot(i);
+		s->roleid = GetUserId();
+		s->dboid = MyDatabaseId;
+		s->model_id = rs->model.id;
+		s->kind = r->kind;
+		s->opts = *r->opts;
+		s->n_input = r->n_input;
+		memcpy(s->tokens, r->input, sizeof(int32) * r->n_input);
+		s->n_target = r->n_target;
+		if (r->n_target > 0)
+			memcpy(s->tokens + r->n_input, r->target, sizeof(int32) * r->n_target);
+		track(rs, rs->next_unsubmitted, i);	/* tracked before queued: never lost */
+		r->slot = i;
+		queued = mms_queue_submit(i, rs->served, rs->served_gen);
+		rs->next_unsubmitted++;
+		n++;
+	}
+	if (n == 0)
+		return false;
+	mms_served_want(rs->served, rs->served_gen);
+	mms_workers_wake(rs->served);
+	/* the launcher starts or grows the pool; it need not hear of every request */
+	(void) mms_workers_count(rs->served, &ready);
+	if (ready == 0 || queued > mms_pool_target_requests * ready)
+		mms_wake_launcher();
+	return true;
+}
+
+static void
+copy_result(const MmsSlot *s, void *arg)
+{
+	Req		   *r = arg;
+
+	if (s->err.sqlstate != 0)
+	{
+		r->res.err = palloc(sizeof(MmsSlotError));
+		*r->res.err = s->err;
+	}
+	else
+	{
+		r->res.n_ids = s->n_output;
+		r->res.ids = palloc(sizeof(int32) * Max(1, s->n_output));
+		memcpy(r->res.ids, s->tokens, sizeof(int32) * s->n_output);
+		r->res.logprob = s->logprob;
+	}
+}
+
+static void
+account(MmsRequestSet *rs, Req *r, TimestampTz queued, TimestampTz started)
+{
+	MmsStatCounts *c = &rs->counts;
+
+	c->calls++;
+	c->input_tokens += r->n_input;
+	if (r->res.err == NULL)
+		c->output_tokens += r->kind == MMS_REQ_SCORE ? r->n_target : r->res.n_ids;
+	else if (r->res.err->sqlstate == ERRCODE_QUERY_CANCELED)
+		c->cancels++;
+	else
+		c->errors++;
+	c->total_ms += (double) (GetCurrentTimestamp() - rs->t0) / 1000.0;
+	if (started > queued)
+		c->queue_ms += (double) (started - queued) / 1000.0;
+}
+
+/* Collects finished requests; compacts the in-flight list. */
+static void
+collect(MmsRequestSet *rs)
+{
+	int			kept = 0;
+	MemoryContext old = MemoryContextSwitchTo(rs->cxt);
+
+	for (int j = 0; j < rs->n_inflight; j++)
+	{
+		Req		   *r = &rs->reqs[rs->inflight[j]];
+		int			slot = rs->inflight_slot[j];
+		MmsSlot    *s = mms_slot(slot);
+		TimestampTz queued = s->t_queued;
+		TimestampTz started = s->t_started;
+
+		if (mms_queue_collect(slot, copy_result, r))
+		{
+			r->slot = -2;
+			r->res.done = true;
+			rs->n_open--;
+			account(rs, r, queued, started);
+			continue;
+		}
+		rs->inflight[kept] = rs->inflight[j];
+		rs->inflight_slot[kept] = slot;
+		kept++;
+	}
+	rs->n_inflight = kept;
+	MemoryContextSwitchTo(old);
+}
+
+int
+mms_requests_poll(MmsRequestSet *rs)
+{
+	collect(rs);
+	(void) submit(rs);
+	return rs->n_open;
+}
+
+void
+mms_requests_wait(MmsRequestSet *rs, int i)
+{
+	for (;;)
+	{
+		(void) mms_requests_poll(rs);
+		if (i >= 0 ? rs->reqs[i].res.done : rs->n_open == 0)
+			return;
+		/* short waits while some requests still wait for a free slot */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 rs->next_unsubmitted < rs->n ? 20L : 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+const MmsResult *
+mms_requests_result(MmsRequestSet *rs, int i)
+{
+	return &rs->reqs[i].res;
+}
+
+void
+mms_requests_cancel(MmsRequestSet *rs, int i)
+{
+	Req		   *r = &rs->reqs[i];
+
+	if (r->res.done)
+		return;
+	for (int j = 0; j < rs->n_inflight; j++)
+		if (rs->inflight[j] == i)
+		{
+			(void) mms_queue_abandon(rs->inflight_slot[j]);
+			rs->inflight[j] = rs->inflight[rs->n_inflight - 1];
+			rs->inflight_slot[j] = rs->inflight_slot[rs->n_inflight - 1];
+			rs->n_inflight--;
+			break;
+		}
+	r->slot = -2;
+	r->res.done = true;
+	r->res.err = MemoryContextAllocZero(rs->cxt, sizeof(MmsSlotError));
+	mms_set_error(r->res.err, ERRCODE_QUERY_CANCELED, "request cancelled", NULL);
+	rs->n_open--;
+	rs->counts.calls++;
+	rs->counts.cancels++;
+}
+
+static void
+flush_stats(MmsRequestSet *rs)
+{
+	MmsStatKey	k;
+
+	if (rs->counts.calls == 0)
+		return;
+	k.dboid = MyDatabaseId;
+	k.roleid = GetUserId();
+	k.model_id = rs->model.id;
+	mms_stats_add(&k, rs->model.name, rs->model.version, rs->model.sha256, &rs->counts);
+	memset(&rs->counts, 0, sizeof(rs->counts));
+}
+
+void
+mms_requests_end(MmsRequestSet *rs)
+{
+	release_set(rs);
+}
