@@ -44,6 +44,9 @@ struct MmsSched
 	MmsGenRequest **enc_reqs;
 	MmsT5Cross **enc_cross;
 	int			cap_enc_reqs;
+	int			cap_enc_ids;	/* enc_ids, enc_lens, enc_cross: as many as enc_reqs */
+	int			cap_enc_lens;
+	int			cap_enc_cross;
 };
 
 MmsStatus
@@ -232,7 +235,7 @@ admit(MmsSched *s)
 	int			n = 0;
 	int64_t		T = 0;
 	MmsError	e;
-
+	int			ok;
 	int			running = 0;
 
 	for (int i = 0; i < s->n_held; i++)
@@ -256,21 +259,17 @@ admit(MmsSched *s)
 	}
 	if (n == 0)
 		return;
-	{
-		int			cap = s->cap_enc_reqs;
-
-		/* the parallel arrays follow enc_reqs' capacity */
-		s->enc_ids = realloc(s->enc_ids, (size_t) cap * sizeof(*s->enc_ids));
-		s->enc_lens = realloc(s->enc_lens, (size_t) cap * sizeof(*s->enc_lens));
-		s->enc_cross = realloc(s->enc_cross, (size_t) cap * sizeof(*s->enc_cross));
-	}
-	if ((size_t) (T * c->d_model) > s->cap_enc)
+	/* the parallel arrays follow enc_reqs' capacity; a failed grow keeps the old buffer */
+	ok = grow((void **) &s->enc_ids, &s->cap_enc_ids, s->cap_enc_reqs, sizeof(*s->enc_ids)) &&
+		grow((void **) &s->enc_lens, &s->cap_enc_lens, s->cap_enc_reqs, sizeof(*s->enc_lens)) &&
+		grow((void **) &s->enc_cross, &s->cap_enc_cross, s->cap_enc_reqs, sizeof(*s->enc_cross));
+	if (ok && (size_t) (T * c->d_model) > s->cap_enc)
 	{
 		free(s->enc);
 		s->enc = malloc((size_t) (T * c->d_model) * sizeof(float));
 		s->cap_enc = s->enc ? (size_t) (T * c->d_model) : 0;
 	}
-	if (!s->enc_ids || !s->enc_lens || !s->enc_cross || !s->enc)
+	if (!ok || !s->enc)
 	{
 		mms_fail(&e, MMS_ERR_NOMEM, "out of memory encoding %lld tokens", (long long) T);
 		for (int i = 0; i < n; i++)

@@ -464,6 +464,8 @@ mms_launcher_main(Datum arg)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 next_tick(), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+		/* absorbs procsignal barriers (DROP DATABASE waits for every connected process) */
+		CHECK_FOR_INTERRUPTS();
 	}
 }
 

@@ -37,7 +37,7 @@ OPTIONS = {"max_new_tokens": 12}
 # A batch scores the pairs together, one per row of the same matrix products;
 # a row's sums may round differently from those of a call alone.
 SCORE_TOLERANCE = 1e-4
-# psycopg prepares a statement on the server from its 5th execution (its
+# psycopg prepares a statement on the server once it has run it 5 times (its
 # default prepare_threshold): the repeats cover both ways of sending it.
 REPEATS = 6
 
@@ -92,7 +92,7 @@ def run(cur):
            for _ in range(REPEATS)]
     if all(g == want_gen for g in got):
         ok("mms_generate_batch with a Python list of %d (one None) = mms_generate per element, "
-           "%d times (prepared from the 5th)" % (len(INPUTS), REPEATS))
+           "%d times (the last one prepared)" % (len(INPUTS), REPEATS))
     else:
         bad("mms_generate_batch with a Python list: %r, per element: %r" % (got[-1], want_gen))
     got = one(cur, "SELECT mms_generate_batch(%s, %s)", ["flan", INPUTS])

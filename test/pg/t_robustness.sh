@@ -37,33 +37,55 @@ psql -X -q -c "DROP ROLE IF EXISTS regress_rob_user" -c "DROP ROLE IF EXISTS reg
 	-c "GRANT pg_read_all_stats TO regress_rob_stats" -d postgres >/dev/null
 
 # --- views: other databases hidden --------------------------------------------------
+# flan's bytes are the same in every database: one served model (one mms.cache
+# row) for all; own:1, other bytes imported in mms_rob1 alone, is none of
+# mms_rob2's business
+sql mms_rob1 -c "SELECT mms_import('own', '$data/flan_gated_q8_0.gguf')" >/dev/null || bad "import own in mms_rob1"
+own_sha=$(sql mms_rob1 -c "SELECT sha256 FROM mms.models WHERE name = 'own'")
 for d in mms_rob1 mms_rob2; do
 	sql "$d" -c "SELECT mms_generate('flan', 'warm $d', '{\"max_new_tokens\": 4}')" >/dev/null
 done
+sql mms_rob1 -c "SELECT mms_generate('own', 'warm', '{\"max_new_tokens\": 4}')" >/dev/null
+# no row mentions another database: not its statistics, not its registrations
+# in the models of shared weights, nothing of the weights it alone uses
 other=$(sql mms_rob2 -U regress_rob_user -c "SELECT (SELECT count(*) FROM mms.stat_models WHERE database <> current_database())
-	+ (SELECT count(*) FROM mms.workers WHERE database <> current_database())
-	+ (SELECT count(*) FROM mms.cache WHERE database <> current_database())")
+	+ (SELECT count(*) FROM mms.cache, unnest(models) m WHERE split_part(m, '/', 1) <> current_database())
+	+ (SELECT count(*) FROM mms.cache WHERE sha256 = '$own_sha')
+	+ (SELECT count(*) FROM mms.pools WHERE sha256 = '$own_sha' OR model IS NULL)
+	+ (SELECT count(*) FROM mms.workers WHERE sha256 = '$own_sha' OR model IS NULL)
+	+ (SELECT count(*) FROM mms.events WHERE sha256 = '$own_sha')")
 mine=$(sql mms_rob2 -U regress_rob_user -c "SELECT count(*) FROM mms.stat_models")
+mine_cache=$(sql mms_rob2 -U regress_rob_user -c "SELECT count(*) FROM mms.cache WHERE current_database() || '/flan:1' = ANY(models)")
 pids=$(sql mms_rob2 -U regress_rob_user -c "SELECT count(*) FROM mms.workers WHERE pid IS NOT NULL")
-[ "$other" = 0 ] && [ "$mine" -ge 1 ] && [ "$pids" = 0 ] &&
+[ -n "$own_sha" ] && [ "$other" = 0 ] && [ "$mine" -ge 1 ] && [ "$mine_cache" = 1 ] && [ "$pids" = 0 ] &&
 	ok "an ordinary role sees only its database's rows, without worker pids" ||
-	bad "ordinary role: $other rows of other databases, $mine of its own, $pids pids"
+	bad "ordinary role: $other rows of other databases, $mine stat_models and $mine_cache cache rows of its own, $pids pids (own:1 sha256 '$own_sha')"
 seen=$(sql mms_rob2 -U regress_rob_stats -c "SELECT count(DISTINCT database) FROM mms.stat_models WHERE database IN ('mms_rob1', 'mms_rob2')")
+seen_cache=$(sql mms_rob2 -U regress_rob_stats -c "SELECT (SELECT count(*) FROM mms.cache WHERE sha256 = '$own_sha')
+	+ (SELECT count(*) FROM mms.cache WHERE 'mms_rob1/flan:1' = ANY(models) AND 'mms_rob2/flan:1' = ANY(models))")
 pids=$(sql mms_rob2 -U regress_rob_stats -c "SELECT count(*) FROM mms.workers WHERE pid IS NOT NULL")
-[ "$seen" = 2 ] && [ "$pids" -ge 1 ] && ok "pg_read_all_stats sees every database and the pids" ||
-	bad "pg_read_all_stats sees $seen databases, $pids pids"
+[ "$seen" = 2 ] && [ "$seen_cache" = 2 ] && [ "$pids" -ge 1 ] && ok "pg_read_all_stats sees every database and the pids" ||
+	bad "pg_read_all_stats sees $seen databases in mms.stat_models, $seen_cache of 2 mms.cache rows (own:1, flan of both), $pids pids"
 
 # --- cached weights freed promptly ----------------------------------------------------
-cached="SELECT count(*) FROM mms.cache WHERE database = current_database() AND model = 'flan:1'"
+# own:1's weights are mms_rob1's alone: they go; flan's stay for mms_rob2,
+# without mms_rob1's registration in their models
+cached="SELECT count(*) FROM mms.cache WHERE current_database() || '/flan:1' = ANY(models)"
+own_cached="SELECT count(*) FROM mms.cache WHERE sha256 = '$own_sha'"
 [ "$(sql mms_rob1 -c "$cached")" = 1 ] || bad "flan:1 is not cached in mms_rob1"
-sql mms_rob1 -c "SELECT mms_unregister('flan')" >/dev/null
-wait_for mms_rob1 "$cached" 0 && ok "unregister frees the cached weights at once" ||
+[ "$(sql mms_rob1 -c "$own_cached")" = 1 ] || bad "own:1 is not cached in mms_rob1"
+sql mms_rob1 -c "SELECT mms_unregister('flan')" -c "SELECT mms_unregister('own')" >/dev/null
+wait_for mms_rob1 "$own_cached" 0 && ok "unregister frees the cached weights at once" ||
 	bad "unregistered model still cached: $(sql mms_rob1 -c "SELECT * FROM mms.cache")"
+wait_for mms_rob1 "$cached" 0 &&
+	[ "$(sql mms_rob2 -c "SELECT count(*) FROM mms.cache WHERE current_database() || '/flan:1' = ANY(models)")" = 1 ] &&
+	ok "weights another database still uses stay, without the unregistered name" ||
+	bad "after unregistering flan in mms_rob1 (mms_rob2 keeps it): $(sql mms_rob1 -c "SELECT sha256, models, state FROM mms.cache")"
 [ "$(sql mms_rob1 -c "SELECT count(*) FROM mms.stat_models WHERE database = current_database() AND model = 'flan:1'")" = 0 ] &&
 	ok "and its statistics" || bad "an unregistered model keeps its statistics"
 
 # an unregister rolled back to a savepoint leaves the cache alone
-loaded="SELECT loaded_at FROM mms.cache WHERE database = current_database() AND model = 'flan:1'"
+loaded="SELECT loaded_at FROM mms.cache WHERE current_database() || '/flan:1' = ANY(models)"
 sql mms_rob2 -c "SELECT mms_generate('flan', 'warm', '{\"max_new_tokens\": 2}')" >/dev/null
 t0=$(sql mms_rob2 -c "$loaded")
 sql mms_rob2 -c "BEGIN" -c "SAVEPOINT s" -c "SELECT mms_unregister('flan')" -c "ROLLBACK TO s" -c "COMMIT" >/dev/null
@@ -78,27 +100,30 @@ grep -q "cannot PREPARE a transaction that unregistered mms models" <<<"$err" &&
 	ok "PREPARE after an unregister is refused, and the model stays" || bad "PREPARE after unregister: $err"
 
 # a call that arrives while an unregister is not yet committed loads the
-# weights again; the commit must free that copy too
-sql mms_rob1 -c "SELECT mms_import('race', '$data/flan_gated.gguf')" >/dev/null
+# weights again; the commit must free that copy too (bytes no other model has)
+sql mms_rob1 -c "SELECT mms_import('race', '$data/flan_gated_q4_0.gguf')" >/dev/null
+race_sha=$(sql mms_rob1 -c "SELECT sha256 FROM mms.models WHERE name = 'race'")
 sql mms_rob1 -c "BEGIN" -c "SELECT mms_unregister('race:1')" -c "SELECT pg_sleep(2)" -c "COMMIT" >/dev/null &
 unreg=$!
 sleep 0.5
 sql mms_rob1 -c "SELECT mms_generate('race:1', 'in the window', '{\"max_new_tokens\": 4}') IS NOT NULL" >/dev/null ||
 	bad "call during the unregister window"
 wait "$unreg"
-wait_for mms_rob1 "SELECT count(*) FROM mms.cache WHERE database = current_database() AND model = 'race:1'" 0 &&
+[ -n "$race_sha" ] && wait_for mms_rob1 "SELECT count(*) FROM mms.cache WHERE sha256 = '$race_sha'" 0 &&
 	ok "a copy loaded while an unregister was in flight is freed at its commit" ||
 	bad "race:1 still cached: $(sql mms_rob1 -c "SELECT * FROM mms.cache")"
 
-n_before=$(sql mms_rob2 -c "SELECT count(*) FROM mms.cache")
-sql mms_rob3 -c "SELECT mms_generate('flan', 'busy', '{\"max_new_tokens\": 4096, \"min_new_tokens\": 4096, \"num_beams\": 4}')" \
+# weights only mms_rob3 uses (flan's are shared with mms_rob2)
+sql mms_rob3 -c "SELECT mms_import('solo', '$data/flan_gated_bf16.gguf')" >/dev/null
+solo_sha=$(sql mms_rob3 -c "SELECT sha256 FROM mms.models WHERE name = 'solo'")
+sql mms_rob3 -c "SELECT mms_generate('solo', 'busy', '{\"max_new_tokens\": 4096, \"min_new_tokens\": 4096, \"num_beams\": 4}')" \
 	>/dev/null 2>&1 &
 busy=$!
-wait_for mms_rob2 "SELECT count(*) FROM mms.workers WHERE database = 'mms_rob3' AND batch_size > 0" 1 ||
+wait_for mms_rob2 "SELECT count(*) FROM mms.workers WHERE sha256 = '$solo_sha' AND batch_size > 0" 1 ||
 	bad "no worker busy in mms_rob3: $(sql mms_rob2 -c "SELECT * FROM mms.workers")"
 sql postgres -c "DROP DATABASE mms_rob3 WITH (FORCE)" || bad "DROP DATABASE WITH (FORCE)"
 wait "$busy" 2>/dev/null
-wait_for mms_rob2 "SELECT count(*) FROM mms.cache" "$n_before" &&
+[ -n "$solo_sha" ] && wait_for mms_rob2 "SELECT count(*) FROM mms.cache WHERE sha256 = '$solo_sha'" 0 &&
 	ok "DROP DATABASE WITH (FORCE) under load frees its cached weights" ||
 	bad "a dropped database's weights stay cached: $(sql mms_rob2 -c "SELECT * FROM mms.cache")"
 
@@ -138,7 +163,7 @@ if [ -n "$need_kb" ] && [ "$need_kb" -gt 1024 ]; then
 	done
 	wait
 	n_ok=$(cat "$work"/mem?.out | grep -c '^t$')
-	maxb=$(sql mms_rob1 -c "SELECT max_batch FROM mms.stat_models WHERE database = current_database() AND model = 'flan2:1'")
+	maxb=$(sql mms_rob1 -c "SELECT max(max_batch) FROM mms.stat_models WHERE database = current_database() AND model = 'flan2:1'")
 	[ "$n_ok" = 4 ] && [ "${maxb:-99}" -le 8 ] &&
 		ok "requests that fit one at a time wait for each other (4 of 4 served, at most $maxb rows a step)" ||
 		bad "under the budget: $n_ok of 4 served, batches up to $maxb rows: $(cat "$work"/mem?.out)"
