@@ -81,9 +81,13 @@ kind_name(MmsWorkerKind k)
 	return k == MMS_WK_LOADER ? "mms loader" : k == MMS_WK_SCAN ? "mms scan" : "mms worker";
 }
 
-/* Registers the process of worker entry i. */
-static void
-launch(int i, const MmsWorker *w, const char *what)
+/*
+ * Registers the process of worker entry i. Without a free background worker
+ * slot, the requests that only this process could serve fail at once rather
+ * than wait for a slot that may never come.
+ */
+static bool
+launch(int i, const MmsWorker *w, const char *what, bool sole)
 {
 	BackgroundWorker bgw;
 	bool		ok;
@@ -117,10 +121,23 @@ launch(int i, const MmsWorker *w, const char *what)
 		MemoryContextSwitchTo(old);
 	}
 	mms_workers_launched(i, w->generation, ok);
+	if (!ok && sole && w->served >= 0)
+	{
+		MmsSlotError err;
+
+		mms_set_error(&err, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+					  "could not start an inference process: no background worker slot is free",
+					  "Raise max_worker_processes (it must exceed mms.max_workers plus other background workers).");
+		if (w->kind == MMS_WK_LOADER)
+			mms_served_load_failed(w->served, &err);
+		else
+			mms_queue_fail_all(w->served, &err);
+	}
 	if (!ok)
 		ereport(WARNING,
 				(errmsg("mms: could not start %s: no background worker slot is free", kind_name(w->kind)),
 				 errhint("Raise max_worker_processes (it must exceed mms.max_workers plus other background workers).")));
+	return ok;
 }
 
 /*
@@ -211,7 +228,7 @@ scan_next(const MmsWorker *ws)
 	if ((i = mms_workers_request(MMS_WK_SCAN, -1, 0, linitial_oid(scan_todo), &w)) < 0)
 		return;
 	scan_todo = list_delete_first(scan_todo);
-	launch(i, &w, "pinned models");
+	(void) launch(i, &w, "pinned models", false);
 }
 
 /* What the launcher knows of one served model in a pass. */
@@ -360,11 +377,8 @@ decide(MmsWorker *ws, const MmsServed *dir)
 			MmsWorker	w;
 			int			k = mms_workers_request(MMS_WK_LOADER, i, s->generation, s->users[0].dboid, &w);
 
-			if (k >= 0)
-			{
-				launch(k, &w, what);
+			if (k >= 0 && launch(k, &w, what, true))
 				loaders++;
-			}
 			continue;
 		}
 		if (s->state != MMS_S_READY)
@@ -383,7 +397,8 @@ decide(MmsWorker *ws, const MmsServed *dir)
 			}
 			if ((k = mms_workers_request(MMS_WK_INFERENCE, i, s->generation, InvalidOid, &w)) < 0)
 				break;
-			launch(k, &w, what);
+			if (!launch(k, &w, what, p->workers == 0))
+				break;
 			total++;
 			if (p->workers > 0)
 				mms_event("scale_up", s, "%d -> %d workers (%d queued, %d running)",

@@ -36,6 +36,7 @@ static int	my_index = -1;
 static uint32 my_generation = 0;
 static int	my_served = -1;
 static bool attached = false;
+static bool serving = false;	/* reached READY */
 
 /* engine request of each slot this worker runs; NULL when none */
 static MmsGenRequest **by_slot = NULL;
@@ -74,6 +75,13 @@ worker_exit(int code, Datum arg)
 				by_slot[i] = NULL;
 				clean = false;
 			}
+	}
+	if (!serving && code != 0 && my_served >= 0)
+	{
+		/* could not start: what waits would only start another that fails the same way */
+		mms_set_error(&err, ERRCODE_SYSTEM_ERROR, "the inference worker could not start",
+					  "The server log shows why.");
+		mms_queue_fail_all(my_served, &err);
 	}
 	if (attached)
 		mms_served_detach(my_served);
@@ -310,6 +318,7 @@ mms_worker_main(Datum arg)
 				 errmsg("could not start the scheduler: %s", err.msg)));
 	start_engine_threads();
 	mms_workers_set_state(my_index, my_generation, MMS_W_READY);
+	serving = true;
 	set_ps_display("idle");
 
 	for (;;)

@@ -70,6 +70,23 @@ start(Datum arg, MmsWorker *me)
 	before_shmem_exit(loader_exit, 0);
 }
 
+/* This process's peak resident memory in kB (VmHWM; shared pages it touched count), 0 if unknown. */
+static long
+peak_rss_kb(void)
+{
+	FILE	   *f = fopen("/proc/self/status", "r");
+	char		line[256];
+	long		kb = 0;
+
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
 static MmsModel
 model_of(const MmsServed *s)
 {
@@ -232,7 +249,7 @@ load(const MmsServed *s)
 	/* nothing below may fail: the segment now outlives this process */
 	dsm_pin_segment(seg);
 	mms_served_loaded(claimed, dsm_segment_handle(seg), total, (Size) m.size_bytes, arena_off, floats,
-					  (double) (GetCurrentTimestamp() - t0) / 1000.0);
+					  (double) (GetCurrentTimestamp() - t0) / 1000.0, peak_rss_kb());
 	claimed = -1;
 	dsm_detach(seg);
 }
