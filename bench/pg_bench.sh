@@ -90,6 +90,6 @@ tps=$(grep -oE 'tps = [0-9.]+' "$tmp/c16.txt" | head -1 | cut -d' ' -f3)
 read -r c50 c99 < <(cat "$tmp"/c16.* | awk '{print $3 / 1000.0}' | pct)
 pss=$(pss_total)
 msize=$(stat -c %s "$model")
-batch=$(sql -c "SELECT round(mean_batch::numeric, 1) || ' mean / ' || max_batch || ' max' FROM mms.stat_models")
+batch=$(sql -c "SELECT round(decode_rows::numeric / nullif(decode_steps, 0), 1) || ' mean / ' || max_batch || ' max' FROM mms.pools")
 echo "16 clients: $tps calls/s, p50 $c50 ms, p99 $c99 ms; decode batch $batch;" \
 	"PSS of all PostgreSQL processes $pss MB, $((pss - pss_base)) MB more than before loading, for a $((msize / 1048576)) MB model"

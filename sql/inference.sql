@@ -140,16 +140,21 @@ DROP ROLE regress_mms_carol;
 
 -- load, unload, views
 SELECT mms_load('gen_relu');
-SELECT model, state, refcount >= 1 AS attached, bytes > 0 AS has_bytes FROM mms.cache
-WHERE database = current_database() AND model LIKE 'gen_%' ORDER BY model;
+-- a cached file lists every registration of its bytes as 'database/name:version'
+SELECT split_part(m, '/', 2) AS model, c.state, c.workers >= 1 AS attached, c.bytes > 0 AS has_bytes
+FROM mms.cache c, unnest(c.models) m
+WHERE m LIKE current_database() || '/gen_%' ORDER BY 1;
 SELECT model, state, requests_served > 0 AS served FROM mms.workers
-WHERE database = current_database() AND model LIKE 'gen_%' ORDER BY model;
-SELECT model, calls > 0 AS called, errors = 0 AS no_errors, cache_loads, decode_steps > 0 AS decoded
-FROM mms.stat_models WHERE database = current_database() AND model LIKE 'gen_%' ORDER BY model;
+WHERE model LIKE 'gen_%' ORDER BY model;
+SELECT model, max_workers, queued, running FROM mms.pools WHERE model LIKE 'gen_%' ORDER BY model;
+-- per role; a dropped role's row stays, with role NULL
+SELECT model, role, calls > 0 AS called, errors = 0 AS no_errors, cache_loads, decode_steps > 0 AS decoded
+FROM mms.stat_models WHERE database = current_database() AND model LIKE 'gen_%' ORDER BY model, role;
+SELECT count(*) > 0 AS load_event FROM mms.events WHERE model = 'gen_flan:1' AND kind = 'load';
 SELECT mms_unload('gen_relu');
-SELECT count(*) AS relu_cached FROM mms.cache WHERE database = current_database() AND model = 'gen_relu:1';
+SELECT count(*) AS relu_cached FROM mms.cache WHERE current_database() || '/gen_relu:1' = ANY(models);
 SELECT mms_generate('gen_relu', 'Hello, world!', '{"max_new_tokens": 8}');
-SELECT cache_loads FROM mms.stat_models WHERE database = current_database() AND model = 'gen_relu:1';
+SELECT DISTINCT cache_loads FROM mms.stat_models WHERE database = current_database() AND model = 'gen_relu:1';
 SELECT mms_stat_reset();
 SELECT count(*) AS stats_after_reset FROM mms.stat_models WHERE database = current_database();
 SELECT mms_unload('nope');

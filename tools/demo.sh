@@ -34,7 +34,8 @@ SELECT mms_register('datefix', :lo, author => 'mms demo',
                     description => 'messy dates and numbers in words -> ISO 8601 / digits') AS version;
 SELECT lo_unlink(:lo);   -- the registry keeps its own copy
 \\x on
-SELECT name, version, arch, n_params, tensor_types, d_model, n_enc_layers, n_dec_layers, vocab_size, size
+SELECT name, version, arch, n_params, tensor_types, config->>'d_model' AS d_model, config->>'n_enc_layers' AS n_enc_layers,
+       config->>'n_dec_layers' AS n_dec_layers, config->>'vocab_size' AS vocab_size, size
 FROM mms.models;
 SQL
 
@@ -86,6 +87,8 @@ q "-- the views" <<'SQL'
 \x on
 SELECT * FROM mms.stat_models;
 SELECT * FROM mms.cache;
+-- rows per decoder step: above 1 means the sessions' requests shared steps
+SELECT *, round(decode_rows::numeric / nullif(decode_steps, 0), 2) AS mean_batch FROM mms.pools;
 SELECT * FROM mms.workers;
 SQL
 echo

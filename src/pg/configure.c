@@ -1,8 +1,9 @@
 /*
  * configure.c — mms_configure: a model's worker pool and cache settings, rows
  * of mms.model_pool_settings (shown with the defaults by the view
- * mms.model_config). It only records them: the resolver hands them to
- * inference (resolve.c), and the launcher acts on them.
+ * mms.model_config). It records them and hands them to the served models at
+ * commit (at_commit.c); the resolver reads them for every call (resolve.c),
+ * and the launcher acts on them.
  */
 #include "postgres.h"
 
@@ -151,6 +152,8 @@ mms_configure(PG_FUNCTION_ARGS)
 				 N_ARGS, t, v, NULL, SPI_OK_UPDATE);
 	mms_catalog_leave(&s);
 	mms_registry_generation++;
+	/* served models of the name take them when (and only if) this commits */
+	mms_pool_config_at_commit(name, &pool);
 
 	/* the row of mms.model_config: model, then the settings, as the arguments */
 	desc = BlessTupleDesc(desc);

@@ -93,6 +93,9 @@ typedef struct MmsPoolConfig
 	int32		priority;		/* higher keeps the cache under pressure */
 } MmsPoolConfig;
 
+/* New settings of model name (this database) reach its served models at commit (at_commit.c). */
+extern void mms_pool_config_at_commit(const char *name, const MmsPoolConfig *pool);
+
 /* One registered model version, as the inference layer needs it. */
 typedef struct MmsModel
 {

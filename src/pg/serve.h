@@ -410,7 +410,7 @@ extern void mms_release_database(Oid dboid);
  * its workers and frees its weights; statistics are dropped.
  */
 extern void mms_forget_models(Oid dboid, int64 model_id);
-/* The same when the current transaction commits (nothing if it aborts). */
+/* The same when the current transaction commits (nothing if it aborts): at_commit.c. */
 extern void mms_forget_models_at_commit(Oid dboid, int64 model_id);
 
 /* ---- request.c: the asynchronous request API of a backend ---- */

@@ -321,7 +321,8 @@ mms_stat_models(PG_FUNCTION_ARGS)
 				s = &dir[i];
 		role = GetUserNameFromId(e->key.roleid, true);
 		v[0] = db_name(e->key.dboid);
-		v[1] = CStringGetTextDatum(role ? role : "?");
+		v[1] = role ? CStringGetTextDatum(role) : (Datum) 0;
+		n[1] = role == NULL;	/* dropped since */
 		v[2] = CStringGetTextDatum(psprintf("%s:%d", e->name, e->version));
 		v[3] = Int64GetDatum((int64) e->c.calls);
 		v[4] = Int64GetDatum((int64) e->c.input_tokens);

@@ -182,7 +182,7 @@ grep -q "at least 1MB" <<<"$err" && ok "mms.worker_memory below 1MB is refused, 
 # --- a text over 1 GB is refused -----------------------------------------------------------
 # The longest piece of the vocabulary, repeated past 1 GB of text.
 read -r id len <<<"$(sql mms_rob1 -F' ' -c "SELECT i, octet_length(mms_detokenize('flan2', ARRAY[i]))
-	FROM generate_series(3, (SELECT vocab_size - 1 FROM mms.models WHERE name = 'flan2')) i ORDER BY 2 DESC, 1 LIMIT 1")"
+	FROM generate_series(3, (SELECT (config->>'vocab_size')::int - 1 FROM mms.models WHERE name = 'flan2')) i ORDER BY 2 DESC, 1 LIMIT 1")"
 n=$(( (1 << 30) / len + 2 ))
 err=$(sql mms_rob1 -c "SELECT octet_length(mms_detokenize('flan2', array_fill($id, ARRAY[$n])))" 2>&1)
 grep -q "would exceed the maximum text size of 1 GB" <<<"$err" &&

@@ -12,8 +12,8 @@
 #     with its workers up, and again while a long generation from the other
 #     database is in flight; so do ALTER DATABASE ... RENAME and DROP DATABASE,
 #     and the other database (and the copy) go on serving the same bytes.
-# The fixture is flan_gated_bf16.gguf, which no other scripted test serves, so
-# that no cache entry left by an earlier test can blur the counts.
+# The file is a copy of flan_gated_bf16.gguf with one more metadata key (a sha256
+# of its own), so that no cache entry left by another script can blur the counts.
 # Waits are polls with a generous bound; nothing here asserts speed.
 set -u
 # A safety net, far above anything here: a statement that hangs (DDL waiting
@@ -32,8 +32,6 @@ a2=mms_shared_a2
 b=mms_shared_b
 c=mms_shared_c
 c2=mms_shared_c2
-file=$data/flan_gated_bf16.gguf
-sha=$(sha256sum "$file" | cut -c1-64)
 sql_on() { local db=$1; shift; psql -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
 admin() { sql_on postgres "$@"; }
 # Database DDL waits for other processes: a tighter bound than the net above.
@@ -48,6 +46,22 @@ ddl() {
 	return 1
 }
 run_cli() { "$root/build/mms-run" --model "$file" "$@"; }
+# own_copy FIXTURE NAME: prints the path of $work/NAME.gguf, FIXTURE with one
+# more metadata key: the same model under a sha256 of this script's own. The
+# cache and its events are cluster-wide, and other scripts register, serve and
+# pin the fixtures themselves.
+own_copy() {
+	python3 - "$root/test/pg" "$data/$1.gguf" "$work/$2.gguf" "$2" <<'PY' || return 1
+import sys
+sys.path.insert(0, sys.argv[1])
+import make_bad_gguf as gguf
+m = gguf.parse(open(sys.argv[2], "rb").read())
+m["kvs"].append([b"test.copy_of", gguf.STR, sys.argv[4].encode()])
+open(sys.argv[3], "wb").write(gguf.write(m))
+PY
+	chmod a+r "$work/$2.gguf"
+	echo "$work/$2.gguf"
+}
 # seconds of work for the server: 4096 tokens, 16 beams
 LONG='{"max_new_tokens": 4096, "min_new_tokens": 4096, "num_beams": 16}'
 SHORT='{"max_new_tokens": 16}'
@@ -69,6 +83,9 @@ in_flight() {
 	[ "$(admin -c "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'
 		AND query LIKE '%$1%' AND pid <> pg_backend_pid()")" -ge 1 ]
 }
+
+file=$(own_copy flan_gated_bf16 shared_models) || { bad "could not copy flan_gated_bf16.gguf"; exit 0; }
+sha=$(sha256sum "$file" | cut -c1-64)
 
 bg_pids=""
 cleanup() {

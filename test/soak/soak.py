@@ -29,8 +29,8 @@ the throwaway cluster it starts (PGHOST / PGPORT / PGUSER set, a superuser).
    - no cluster restart: postmaster pid and start time unchanged, server log
      without "terminated by signal", "was terminated", PANIC,
      "reinitializing", TRAP (and without leaked-resource warnings);
-   - nothing left behind: 3 s after the load mms.workers shows queued = 0 for
-     every worker; every DSM segment beyond those present at start is a
+   - nothing left behind: 3 s after the load mms.pools shows nothing queued
+     or running in any pool; every DSM segment beyond those present at start is a
      cached model (sizes matched against mms.cache); one array call can take
      all mms.max_requests request slots at once (no slot stuck anywhere);
      after mms_unload of every registered version only the segments present
@@ -156,7 +156,7 @@ class Run:
         self.unexpected = []
         self.harness_errors = []
         self.cancels_sent = collections.Counter()  # method -> n
-        self.terminated = {}                        # pid -> (t, model, queued)
+        self.terminated = {}                        # pid -> (t, model, requests running in it)
         self.term_failed = 0
         self.versions_created = [2]
         self.unregister_begun = {}                  # version -> t (intent, before the call)
@@ -625,12 +625,12 @@ def monitor_main(run):
         with connect(app="soak monitor") as c:
             while not run.stop.is_set():
                 t = run.now()
-                rows = c.execute("SELECT pid, model, state, queued FROM mms.workers").fetchall()
-                running = sum(1 for r in rows if r[2] in ("starting", "loading", "ready", "stopping"))
+                rows = c.execute("SELECT pid, model, state, running FROM mms.workers").fetchall()
+                running = sum(1 for r in rows if r[2] in ("starting", "loading", "ready", "draining"))
                 with run.lock:
                     if running > run.max_running:
                         run.max_running, run.max_running_at = running, (round(t, 1), rows)
-                    for pid, model, state, queued in rows:
+                    for pid, model, state, _ in rows:
                         if pid is None:
                             continue
                         w = run.workers_seen.setdefault(pid, [model, t, t, set()])
@@ -643,20 +643,25 @@ def monitor_main(run):
 
 
 def chaos_main(run):
-    """pg_terminate_backend of a random worker (never datefix:1's) every 3-9 s."""
+    """pg_terminate_backend of a random worker (never datefix:1's) every 3-9 s.
+
+    Workers serve weights, not names: datefix:1's worker is the one of its
+    sha256 (shared with every datefix copy the cycler imports)."""
     rng = random.Random(run.args.seed * 1000 + 99)
     try:
         with connect(app="soak chaos") as c:
             while not run.stop.wait(rng.uniform(3, 9)):
-                rows = c.execute("SELECT pid, model, queued FROM mms.workers WHERE pid IS NOT NULL"
-                                 " AND model <> 'datefix:1' AND state IN ('ready', 'loading', 'starting')").fetchall()
+                rows = c.execute("SELECT pid, model, running FROM mms.workers WHERE pid IS NOT NULL"
+                                 " AND sha256 IS DISTINCT FROM (SELECT sha256 FROM mms.models"
+                                 " WHERE name = 'datefix' AND version = 1)"
+                                 " AND state IN ('ready', 'loading', 'starting')").fetchall()
                 if not rows:
                     continue
                 busy = [r for r in rows if r[2] > 0]
-                pid, model, queued = rng.choice(busy if busy and rng.random() < 0.8 else rows)
+                pid, model, running = rng.choice(busy if busy and rng.random() < 0.8 else rows)
                 with run.lock:
-                    run.terminated[pid] = (round(run.now(), 1), model, queued)
-                run.event("terminate worker %d of %s (queued %d)" % (pid, model, queued))
+                    run.terminated[pid] = (round(run.now(), 1), model, running)
+                run.event("terminate worker %d of %s (running %d)" % (pid, model, running))
                 if not one(c, "SELECT pg_terminate_backend(%s)", (pid,)):
                     with run.lock:
                         run.term_failed += 1
@@ -711,11 +716,19 @@ def sampler_main(run, pm):
 # ---------------------------------------------------------------------------
 # checks after the load
 
+POOLS_Q = "SELECT left(sha256, 12), model, workers, queued, running FROM mms.pools ORDER BY model"
+
+
+def pools_idle(rows):
+    """Rows of POOLS_Q: nothing queued or running in any pool."""
+    return all(r[3] == 0 and r[4] == 0 for r in rows)
+
+
 def wait_queued_zero(c, seconds):
     deadline = time.time() + seconds
     while True:
-        rows = c.execute("SELECT pid, model, state, queued FROM mms.workers ORDER BY model").fetchall()
-        if all(r[3] == 0 for r in rows) or time.time() > deadline:
+        rows = c.execute(POOLS_Q).fetchall()
+        if pools_idle(rows) or time.time() > deadline:
             return rows
         time.sleep(0.2)
 
@@ -734,9 +747,9 @@ def match_segments(extra, cache_rows):
 
 
 def cache_rows(c):
-    return [dict(zip(("model", "model_id", "bytes", "state", "refcount", "loaded_at"), r)) for r in
-            c.execute("SELECT model, model_id, bytes, state, refcount, loaded_at FROM mms.cache"
-                      " ORDER BY model_id").fetchall()]
+    return [dict(zip(("sha256", "models", "bytes", "state", "workers", "loaded_at"), r)) for r in
+            c.execute("SELECT sha256, models, bytes, state, workers, loaded_at FROM mms.cache"
+                      " ORDER BY sha256").fetchall()]
 
 
 def mb(n):
@@ -764,7 +777,8 @@ def slot_probe(run, E):
         seen = 0
         deadline = time.time() + 15
         while time.time() < deadline and "done" not in result and "err" not in result:
-            q = one(w, "SELECT coalesce(sum(queued), 0) FROM mms.workers WHERE model = 'datefix:1'")
+            q = one(w, "SELECT coalesce(sum(queued + running), 0) FROM mms.pools WHERE sha256 ="
+                       " (SELECT sha256 FROM mms.models WHERE name = 'datefix' AND version = 1)")
             seen = max(seen, int(q))
             if seen >= n:
                 break
@@ -778,7 +792,7 @@ def slot_probe(run, E):
     else:
         bad("an array call of mms.max_requests = %d inputs got only %d slots at once: %d slots stuck (probe: %s)" %
             (n, seen, n - seen, result))
-    if any(r[3] != 0 for r in after):
+    if not pools_idle(after):
         bad("after cancelling the slot probe, requests stay queued: %s" % after)
     elif result.get("err", ("",))[0] == "57014":
         ok("the slot probe was cancelled and its %d slots came back" % n)
@@ -817,10 +831,10 @@ def unload_all():
         while True:
             for name, version in c.execute("SELECT name, version FROM mms.models").fetchall():
                 c.execute("SELECT mms_unload(%s)", ("%s:%d" % (name, version),))
-            reg = {r[0] for r in c.execute("SELECT id FROM mms.models").fetchall()}
+            reg = {r[0] for r in c.execute("SELECT sha256 FROM mms.models").fetchall()}
             rows = cache_rows(c)
-            workers = c.execute("SELECT pid, model, state FROM mms.workers WHERE state <> 'exited'").fetchall()
-            if (not any(r["model_id"] in reg for r in rows) and not workers) or time.time() > deadline:
+            workers = c.execute("SELECT pid, model, state FROM mms.workers").fetchall()
+            if (not any(r["sha256"] in reg for r in rows) and not workers) or time.time() > deadline:
                 return rows, reg, workers
             time.sleep(0.5)
 
@@ -1045,9 +1059,9 @@ def main():
 
     time.sleep(3)       # the settle
     with connect(app="soak check") as c:
-        rows = c.execute("SELECT pid, model, state, queued FROM mms.workers ORDER BY model").fetchall()
-        if all(r[3] == 0 for r in rows):
-            ok("3 s after the load, mms.workers shows queued = 0 for every worker (%d rows)" % len(rows))
+        rows = c.execute(POOLS_Q).fetchall()
+        if pools_idle(rows):
+            ok("3 s after the load, mms.pools shows nothing queued or running (%d pools)" % len(rows))
         else:
             later = wait_queued_zero(c, 30)
             bad("3 s after the load, requests still queued: %s; 30 s later: %s" % (rows, later))
@@ -1064,8 +1078,11 @@ def main():
         gone = [n for n in baseline if n not in segs]
         if gone:
             say("note: %d segments present at start are gone: %s" % (len(gone), gone))
-        stat_rows = c.execute("SELECT model, calls, errors, cancels, cache_loads, mean_batch, max_batch, mean_ms"
-                              " FROM mms.stat_models ORDER BY model").fetchall()
+        # one row per (database, role, model): summed per model; loads and batching are the served model's
+        stat_rows = c.execute("SELECT model, sum(calls)::bigint, sum(errors)::bigint, sum(cancels)::bigint,"
+                              " max(cache_loads), max(mean_batch), max(max_batch),"
+                              " sum(total_ms) / nullif(sum(calls), 0)"
+                              " FROM mms.stat_models GROUP BY model ORDER BY model").fetchall()
 
     slot_probe(run, E)
     serial_recheck(E)
@@ -1073,8 +1090,8 @@ def main():
     rows, reg, workers = unload_all()
     segs = list_segments()
     extra = {n: s for n, s in segs.items() if n not in baseline}
-    unreg_rows = [r for r in rows if r["model_id"] not in reg]
-    reg_rows = [r for r in rows if r["model_id"] in reg]
+    unreg_rows = [r for r in rows if r["sha256"] not in reg]
+    reg_rows = [r for r in rows if r["sha256"] in reg]
     if workers:
         bad("after mms_unload of every model, workers still run: %s" % workers)
     if not extra and not rows:
@@ -1083,16 +1100,18 @@ def main():
         left, rows_left = match_segments(extra, rows)
         detail = []
         if reg_rows:
-            detail.append("%d registered versions still cached: %s" % (len(reg_rows), [r["model"] for r in reg_rows]))
+            detail.append("%d registered weights still cached: %s" % (len(reg_rows), [r["models"] for r in reg_rows]))
         if unreg_rows:
             def story(r):
-                v = int(r["model"].split(":")[1])
                 fmt = lambda t: datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3] \
                     if t else "?"
-                return "%s (loaded at %s; unregister began %s, committed %s)" % (
-                    r["model"], r["loaded_at"].astimezone(datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
-                    if r["loaded_at"] else "?", fmt(run.unregister_begun.get(v)), fmt(run.unregister_done.get(v)))
-            detail.append("%d versions unregistered during the soak are still cached (%s in /dev/shm) and no "
+                vs = [int(m.rsplit(":", 1)[1]) for m in (r["models"] or []) if m.split("/", 1)[-1].startswith("datefix:")]
+                return "%s %s (loaded at %s%s)" % (
+                    r["sha256"][:12], r["models"], r["loaded_at"].astimezone(datetime.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+                    if r["loaded_at"] else "?",
+                    "".join("; datefix:%d unregister began %s, committed %s" %
+                            (v, fmt(run.unregister_begun.get(v)), fmt(run.unregister_done.get(v))) for v in vs))
+            detail.append("%d weights no registered version uses are still cached (%s in /dev/shm) and no "
                           "mms_unload can name them: %s" % (len(unreg_rows), mb(sum(r["bytes"] or 0 for r in unreg_rows)),
                                                            ", ".join(story(r) for r in unreg_rows)))
         if left:

@@ -1,12 +1,16 @@
 /*
- * forget.c — unregistering a model (or dropping the extension or the
- * database) takes effect on the serving side when the transaction commits:
- * its registrations leave their served models (served.c), which drain and
- * free their weights once nothing uses them, and its statistics go.
+ * at_commit.c — registry changes reach the serving side when their
+ * transaction commits, never before (a rollback changes nothing):
+ *   - unregistering a model (or dropping the extension or the database): its
+ *     registrations leave their served models (served.c), which drain and
+ *     free their weights once nothing uses them, and its statistics go;
+ *   - mms_configure: the new pool settings reach the model's served entries
+ *     (a pinned model is loaded at once; pools resize on the next pass).
  */
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "utils/memutils.h"
 
@@ -21,7 +25,9 @@
 typedef struct PendingForget
 {
 	Oid			dboid;
-	int64		model_id;
+	int64		model_id;		/* forget; 0 with a name = new pool settings */
+	char		name[NAMEDATALEN];
+	MmsPoolConfig pool;
 	int			nest_level;		/* subtransaction that asked */
 } PendingForget;
 
@@ -43,7 +49,10 @@ forget_at_end_of_xact(XactEvent event, void *arg)
 		{
 			PendingForget *f = lfirst(lc);
 
-			mms_forget_models(f->dboid, f->model_id);
+			if (f->name[0] != '\0')
+				mms_served_set_pool(f->dboid, f->name, &f->pool);
+			else
+				mms_forget_models(f->dboid, f->model_id);
 		}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
 		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
@@ -76,14 +85,12 @@ forget_at_end_of_subxact(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
-void
-mms_forget_models_at_commit(Oid dboid, int64 model_id)
+static PendingForget *
+pending(void)
 {
 	MemoryContext old;
 	PendingForget *f;
 
-	if (mms_shared == NULL)
-		return;
 	if (!forget_callbacks_registered)
 	{
 		RegisterXactCallback(forget_at_end_of_xact, NULL);
@@ -91,10 +98,34 @@ mms_forget_models_at_commit(Oid dboid, int64 model_id)
 		forget_callbacks_registered = true;
 	}
 	old = MemoryContextSwitchTo(TopTransactionContext);
-	f = palloc(sizeof(PendingForget));
-	f->dboid = dboid;
-	f->model_id = model_id;
+	f = palloc0(sizeof(PendingForget));
 	f->nest_level = GetCurrentTransactionNestLevel();
 	pending_forget = lappend(pending_forget, f);
 	MemoryContextSwitchTo(old);
+	return f;
+}
+
+void
+mms_forget_models_at_commit(Oid dboid, int64 model_id)
+{
+	PendingForget *f;
+
+	if (mms_shared == NULL)
+		return;
+	f = pending();
+	f->dboid = dboid;
+	f->model_id = model_id;
+}
+
+void
+mms_pool_config_at_commit(const char *name, const MmsPoolConfig *pool)
+{
+	PendingForget *f;
+
+	if (mms_shared == NULL)
+		return;
+	f = pending();
+	f->dboid = MyDatabaseId;
+	strlcpy(f->name, name, sizeof(f->name));
+	f->pool = *pool;
 }
