@@ -116,6 +116,9 @@ def build_small():
     cfg = T5Config(decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS, **SMALL_SHAPE)
     torch.manual_seed(SEED)
     model = T5ForConditionalGeneration(cfg)
+    # transformers 5.x's T5Config sets tie_word_embeddings back to True whatever
+    # it is given (and keeps "untied" as scale_decoder_outputs = False)
+    model.config.tie_word_embeddings = SMALL_SHAPE["tie_word_embeddings"]
     untie(model)
     g = torch.Generator().manual_seed(SEED)
     with torch.no_grad():

@@ -28,6 +28,7 @@ typedef struct PendingForget
 	int64		model_id;		/* forget; 0 with a name = new pool settings */
 	char		name[NAMEDATALEN];
 	MmsPoolConfig pool;
+	MmsModel	pinned;			/* pinned: the version to load now (id 0 = none) */
 	int			nest_level;		/* subtransaction that asked */
 } PendingForget;
 
@@ -49,6 +50,15 @@ forget_at_end_of_xact(XactEvent event, void *arg)
 		{
 			PendingForget *f = lfirst(lc);
 
+			if (f->pinned.id != 0)
+			{
+				uint32		gen;
+				int			i = mms_served_try_acquire(&f->pinned, f->dboid, &gen);
+
+				/* a full directory: loaded at its first call or the next start instead */
+				if (i >= 0)
+					mms_served_want(i, gen);
+			}
 			if (f->name[0] != '\0')
 				mms_served_set_pool(f->dboid, f->name, &f->pool);
 			else
@@ -128,4 +138,10 @@ mms_pool_config_at_commit(const char *name, const MmsPoolConfig *pool)
 	f->dboid = MyDatabaseId;
 	strlcpy(f->name, name, sizeof(f->name));
 	f->pool = *pool;
+	/* resolved now: at commit the catalog can no longer be read */
+	if (pool->pinned)
+	{
+		mms_resolve_model(name, false, &f->pinned);
+		f->pinned.pool = *pool;
+	}
 }

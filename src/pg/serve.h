@@ -130,6 +130,8 @@ typedef struct MmsServed
  * Returns the index and its generation; ERROR when the directory is full.
  */
 extern int	mms_served_acquire(const MmsModel *m, Oid dboid, uint32 *generation);
+/* The same, -1 instead of an ERROR (at commit, where no ERROR may happen). */
+extern int	mms_served_try_acquire(const MmsModel *m, Oid dboid, uint32 *generation);
 /* The entry wants its weights (a request or a pin): WANTED unless loaded or loading. */
 extern void mms_served_want(int i, uint32 generation);
 /* A copy of entry i (under dir_lock); false when i no longer has that generation (0 = any). */

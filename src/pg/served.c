@@ -118,6 +118,19 @@ mms_served_lookup(const char *sha256)
 int
 mms_served_acquire(const MmsModel *m, Oid dboid, uint32 *generation)
 {
+	int			i = mms_served_try_acquire(m, dboid, generation);
+
+	if (i < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many distinct models are served at once (%d)", MMS_MAX_SERVED),
+				 errhint("Unload idle models with mms_unload().")));
+	return i;
+}
+
+int
+mms_served_try_acquire(const MmsModel *m, Oid dboid, uint32 *generation)
+{
 	int			i;
 	MmsServed  *s;
 	bool		found = true;
@@ -133,10 +146,7 @@ mms_served_acquire(const MmsModel *m, Oid dboid, uint32 *generation)
 		if (i < 0)
 		{
 			unlock();
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("too many distinct models are served at once (%d)", MMS_MAX_SERVED),
-					 errhint("Unload idle models with mms_unload().")));
+			return -1;
 		}
 		s = S(i);
 		gen = s->generation + 1;
