@@ -289,9 +289,9 @@ pool_target(const MmsServed *s, const Pool *p, TimestampTz now)
 	if (p->queued > 0 && p->workers == 0)
 		want = Max(want, 1);
 	/* grow by one while requests wait: more outstanding than the target per worker, or waiting too long */
-	if (p->queued > 0 && p->workers > 0 && p->workers == p->ready && !s->doomed &&
+	if (p->workers > 0 && p->workers == p->ready && !s->doomed &&
 		(p->queued + p->running > mms_pool_target_requests * p->workers ||
-		 (p->oldest != 0 && now - p->oldest > (int64) mms_pool_upscale_wait_ms * 1000)))
+		 (p->queued > 0 && now - p->oldest > (int64) mms_pool_upscale_wait_ms * 1000)))
 		want = p->workers + 1;
 	return Min(want, max);
 }

@@ -96,7 +96,7 @@ load_tokenizer(const MmsModel *m)
 	 * Only the header holds the tokenizer: read a prefix that grows until the
 	 * header fits, never the weights (gigabytes for big models, in every
 	 * session). The bytes are not checked against the sha256 here; the
-	 * worker checks the whole file before it serves.
+	 * loader checks the whole file before any worker serves it.
 	 */
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "mms tokenizer load", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(cxt);

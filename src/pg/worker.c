@@ -349,12 +349,26 @@ mms_worker_main(Datum arg)
 			bool		doomed;
 
 			mms_workers_report(my_index, my_generation, 0, 0, 0, false);
-			doomed = !mms_served_get(my_served, me.served_gen, &s) || s.doomed;
+			if (!mms_served_get(my_served, me.served_gen, &s))
+				memset(&s, 0, sizeof(s));	/* gone: leave */
+			doomed = s.sha256[0] == '\0' || s.doomed;
 			mms_queue_depth(my_served, &queued, &running, NULL);
 			/* a model no longer registered still serves what was queued before */
-			if (queued == 0 &&
-				mms_workers_may_leave(my_index, my_generation, s.pool.min_workers, doomed))
-				proc_exit(0);
+			if (queued == 0)
+			{
+				bool		drained = mms_workers_is_draining(my_index, my_generation);
+
+				if (mms_workers_may_leave(my_index, my_generation, s.pool.min_workers, doomed))
+				{
+					/* a drain was announced by whoever asked for it */
+					if (doomed)
+						mms_event("worker_exit", &s, "worker %d left: the model is no longer registered", MyProcPid);
+					else if (!drained)
+						mms_event("scale_down", &s, "worker %d left after %d ms idle", MyProcPid,
+								  mms_worker_idle_timeout_ms);
+					proc_exit(0);
+				}
+			}
 			set_ps_display("idle");
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 Min(mms_worker_idle_timeout_ms, 1000L) + 10, PG_WAIT_EXTENSION);
