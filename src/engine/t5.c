@@ -49,15 +49,25 @@ struct MmsT5Work
 typedef struct LoadCtx
 {
 	MmsT5	   *m;
+	const MmsGguf *g;
 	int			fill;			/* 0: size the arena, 1: fill it, 2: it is filled, point into it */
 	float	   *arena;
 	size_t		used;			/* floats of arena used so far */
 } LoadCtx;
 
+/*
+ * F32 data aligned for floats is used where it lies. Sizing the arena may
+ * run on a header-only parse (data NULL): the file offset decides then, as
+ * buffers (malloc'd, shared segments) start aligned.
+ */
 static int
-usable_in_place(const MmsGgufTensor *t)
+usable_in_place(const MmsGguf *g, const MmsGgufTensor *t)
 {
-	return t->type == MMS_T_F32 && ((uintptr_t) t->data % sizeof(float)) == 0;
+	if (t->type != MMS_T_F32)
+		return 0;
+	if (t->data == NULL)
+		return (g->data_offset + t->offset) % sizeof(float) == 0;
+	return ((uintptr_t) t->data % sizeof(float)) == 0;
 }
 
 static MmsStatus
@@ -70,10 +80,10 @@ load_visit(void *vctx, const MmsT5TensorSpec *spec, const MmsGgufTensor *t, MmsE
 
 	if (t == NULL)
 		return MMS_OK;
-	if (t->data == NULL)
+	if (t->data == NULL && ctx->fill)
 		return mms_fail(err, MMS_ERR_ARG, "tensor \"%s\" data is not in the buffer (header-only parse)",
 						spec->name);
-	if (usable_in_place(t))
+	if (usable_in_place(ctx->g, t))
 	{
 		if (ctx->fill)
 			p = (const float *) t->data;
@@ -136,6 +146,7 @@ mms_t5_arena_floats(const MmsGguf *g, size_t *n_floats, MmsError *err)
 	memset(&tmp, 0, sizeof(tmp));
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.m = &tmp;
+	ctx.g = g;
 	*n_floats = 0;
 	if ((st = mms_t5_read_config(g, &tmp.cfg, err)) != MMS_OK)
 		return st;
@@ -191,6 +202,7 @@ mms_t5_load_with_arena(const MmsGguf *g, float *arena, size_t arena_floats, int 
 
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.m = m;
+	ctx.g = g;
 	ctx.fill = fill ? 1 : 2;
 	ctx.arena = arena;
 	if ((st = mms_t5_walk_tensors(g, &m->cfg, load_visit, &ctx, err)) != MMS_OK)

@@ -141,7 +141,7 @@ extern void mms_served_snapshot(MmsServed *out);
 /* Loader verbs: claim a WANTED entry, publish the segment, or record a failure. */
 extern bool mms_served_claim_load(int i, uint32 generation, MmsServed *out);
 extern void mms_served_loaded(int i, dsm_handle h, Size seg_bytes, Size gguf_bytes, Size arena_off,
-							  Size arena_floats, double load_ms, long loader_peak_kb);
+							  Size arena_floats, double load_ms, long loader_private_kb);
 extern void mms_served_load_failed(int i, const MmsSlotError *err);
 /* Worker verbs: attach (refcount) to a READY entry, detach (frees a doomed entry's last use). */
 extern bool mms_served_attach(int i, uint32 generation, MmsServed *out);

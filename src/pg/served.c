@@ -240,7 +240,7 @@ mms_served_claim_load(int i, uint32 generation, MmsServed *out)
 
 void
 mms_served_loaded(int i, dsm_handle h, Size seg_bytes, Size gguf_bytes, Size arena_off,
-				  Size arena_floats, double load_ms, long loader_peak_kb)
+				  Size arena_floats, double load_ms, long loader_private_kb)
 {
 	MmsServed	copy;
 
@@ -259,9 +259,9 @@ mms_served_loaded(int i, dsm_handle h, Size seg_bytes, Size gguf_bytes, Size are
 	copy = *S(i);
 	unlock();
 	ConditionVariableBroadcast(&mms_shared->cv);
-	mms_event("load", &copy, "%zu kB in %.1f ms (%.0f MB/s of file), loader peak RSS %ld kB",
+	mms_event("load", &copy, "%zu kB in %.1f ms (%.0f MB/s of file), loader peak private memory %ld kB",
 			  seg_bytes >> 10, load_ms,
-			  load_ms > 0 ? (double) gguf_bytes / (1 << 20) / (load_ms / 1000.0) : 0.0, loader_peak_kb);
+			  load_ms > 0 ? (double) gguf_bytes / (1 << 20) / (load_ms / 1000.0) : 0.0, loader_private_kb);
 	mms_wake_launcher();
 }
 

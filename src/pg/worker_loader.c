@@ -70,21 +70,35 @@ start(Datum arg, MmsWorker *me)
 	before_shmem_exit(loader_exit, 0);
 }
 
-/* This process's peak resident memory in kB (VmHWM; shared pages it touched count), 0 if unknown. */
+/*
+ * This process's peak private memory in kB: the peak resident set (VmHWM)
+ * less the shared pages it maps now (the segment, shared buffers the large
+ * object passed through) and its files (libraries). Read before detaching,
+ * so the shared pages are all still counted. 0 if unknown.
+ */
 static long
-peak_rss_kb(void)
+peak_private_kb(void)
 {
 	FILE	   *f = fopen("/proc/self/status", "r");
 	char		line[256];
-	long		kb = 0;
+	long		hwm = 0,
+				shmem = 0,
+				file = 0,
+				v;
 
 	if (f == NULL)
 		return 0;
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
-			break;
+	{
+		if (sscanf(line, "VmHWM: %ld kB", &v) == 1)
+			hwm = v;
+		else if (sscanf(line, "RssShmem: %ld kB", &v) == 1)
+			shmem = v;
+		else if (sscanf(line, "RssFile: %ld kB", &v) == 1)
+			file = v;
+	}
 	fclose(f);
-	return kb;
+	return Max(0, hwm - shmem - file);
 }
 
 static MmsModel
@@ -249,7 +263,7 @@ load(const MmsServed *s)
 	/* nothing below may fail: the segment now outlives this process */
 	dsm_pin_segment(seg);
 	mms_served_loaded(claimed, dsm_segment_handle(seg), total, (Size) m.size_bytes, arena_off, floats,
-					  (double) (GetCurrentTimestamp() - t0) / 1000.0, peak_rss_kb());
+					  (double) (GetCurrentTimestamp() - t0) / 1000.0, peak_private_kb());
 	claimed = -1;
 	dsm_detach(seg);
 }
