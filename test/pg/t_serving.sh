@@ -146,6 +146,17 @@ got=$(sql -c "SELECT mms_generate('gone', 'again', '{\"max_new_tokens\": 8}')")
 [ "$got" = "$want" ] && ok "a model registered again under the name serves the new weights" || bad "re-registered: '$got' want '$want'"
 sql -c "SELECT mms_unregister('gone')" >/dev/null
 
+# --- a real-sized model: the loader sizes it from the header alone ------------------------
+# The fixtures above are smaller than the loader's first header read; the demo
+# model's Q8_0 file (7.5 MB) is not.
+cp "$root/models/datefix-q8_0.gguf" "$work/datefix-q8_0.gguf" && chmod a+r "$work" "$work/datefix-q8_0.gguf"
+sql -c "SELECT mms_import('datefix_q8', '$work/datefix-q8_0.gguf')" >/dev/null
+want=$("$root/build/mms-run" --model "$root/models/datefix-q8_0.gguf" "3rd of March, 2021")
+got=$(sql -c "SELECT mms_generate('datefix_q8', '3rd of March, 2021')" 2>&1)
+[ "$got" = "$want" ] && ok "a 7.5 MB model loads from its large object and serves ($got)" ||
+	bad "datefix_q8: got '$got' want '$want'"
+sql -c "SELECT mms_unregister('datefix_q8')" >/dev/null
+
 # --- cache budget smaller than two models ------------------------------------------------
 # flan_gated takes ~706 kB of cache, t5_relu_tied ~547 kB: 1 MB holds one.
 psql -X -q -c "ALTER SYSTEM SET mms.cache_size = '1MB'" -c "SELECT pg_reload_conf()" >/dev/null
