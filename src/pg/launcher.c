@@ -93,9 +93,8 @@ launch(int i, const MmsWorker *w, const char *what, bool sole)
 	bool		ok;
 
 	memset(&bgw, 0, sizeof(bgw));
-	/* inference workers connect to no database; loaders and scans do, briefly */
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS |
-		(w->kind == MMS_WK_INFERENCE ? 0 : BGWORKER_BACKEND_DATABASE_CONNECTION);
+	/* inference workers initialize a connection to no database; loaders and scans connect to one, briefly */
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	bgw.bgw_start_time = BgWorkerStart_ConsistentState;
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
 	/* the only library that links OpenBLAS, loaded by these processes alone */

@@ -1,8 +1,8 @@
 /*
  * worker.c — the inference worker (mms_worker.so, the only library that links
  * OpenBLAS; loaded by worker processes alone, never by the postmaster). A
- * worker belongs to the pool of one served model and has no database
- * connection: it maps the model's weights from their DSM segment, then loops:
+ * worker belongs to the pool of one served model and connects to no
+ * database: it maps the model's weights from their DSM segment, then loops:
  * take requests from the model's queue into the engine's continuous-batching
  * scheduler, run one decoder step, hand finished requests back, cancel the
  * ones their callers abandoned. It leaves when drained, when its model is no
@@ -288,6 +288,12 @@ mms_worker_main(Datum arg)
 		proc_exit(0);			/* the entry moved on while we started */
 	my_served = me.served;
 	before_shmem_exit(worker_exit, 0);
+	/*
+	 * Connected to no database (so it holds up no CREATE/ALTER/DROP DATABASE),
+	 * but a backend all the same: pg_stat_activity shows it and
+	 * pg_terminate_backend reaches it. The loop absorbs procsignal barriers.
+	 */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
 	by_slot = MemoryContextAllocZero(TopMemoryContext, sizeof(MmsGenRequest *) * mms_shared->n_slots);
 	cancelled = MemoryContextAllocZero(TopMemoryContext, sizeof(bool) * mms_shared->n_slots);

@@ -4,7 +4,7 @@
 #   - 8 concurrent sessions get mms-run's results and share decoder steps;
 #   - pg_cancel_backend and statement_timeout stop a long generation promptly,
 #     other sessions go on, no slot stays taken, the next call works;
-#   - SIGTERM to a worker: the caller in flight gets an ERROR,
+#   - pg_terminate_backend of a worker: the caller in flight gets an ERROR,
 #     the next call gets a new worker;
 #   - unregister while the model is in use;
 #   - mms.cache_size smaller than two models: eviction and reload;
@@ -109,8 +109,7 @@ sql -c "SELECT mms_generate('flan', 'long three', '$LONG')" >"$work/term.out" 2>
 long=$!
 sleep 1
 t1=$(now)
-# workers connect to no database, so they are not backends pg_terminate_backend knows
-kill -TERM "$old_pid"
+sql -c "SELECT pg_terminate_backend($old_pid)" >/dev/null
 wait $long
 t2=$(now)
 if grep -q "exited while running this request" "$work/term.out" && elapsed_lt "$t1" "$t2" 5; then
