@@ -296,16 +296,23 @@ pool_target(const MmsServed *s, const Pool *p, TimestampTz now)
 }
 
 /*
- * Within mms.max_workers, a pool whose requests have no worker gets one: an
- * idle worker of another pool is drained first, else one of the largest
- * pool, else the longest-running only worker of a pool (after MIN_SLICE_MS),
- * so that no model waits on others' traffic.
+ * Within mms.max_workers, a pool whose requests have no worker gets one,
+ * within one decoder step when another pool has two or more workers:
+ *   - an idle worker of another pool is drained (it has nothing to finish);
+ *   - else a worker of the largest pool with two or more is preempted: its
+ *     running requests go back to the head of its queue, where the pool's
+ *     other workers take them (restarted: greedy, beam and seeded sampling
+ *     give the same result), and it exits;
+ *   - else the only worker of a pool that has run at least MIN_SLICE_MS is
+ *     drained: it finishes its requests first. A pool never loses its last
+ *     worker to preemption, so two models contending for one place take
+ *     turns instead of restarting each other's requests forever.
  */
 static void
 make_worker_room(const MmsWorker *ws, const MmsServed *dir, const Pool *pools, int starving)
 {
 	int			victim = -1;
-	int			best_pool = 0;
+	int			rank = 0;		/* 3 idle, 2 in a pool of two or more, 1 an only worker */
 	TimestampTz now = GetCurrentTimestamp();
 
 	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
@@ -315,30 +322,33 @@ make_worker_room(const MmsWorker *ws, const MmsServed *dir, const Pool *pools, i
 	{
 		const MmsWorker *w = &ws[i];
 		const Pool *p;
+		int			r;
 
 		if (w->kind != MMS_WK_INFERENCE || w->state != MMS_W_READY || w->served == starving)
 			continue;
 		p = &pools[w->served];
 		if (w->held == 0 && p->queued == 0)
+			r = 3;
+		else if (p->workers > 1)
+			r = 2;
+		else if (now - w->started_at > (int64) MIN_SLICE_MS * 1000)
+			r = 1;
+		else
+			continue;
+		if (r > rank || (r == rank && r == 3 && w->last_active < ws[victim].last_active) ||
+			(r == rank && r == 2 && p->workers > pools[ws[victim].served].workers) ||
+			(r == rank && r == 1 && w->started_at < ws[victim].started_at))
 		{
-			if (victim < 0 || best_pool < 1000 || w->last_active < ws[victim].last_active)
-				victim = i, best_pool = 1000;	/* idle: always preferred */
-			continue;
+			victim = i;
+			rank = r;
 		}
-		if (best_pool >= 1000)
-			continue;
-		if (p->workers > 1 && p->workers > best_pool)
-			victim = i, best_pool = p->workers;
-		else if (p->workers == 1 && best_pool <= 1 &&
-				 now - w->started_at > (int64) MIN_SLICE_MS * 1000 &&
-				 (victim < 0 || w->started_at < ws[victim].started_at))
-			victim = i, best_pool = 1;
 	}
 	if (victim < 0)
 		return;
-	mms_workers_drain(victim);
-	mms_event("scale_down", &dir[ws[victim].served], "worker %d drained to make room for model %s:%d",
-			  ws[victim].pid, dir[starving].users[0].name, dir[starving].users[0].version);
+	mms_workers_drain(victim, rank == 2);
+	mms_event("scale_down", &dir[ws[victim].served], "worker %d %s to make room for model %s:%d",
+			  ws[victim].pid, rank == 2 ? "preempted" : "drained",
+			  dir[starving].users[0].name, dir[starving].users[0].version);
 }
 
 static void
@@ -349,9 +359,27 @@ decide(MmsWorker *ws, const MmsServed *dir)
 	int			loaders;
 	TimestampTz now = GetCurrentTimestamp();
 
+	int			order[MMS_MAX_SERVED];
+	int			n_order = 0;
+	bool		starving = false;
+
 	count_pools(ws, pools, &total, &loaders);
-	for (int i = 0; i < MMS_MAX_SERVED; i++)
+	/*
+	 * Pools whose requests have no worker first; while one has none, no other
+	 * pool grows, so that a place freed for it is not taken again by another.
+	 */
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < MMS_MAX_SERVED; i++)
+		{
+			bool		none = dir[i].sha256[0] != '\0' && pools[i].queued > 0 && pools[i].workers == 0;
+
+			if (none == (pass == 0))
+				order[n_order++] = i;
+			starving |= none;
+		}
+	for (int j = 0; j < n_order; j++)
 	{
+		int			i = order[j];
 		const MmsServed *s = &dir[i];
 		const Pool *p = &pools[i];
 		int			want;
@@ -383,6 +411,8 @@ decide(MmsWorker *ws, const MmsServed *dir)
 		if (s->state != MMS_S_READY)
 			continue;
 		want = pool_target(s, p, now);
+		if (starving && p->workers > 0)
+			continue;
 		for (int n = p->workers; n < want; n++)
 		{
 			MmsWorker	w;

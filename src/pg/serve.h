@@ -267,6 +267,7 @@ typedef struct MmsWorker
 	int			pid;
 	int			procno;			/* -1 until the process is up */
 	bool		clean_exit;		/* left by itself (idle, drained, done) */
+	bool		preempt;		/* draining: give running requests back to the queue, now */
 	int			batch;			/* rows of the last decoder step */
 	int			held;			/* requests in its scheduler */
 	uint64		requests_served;
@@ -289,12 +290,15 @@ extern void mms_workers_report(int i, uint32 generation, int held, int batch, ui
  * with more workers in the pool than min_workers.
  */
 extern bool mms_workers_may_leave(int i, uint32 generation, int min_workers, bool doomed);
-extern bool mms_workers_is_draining(int i, uint32 generation);
+/* Is the worker draining (preempt: its running requests go back to the queue at once)? */
+extern bool mms_workers_is_draining(int i, uint32 generation, bool *preempt);
 extern void mms_workers_exited(int i, uint32 generation, bool clean);
 /* Latches of served's ready workers (after queueing work for them). */
 extern void mms_workers_wake(int served);
 extern int	mms_workers_count(int served, int *ready);
-extern void mms_workers_drain(int i);
+/* Could served's pool get another worker now (its max_workers, mms.max_workers), or is one coming? */
+extern bool mms_workers_can_grow(int served, int max_workers);
+extern void mms_workers_drain(int i, bool preempt);
 extern void mms_workers_drain_served(int served);
 /* Launcher only. */
 extern void mms_workers_launched(int i, uint32 generation, bool ok);

@@ -240,6 +240,39 @@ cancel_abandoned(MmsSched *sched)
 		}
 }
 
+static int
+by_arrival(const void *a, const void *b)
+{
+	TimestampTz x = mms_slot(*(const int *) a)->t_queued;
+	TimestampTz y = mms_slot(*(const int *) b)->t_queued;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Preempted to make room for another model: the requests this worker runs
+ * go back to the head of the queue, in arrival order, for the pool's other
+ * workers; they restart from their input (the engine's results do not depend
+ * on where or with what a request ran). Then the worker leaves.
+ */
+static void
+give_back_and_exit(void)
+{
+	int		   *held = palloc(sizeof(int) * mms_shared->n_slots);
+	int			n = 0;
+
+	for (int i = 0; i < mms_shared->n_slots; i++)
+		if (by_slot[i] != NULL)
+		{
+			held[n++] = i;
+			by_slot[i] = NULL;	/* no longer ours: the exit must not fail them */
+		}
+	qsort(held, n, sizeof(int), by_arrival);
+	mms_queue_return(my_served, held, n);
+	mms_workers_wake(my_served);
+	proc_exit(0);
+}
+
 /* Takes what the scheduler has room for; returns the number started. */
 static int
 intake(MmsSched *sched, const MmsT5 *model, int n_held, int *take)
@@ -248,9 +281,20 @@ intake(MmsSched *sched, const MmsT5 *model, int n_held, int *take)
 	int			n_take;
 	int			started = 0;
 	Size		budget = mms_worker_memory_bytes();
+	MmsServed	s;
 
 	/* no more than it can run now: the rest stays for the pool's other workers */
 	if (room <= 0 || intake_blocked)
+		return 0;
+	/*
+	 * While the pool may grow, a worker holds at most mms.pool_target_requests
+	 * (Ray Serve's target_ongoing_requests): the rest waits in the queue, which
+	 * is what makes the launcher add a worker to take it. A pool at its bound
+	 * batches as much as it can.
+	 */
+	if (mms_served_get(my_served, 0, &s) && mms_workers_can_grow(my_served, s.pool.max_workers))
+		room = Min(room, mms_pool_target_requests - n_held);
+	if (room <= 0)
 		return 0;
 	n_take = mms_queue_take(my_served, my_index, room, take);
 	for (int j = 0; j < n_take; j++)
@@ -330,6 +374,7 @@ mms_worker_main(Datum arg)
 	for (;;)
 	{
 		int			n_new;
+		bool		preempted;
 		MmsSchedStats ss;
 		MmsGenRequest *r;
 		uint64		finished = 0;
@@ -344,8 +389,14 @@ mms_worker_main(Datum arg)
 		}
 
 		cancel_abandoned(sched);
-		n_new = mms_workers_is_draining(my_index, my_generation) ? 0 :
-			intake(sched, loaded.model, n_held, take);
+		if (mms_workers_is_draining(my_index, my_generation, &preempted))
+		{
+			if (preempted)
+				give_back_and_exit();
+			n_new = 0;
+		}
+		else
+			n_new = intake(sched, loaded.model, n_held, take);
 
 		if (n_held == 0 && n_new == 0)
 		{
@@ -362,7 +413,7 @@ mms_worker_main(Datum arg)
 			/* a model no longer registered still serves what was queued before */
 			if (queued == 0)
 			{
-				bool		drained = mms_workers_is_draining(my_index, my_generation);
+				bool		drained = mms_workers_is_draining(my_index, my_generation, NULL);
 
 				if (mms_workers_may_leave(my_index, my_generation, s.pool.min_workers, doomed))
 				{

@@ -161,12 +161,14 @@ mms_workers_may_leave(int i, uint32 generation, int min_workers, bool doomed)
 }
 
 bool
-mms_workers_is_draining(int i, uint32 generation)
+mms_workers_is_draining(int i, uint32 generation, bool *preempt)
 {
 	bool		r;
 
 	LWLockAcquire(mms_shared->workers_lock, LW_SHARED);
 	r = !mine(i, generation) || W(i)->state == MMS_W_DRAINING || W(i)->state == MMS_W_EXITED;
+	if (preempt)
+		*preempt = r && mine(i, generation) && W(i)->preempt;
 	LWLockRelease(mms_shared->workers_lock);
 	return r;
 }
@@ -209,6 +211,25 @@ mms_workers_wake(int served)
 		mms_wake_procno(procnos[j]);
 }
 
+bool
+mms_workers_can_grow(int served, int max_workers)
+{
+	int			total = 0;
+	int			ready;
+	int			n;
+	bool		r;
+
+	LWLockAcquire(mms_shared->workers_lock, LW_SHARED);
+	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
+		if (W(i)->kind == MMS_WK_INFERENCE && W(i)->state != MMS_W_FREE && W(i)->state != MMS_W_EXITED)
+			total++;
+	n = pool_size(served, 0, &ready);
+	/* a worker on its way counts as growth: what waits is for it */
+	r = (total < mms_max_workers && n < max_workers) || ready < n;
+	LWLockRelease(mms_shared->workers_lock);
+	return r;
+}
+
 int
 mms_workers_count(int served, int *ready)
 {
@@ -221,7 +242,7 @@ mms_workers_count(int served, int *ready)
 }
 
 void
-mms_workers_drain(int i)
+mms_workers_drain(int i, bool preempt)
 {
 	int			procno = -1;
 
@@ -229,6 +250,7 @@ mms_workers_drain(int i)
 	if (W(i)->state == MMS_W_READY || W(i)->state == MMS_W_ATTACHING || W(i)->state == MMS_W_STARTING)
 	{
 		W(i)->state = MMS_W_DRAINING;
+		W(i)->preempt = preempt;
 		procno = W(i)->procno;
 	}
 	else if (W(i)->state == MMS_W_REQUESTED)
@@ -242,7 +264,7 @@ mms_workers_drain_served(int served)
 {
 	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
 		if (W(i)->kind == MMS_WK_INFERENCE && W(i)->served == served)
-			mms_workers_drain(i);
+			mms_workers_drain(i, false);
 }
 
 void
