@@ -410,6 +410,10 @@ decide(MmsWorker *ws, const MmsServed *dir)
 		}
 		if (s->state != MMS_S_READY)
 			continue;
+		/* unregistered while it loaded, or once what was queued is done: nothing will detach it */
+		if (s->doomed && p->workers == 0 && p->draining == 0 && p->queued == 0 && p->running == 0 &&
+			mms_served_unload(i, true, "unregistered"))
+			continue;
 		want = pool_target(s, p, now);
 		if (starving && p->workers > 0)
 			continue;

@@ -154,8 +154,8 @@ extern void mms_served_add_steps(int i, uint64 steps, uint64 rows, int last_batc
 extern bool mms_served_make_room(Size need, int for_entry, Size *used_out);
 /* A registration (model_id; 0 = all of the database) is gone: drop it from its entries. */
 extern void mms_served_forget(Oid dboid, int64 model_id);
-/* mms_unload: frees an unused entry now; false if in use or not loaded. */
-extern bool mms_served_unload(int i);
+/* Frees an unused loaded entry now (doomed_only: only if unregistered); false if in use or not loaded. */
+extern bool mms_served_unload(int i, bool doomed_only, const char *why);
 extern void mms_served_set_pool(Oid dboid, const char *name, const MmsPoolConfig *pool);
 extern void mms_served_reset_stats(void);
 /* The entry serving these weights, or -1. */

@@ -431,6 +431,9 @@ mms_served_forget(Oid dboid, int64 model_id)
 		/* nobody registers these bytes any more: drain, then free */
 		s->doomed = true;
 		doomed[n_doomed++] = i;
+		/* what was queued before the unregister committed is still served, then it goes */
+		if (has_work(i))
+			continue;
 		if (s->refcount == 0 && s->state == MMS_S_READY)
 		{
 			copies[n] = *s;
@@ -452,20 +455,21 @@ mms_served_forget(Oid dboid, int64 model_id)
 }
 
 bool
-mms_served_unload(int i)
+mms_served_unload(int i, bool doomed_only, const char *why)
 {
 	dsm_handle	h = 0;
 	MmsServed	copy;
 
 	lock();
 	copy = *S(i);
-	if (S(i)->state == MMS_S_READY && S(i)->refcount == 0 && !has_work(i))
+	if (S(i)->state == MMS_S_READY && S(i)->refcount == 0 && !has_work(i) &&
+		(!doomed_only || S(i)->doomed))
 		h = evict_locked(i);
 	unlock();
 	if (h == 0)
 		return false;
 	unpin(h);
-	mms_event("evict", &copy, "mms_unload");
+	mms_event("evict", &copy, "%s", why);
 	return true;
 }
 

@@ -458,7 +458,7 @@ mms_unload(PG_FUNCTION_ARGS)
 
 		if (!mms_served_get(i, 0, &s) || strcmp(s.sha256, m.sha256) != 0 || s.state != MMS_S_READY)
 			PG_RETURN_BOOL(false);
-		if (s.refcount == 0 && mms_served_unload(i))
+		if (s.refcount == 0 && mms_served_unload(i, false, "mms_unload"))
 			PG_RETURN_BOOL(true);
 		if (GetCurrentTimestamp() > deadline)
 		{
