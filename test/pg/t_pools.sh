@@ -461,9 +461,12 @@ part_d() {
 	sql -c "SELECT mms_generate('fa', 'fair A2', '$LONG')" >"$work/a2.out" 2>&1 &
 	a2=$!
 	bg_pids+=" $a2"
-	# The scene, waited for only while A's generations last.
+	# The scene, waited for only while A's generations last (once both are
+	# running: A2's session may not have sent its query yet).
 	scene_ok=0
 	a_running="(SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%fair A%' AND pid <> pg_backend_pid())"
+	wait_until 30 "SELECT $a_running = 2"
+	[ $? = 2 ] && bad "the wait for A2 failed: $poll_err"
 	wait_until 60 "SELECT (SELECT running = 2 AND workers = 2 FROM mms.pools WHERE sha256 = '$fa_sha') IS TRUE OR $a_running < 2"
 	[ $? = 2 ] && bad "the wait for A's scene failed: $poll_err"
 	got=$(sql -c "SELECT running || '|' || workers || '|' || $a_running FROM mms.pools WHERE sha256 = '$fa_sha'" 2>&1)
