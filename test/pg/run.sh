@@ -32,7 +32,7 @@ python3 test/pg/make_bad_gguf.py test/fixtures/flan_gated.gguf "$files/bad" test
 chmod -R a+rX "$files"
 
 echo "== cluster in $tmp (port $port)"
-cluster_start mms.max_new_tokens=4096 mms.threads_per_worker=2 max_prepared_transactions=4 || exit 1
+cluster_start mms.max_new_tokens=4096 mms.threads_per_worker=2 max_prepared_transactions=4 mms.max_stats=100 || exit 1
 export MMS_TEST_DATA="$files" MMS_ROOT="$root"
 mkdir -p "$tmp/regress"
 
