@@ -56,7 +56,17 @@ mkdir -p "$out"
 files="$tmp/files"
 mkdir -p "$files"
 cp models/datefix.gguf models/datefix_heldout.tsv test/fixtures/flan_gated.gguf test/fixtures/t5_relu_tied.gguf "$files/"
-cp models/datefix.gguf "$files/datefix_copy.gguf"   # the "second version" the cycles import
+# The "second version" the cycles import: the same model with one more metadata
+# key, so that its bytes (hence its served entry) are its own: served models
+# are keyed by sha256, and a byte copy would share datefix:1's.
+python3 - test/pg "$root/models/datefix.gguf" "$files/datefix_copy.gguf" <<'PY' || exit 1
+import sys
+sys.path.insert(0, sys.argv[1])
+import make_bad_gguf as gguf
+m = gguf.parse(open(sys.argv[2], "rb").read())
+m["kvs"].append([b"test.copy_of", gguf.STR, b"datefix"])
+open(sys.argv[3], "wb").write(gguf.write(m))
+PY
 chmod -R a+rX "$files"
 
 # the installed libraries this cluster runs: checked again at the end (a
