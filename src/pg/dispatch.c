@@ -24,6 +24,7 @@ raise_call_error(const MmsModel *m, const MmsSlotError *e)
 	ereport(ERROR,
 			(errcode(e->sqlstate),
 			 errmsg("inference with model \"%s:%d\" failed: %s", m->name, m->version, e->msg),
+			 e->detail[0] ? errdetail("%s", e->detail) : 0,
 			 e->hint[0] ? errhint("%s", e->hint) : 0));
 }
 

@@ -326,6 +326,7 @@ mms_queue_orphan(int worker, const char *why)
 	MmsSlotError err;
 
 	mms_set_error(&err, ERRCODE_SYSTEM_ERROR, why, "The request was in flight; it can be retried.");
+	snprintf(err.detail, sizeof(err.detail), "The worker was process %d.", mms_shared->workers[worker].pid);
 	for (int i = 0; i < mms_shared->n_slots; i++)
 	{
 		MmsSlot    *s = mms_slot(i);

@@ -48,6 +48,7 @@
 #define MMS_MAX_LOADERS 4		/* loads at once */
 #define MMS_ERRMSG 256
 #define MMS_ERRHINT 160
+#define MMS_ERRDETAIL 96
 
 /* ---- GUCs (mms.c) ---- */
 extern int	mms_max_workers;
@@ -70,6 +71,7 @@ typedef struct MmsSlotError
 {
 	int			sqlstate;		/* 0 = no error */
 	char		msg[MMS_ERRMSG];
+	char		detail[MMS_ERRDETAIL];
 	char		hint[MMS_ERRHINT];
 } MmsSlotError;
 

@@ -132,5 +132,6 @@ mms_set_error(MmsSlotError *e, int sqlstate, const char *msg, const char *hint)
 {
 	e->sqlstate = sqlstate;
 	strlcpy(e->msg, msg, sizeof(e->msg));
+	e->detail[0] = '\0';
 	strlcpy(e->hint, hint ? hint : "", sizeof(e->hint));
 }

@@ -65,9 +65,12 @@ worker_exit(int code, Datum arg)
 
 	if (by_slot != NULL)
 	{
-		mms_set_error(&err, ERRCODE_SYSTEM_ERROR,
+		/* terminated (pg_terminate_backend, shutdown) or failed */
+		mms_set_error(&err, ShutdownRequestPending ? ERRCODE_OPERATOR_INTERVENTION : ERRCODE_SYSTEM_ERROR,
 					  "the inference worker exited while running this request",
 					  "The request was in flight; it can be retried.");
+		snprintf(err.detail, sizeof(err.detail), "The worker was process %d%s.", MyProcPid,
+				 ShutdownRequestPending ? ", terminated" : "");
 		for (int i = 0; i < mms_shared->n_slots; i++)
 			if (by_slot[i] != NULL)
 			{

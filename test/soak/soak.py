@@ -51,9 +51,9 @@ the throwaway cluster it starts (PGHOST / PGPORT / PGUSER set, a superuser).
 
 Allowed errors (anything else is FAILED): 57014 "canceling statement due to
 user request" on a call this harness cancelled, 57014 "statement timeout" on a
-call this harness ran under a short statement_timeout, 57000 "inference worker
-(pid N) ... exited while running this request" where N is a worker this
-harness terminated, 42704 (model / large object does not exist) on a call
+call this harness ran under a short statement_timeout, 57000 "the inference
+worker exited while running this request" with the detail "The worker was
+process N, terminated" where N is a worker this harness terminated, 42704 (model / large object does not exist) on a call
 naming a version whose unregistration had begun before the call ended (for
 datefix@live: an unregistration that began while the call ran).
 
@@ -355,7 +355,8 @@ def serial_run(args, rng):
 # ---------------------------------------------------------------------------
 # the load
 
-WORKER_EXIT_RE = re.compile(r"inference worker \(pid (\d+)\) .*exited while running this request")
+# the message says what happened; the detail names the worker's process
+WORKER_EXIT_RE = re.compile(r"The worker was process (\d+)")
 
 
 class Ctx:
@@ -381,8 +382,8 @@ def classify(run, ctx, e, t1):
         if "user request" in msg:
             return "cancel", ctx.cancel_sent, st, msg
         return "57014-other", False, st, msg
-    if st == "57000":
-        m = WORKER_EXIT_RE.search(msg)
+    if st == "57000" and "exited while running this request" in msg:
+        m = WORKER_EXIT_RE.search((diag.message_detail if diag is not None else None) or "")
         with run.lock:
             known = m is not None and int(m.group(1)) in run.terminated
         return "worker-exit", known, st, msg
