@@ -389,12 +389,9 @@ decide(MmsWorker *ws, const MmsServed *dir)
 			continue;
 		snprintf(what, sizeof(what), "%s:%d", s->n_users > 0 ? s->users[0].name : "?",
 				 s->n_users > 0 ? s->users[0].version : 0);
-		if (s->n_users == 0 && p->queued > 0 && s->state != MMS_S_READY)
+		if (s->n_users == 0 && s->state != MMS_S_READY && s->state != MMS_S_LOADING)
 		{
-			MmsSlotError err;
-
-			mms_set_error(&err, ERRCODE_UNDEFINED_OBJECT, "the model was unregistered", NULL);
-			mms_queue_fail_all(i, &err);
+			mms_served_settle_unused(i);	/* re-checked under its lock */
 			continue;
 		}
 		if ((s->state == MMS_S_EMPTY && (p->queued > 0 || s->pool.pinned) && s->n_users > 0))

@@ -212,6 +212,7 @@ mms_queue_take(int served, int worker, int max, int *out)
 void
 mms_queue_return(int served, const int *slots, int n)
 {
+	int		   *to_free = palloc(sizeof(int) * Max(1, n));
 	int			n_free = 0;
 
 	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
@@ -224,9 +225,8 @@ mms_queue_return(int served, const int *slots, int n)
 		mms_shared->q_running[served]--;
 		if (s->state == MMS_SLOT_ABANDONED)
 		{
-			/* off every list: freed below, outside the queue lock */
-			n_free++;
-			s->state = MMS_SLOT_FREE;
+			/* its caller left: freed below, outside the queue lock */
+			to_free[n_free++] = i;
 			continue;
 		}
 		s->state = MMS_SLOT_QUEUED;
@@ -241,10 +241,9 @@ mms_queue_return(int served, const int *slots, int n)
 		mms_shared->q_queued[served]++;
 	}
 	LWLockRelease(qlock(served));
-	if (n_free > 0)
-		for (int j = 0; j < n; j++)
-			if (mms_slot(slots[j])->state == MMS_SLOT_FREE)
-				free_slot(slots[j]);
+	for (int j = 0; j < n_free; j++)
+		free_slot(to_free[j]);
+	pfree(to_free);
 }
 
 bool

@@ -163,8 +163,9 @@ mms_requests_add(MmsRequestSet *rs, MmsReqKind kind, const MmsGenOptions *opts,
 	return rs->n++;
 }
 
+/* Room for one more in-flight entry (allocating now, so that recording it cannot fail). */
 static void
-track(MmsRequestSet *rs, int req, int slot)
+reserve_track(MmsRequestSet *rs)
 {
 	if (rs->n_inflight == rs->inflight_cap)
 	{
@@ -172,9 +173,19 @@ track(MmsRequestSet *rs, int req, int slot)
 		rs->inflight = repalloc(rs->inflight, sizeof(int) * rs->inflight_cap);
 		rs->inflight_slot = repalloc(rs->inflight_slot, sizeof(int) * rs->inflight_cap);
 	}
-	rs->inflight[rs->n_inflight] = req;
-	rs->inflight_slot[rs->n_inflight] = slot;
-	rs->n_inflight++;
+}
+
+/* A request that cannot be queued: its model was unregistered while it waited for a slot. */
+static void
+fail_unqueued(MmsRequestSet *rs, Req *r)
+{
+	r->slot = -2;
+	r->res.done = true;
+	r->res.err = MemoryContextAllocZero(rs->cxt, sizeof(MmsSlotError));
+	mms_set_error(r->res.err, ERRCODE_UNDEFINED_OBJECT, "the model was unregistered while the call ran", NULL);
+	rs->n_open--;
+	rs->counts.calls++;
+	rs->counts.errors++;
 }
 
 /* Puts waiting requests into free slots; true if any went. */
@@ -196,6 +207,7 @@ submit(MmsRequestSet *rs)
 			rs->next_unsubmitted++;
 			continue;
 		}
+		reserve_track(rs);
 		if ((i = mms_queue_alloc()) < 0)
 			break;
 		s = mms_slot(i);
@@ -209,10 +221,19 @@ submit(MmsRequestSet *rs)
 		s->n_target = r->n_target;
 		if (r->n_target > 0)
 			memcpy(s->tokens + r->n_input, r->target, sizeof(int32) * r->n_target);
-		track(rs, rs->next_unsubmitted, i);	/* tracked before queued: never lost */
+		/* tracked before it is queued, so that no exit path can lose it */
+		rs->inflight[rs->n_inflight] = rs->next_unsubmitted;
+		rs->inflight_slot[rs->n_inflight] = i;
+		rs->n_inflight++;
 		r->slot = i;
-		queued = mms_queue_submit(i, rs->served, rs->served_gen);
 		rs->next_unsubmitted++;
+		if ((queued = mms_served_submit(rs->served, rs->served_gen, i)) < 0)
+		{
+			rs->n_inflight--;
+			mms_queue_free_unqueued(i);
+			fail_unqueued(rs, r);
+			continue;
+		}
 		n++;
 	}
 	if (n == 0)
@@ -263,14 +284,16 @@ account(MmsRequestSet *rs, Req *r, TimestampTz queued, TimestampTz started)
 		c->queue_ms += (double) (started - queued) / 1000.0;
 }
 
-/* Collects finished requests; compacts the in-flight list. */
+/*
+ * Collects finished requests. The in-flight list stays exact after each one
+ * (an ERROR in the copy must not leave freed slots listed for the cleanup).
+ */
 static void
 collect(MmsRequestSet *rs)
 {
-	int			kept = 0;
 	MemoryContext old = MemoryContextSwitchTo(rs->cxt);
 
-	for (int j = 0; j < rs->n_inflight; j++)
+	for (int j = 0; j < rs->n_inflight;)
 	{
 		Req		   *r = &rs->reqs[rs->inflight[j]];
 		int			slot = rs->inflight_slot[j];
@@ -278,19 +301,19 @@ collect(MmsRequestSet *rs)
 		TimestampTz queued = s->t_queued;
 		TimestampTz started = s->t_started;
 
-		if (mms_queue_collect(slot, copy_result, r))
+		if (!mms_queue_collect(slot, copy_result, r))
 		{
-			r->slot = -2;
-			r->res.done = true;
-			rs->n_open--;
-			account(rs, r, queued, started);
+			j++;
 			continue;
 		}
-		rs->inflight[kept] = rs->inflight[j];
-		rs->inflight_slot[kept] = slot;
-		kept++;
+		rs->n_inflight--;
+		rs->inflight[j] = rs->inflight[rs->n_inflight];
+		rs->inflight_slot[j] = rs->inflight_slot[rs->n_inflight];
+		r->slot = -2;
+		r->res.done = true;
+		rs->n_open--;
+		account(rs, r, queued, started);
 	}
-	rs->n_inflight = kept;
 	MemoryContextSwitchTo(old);
 }
 

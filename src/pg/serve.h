@@ -134,6 +134,10 @@ typedef struct MmsServed
 extern int	mms_served_acquire(const MmsModel *m, Oid dboid, uint32 *generation);
 /* The same, -1 instead of an ERROR (at commit, where no ERROR may happen). */
 extern int	mms_served_try_acquire(const MmsModel *m, Oid dboid, uint32 *generation);
+/* Queues a filled slot on entry i if it still has that generation; -1 if gone, else the queue length. */
+extern int	mms_served_submit(int i, uint32 generation, int slot);
+/* An entry no registration uses and whose weights are not loaded: its queue fails, it goes. */
+extern void mms_served_settle_unused(int i);
 /* The entry wants its weights (a request or a pin): WANTED unless loaded or loading. */
 extern void mms_served_want(int i, uint32 generation);
 /* A copy of entry i (under dir_lock); false when i no longer has that generation (0 = any). */
@@ -216,7 +220,7 @@ extern MmsSlot *mms_slot(int i);
 extern int	mms_slot_tokens(void);
 extern int	mms_queue_alloc(void);	/* a FILLING slot, or -1 when none is free */
 extern void mms_queue_free_unqueued(int slot);	/* gives back a FILLING slot */
-/* Queues a filled slot at the tail; returns the queue's length after. */
+/* Queues a filled slot at the tail; returns the queue's length after (use mms_served_submit). */
 extern int	mms_queue_submit(int slot, int served, uint32 served_gen);
 /* Owner: true (and the slot freed, its result copied by fn) once DONE. */
 typedef void (*MmsCollectFn) (const MmsSlot *s, void *arg);

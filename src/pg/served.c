@@ -181,6 +181,41 @@ mms_served_try_acquire(const MmsModel *m, Oid dboid, uint32 *generation)
 	return i;
 }
 
+int
+mms_served_submit(int i, uint32 generation, int slot)
+{
+	int			n = -1;
+
+	/*
+	 * Under dir_lock (shared), so that the entry cannot be cleared or reused
+	 * between the check and the queueing: every eviction takes it
+	 * exclusively and requires an empty queue.
+	 */
+	LWLockAcquire(mms_shared->dir_lock, LW_SHARED);
+	if (S(i)->generation == generation && S(i)->sha256[0] != '\0')
+		n = mms_queue_submit(slot, i, generation);
+	LWLockRelease(mms_shared->dir_lock);
+	return n;
+}
+
+void
+mms_served_settle_unused(int i)
+{
+	MmsSlotError err;
+
+	lock();
+	if (S(i)->sha256[0] != '\0' && S(i)->n_users == 0 &&
+		S(i)->state != MMS_S_READY && S(i)->state != MMS_S_LOADING)
+	{
+		/* unregistered before its weights were loaded: nothing will serve what waits */
+		mms_set_error(&err, ERRCODE_UNDEFINED_OBJECT, "the model was unregistered", NULL);
+		mms_queue_fail_all(i, &err);
+		if (S(i)->refcount == 0)
+			(void) evict_locked(i);
+	}
+	unlock();
+}
+
 void
 mms_served_want(int i, uint32 generation)
 {
@@ -309,7 +344,7 @@ mms_served_detach(int i)
 		S(i)->refcount--;
 	copy = *S(i);
 	/* the last process of a model nobody registers any more frees its weights */
-	if (S(i)->doomed && S(i)->refcount == 0 && S(i)->state == MMS_S_READY)
+	if (S(i)->doomed && S(i)->refcount == 0 && S(i)->state == MMS_S_READY && !has_work(i))
 		h = evict_locked(i);
 	unlock();
 	if (h != 0)

@@ -122,6 +122,8 @@ mms_wake_procno(int procno)
 void
 mms_wait_shared(long ms)
 {
+	/* without the prepare, the first timed sleep only prepares and returns at once */
+	ConditionVariablePrepareToSleep(&mms_shared->cv);
 	(void) ConditionVariableTimedSleep(&mms_shared->cv, ms, PG_WAIT_EXTENSION);
 	ConditionVariableCancelSleep();
 	CHECK_FOR_INTERRUPTS();

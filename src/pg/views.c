@@ -74,6 +74,17 @@ ts_or_null(TimestampTz t, bool *isnull)
 	return TimestampTzGetDatum(t);
 }
 
+/*
+ * The row layouts are 0.2.0's: a database whose catalog is older would hand
+ * these functions its old column list (and get garbage, or worse).
+ */
+static void
+require_layout(void)
+{
+	mms_require_serving();
+	mms_require_current_catalog();
+}
+
 static MmsServed *
 served_dir(void)
 {
@@ -93,7 +104,7 @@ mms_cache(PG_FUNCTION_ARGS)
 	MmsServed  *dir;
 	bool		all = sees_everything();
 
-	mms_require_serving();
+	require_layout();
 	InitMaterializedSRF(fcinfo, 0);
 	dir = served_dir();
 	for (int i = 0; i < MMS_MAX_SERVED; i++)
@@ -143,7 +154,7 @@ mms_pools(PG_FUNCTION_ARGS)
 	bool		all = sees_everything();
 	TimestampTz now = GetCurrentTimestamp();
 
-	mms_require_serving();
+	require_layout();
 	InitMaterializedSRF(fcinfo, 0);
 	dir = served_dir();
 	for (int i = 0; i < MMS_MAX_SERVED; i++)
@@ -208,7 +219,7 @@ mms_workers(PG_FUNCTION_ARGS)
 	MmsServed  *dir;
 	bool		all = sees_everything();
 
-	mms_require_serving();
+	require_layout();
 	InitMaterializedSRF(fcinfo, 0);
 	dir = served_dir();
 	mms_workers_snapshot(ws);
@@ -252,7 +263,7 @@ mms_events(PG_FUNCTION_ARGS)
 	bool		all = sees_everything();
 	int			n_ev;
 
-	mms_require_serving();
+	require_layout();
 	InitMaterializedSRF(fcinfo, 0);
 	dir = served_dir();
 	n_ev = mms_events_snapshot(evs);
@@ -302,7 +313,7 @@ mms_stat_models(PG_FUNCTION_ARGS)
 	TimestampTz reset;
 	bool		all = sees_everything();
 
-	mms_require_serving();
+	require_layout();
 	InitMaterializedSRF(fcinfo, 0);
 	dir = served_dir();
 	st = mms_stats_snapshot(&n_st, &dealloc, &reset);
@@ -358,7 +369,7 @@ mms_stat_info(PG_FUNCTION_ARGS)
 	uint64		dealloc;
 	TimestampTz reset;
 
-	mms_require_serving();
+	require_layout();
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	(void) mms_stats_snapshot(&n_st, &dealloc, &reset);

@@ -53,6 +53,7 @@ static bool *cancelled = NULL;
 #define MMS_ENCODE_TOKENS_PER_STEP 8192
 
 static Size *charged = NULL;	/* per slot */
+static int	take_cap = 0;		/* entries of the intake array (mms.max_batch at start) */
 static Size budget_used = 0;
 static bool intake_blocked = false; /* a request waits for memory */
 
@@ -280,7 +281,8 @@ give_back_and_exit(void)
 static int
 intake(MmsSched *sched, const MmsT5 *model, int n_held, int *take)
 {
-	int			room = mms_max_batch - n_held;
+	/* the scheduler and the intake array were sized by mms.max_batch at start; a reload cannot grow them */
+	int			room = Min(mms_max_batch, take_cap) - n_held;
 	int			n_take;
 	int			started = 0;
 	Size		budget = mms_worker_memory_bytes();
@@ -345,7 +347,8 @@ mms_worker_main(Datum arg)
 	by_slot = MemoryContextAllocZero(TopMemoryContext, sizeof(MmsGenRequest *) * mms_shared->n_slots);
 	cancelled = MemoryContextAllocZero(TopMemoryContext, sizeof(bool) * mms_shared->n_slots);
 	charged = MemoryContextAllocZero(TopMemoryContext, sizeof(Size) * mms_shared->n_slots);
-	take = MemoryContextAlloc(TopMemoryContext, sizeof(int) * Max(1, mms_max_batch));
+	take_cap = Max(1, mms_max_batch);
+	take = MemoryContextAlloc(TopMemoryContext, sizeof(int) * take_cap);
 
 	set_ps_display("attaching");
 	if (!mms_worker_attach(me.served, me.served_gen, &loaded, &attached))
@@ -407,17 +410,21 @@ mms_worker_main(Datum arg)
 			int			queued,
 						running;
 			bool		doomed;
+			bool		drained;
 
 			mms_workers_report(my_index, my_generation, 0, 0, 0, false);
 			if (!mms_served_get(my_served, me.served_gen, &s))
 				memset(&s, 0, sizeof(s));	/* gone: leave */
 			doomed = s.sha256[0] == '\0' || s.doomed;
 			mms_queue_depth(my_served, &queued, &running, NULL);
-			/* a model no longer registered still serves what was queued before */
-			if (queued == 0)
-			{
-				bool		drained = mms_workers_is_draining(my_index, my_generation, NULL);
+			drained = mms_workers_is_draining(my_index, my_generation, NULL);
 
+			/*
+			 * A model no longer registered still serves what was queued
+			 * before; a drained worker leaves the queue to the pool's others.
+			 */
+			if (queued == 0 || drained)
+			{
 				if (mms_workers_may_leave(my_index, my_generation, s.pool.min_workers, doomed))
 				{
 					/* a drain was announced by whoever asked for it */
