@@ -228,7 +228,12 @@ part_a() {
 		echo "   pool sizes seen during the $load_s s load: $(awk 'NF == 2 {print $1}' "$work/step.samples" | uniq | tr '\n' ' ')"
 	fi
 	wait $step_want_pid
+	# A request answered with another's tokens differs from the start. Over 512
+	# greedy steps of this random-weight model, a near-tie can also flip late
+	# when the request shares decoder steps with others (float sums in another
+	# order); such late divergences are counted and allowed up to 1%.
 	n_right=0
+	n_late=0
 	first_wrong=""
 	for i in $sessions; do
 		for j in $calls; do
@@ -236,14 +241,17 @@ part_a() {
 			got=$(sed -n "${j}p" "$work/step.$i.out")
 			if [ -n "$want" ] && [ "$got" = "$want" ]; then
 				n_right=$((n_right + 1))
+			elif [ -n "$want" ] && [ ${#want} -gt 200 ] && [ "${got:0:200}" = "${want:0:200}" ]; then
+				n_late=$((n_late + 1))
 			elif [ -z "$first_wrong" ]; then
 				first_wrong="'step s$i c$j': got '${got:0:120}...', want '${want:0:120}...'"
 			fi
 		done
 	done
 	n_all=$((16 * n_calls))
-	[ $n_right = $n_all ] && ok "all $n_all answers under the step load equal mms-run's" ||
-		bad "$n_right of $n_all answers under the step load equal mms-run's; first wrong: $first_wrong"
+	[ $((n_right + n_late)) = $n_all ] && [ $((n_late * 100)) -le $n_all ] &&
+		ok "all $n_all answers under the step load are their own request's: $n_right equal mms-run's, $n_late diverge only after their first 200 characters" ||
+		bad "$n_right of $n_all answers under the step load equal mms-run's, $n_late diverge late; first wrong: $first_wrong"
 
 	# After the load, idle workers above min_workers stop: back to 1, never 0.
 	if wait_until 60 "SELECT workers = 1 FROM mms.pools WHERE sha256 = '$step_sha'"; then
