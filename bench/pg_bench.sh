@@ -2,8 +2,9 @@
 # bench/pg_bench.sh — mms inside PostgreSQL, measured side by side with the
 # engine alone. In one throwaway cluster:
 #   0. cold load: LOADS times (default 3), mms_unload then mms_load timed by
-#      psql, with the loader's own time, MB/s of file and peak RSS from its
-#      'load' event in mms.events, and the DSM segment's size (mms.cache.bytes);
+#      psql, with the loader's own time, MB/s of file and peak private memory
+#      from its 'load' event in mms.events, and the DSM segment's size
+#      (mms.cache.bytes);
 #   1. single-call latency p50/p99 (pgbench, 1 client) vs the engine's own
 #      latency for the same request (build/mms-run --latency);
 #   2. 10,000 rows through INSERT ... SELECT: one call per row vs the array
@@ -13,7 +14,8 @@
 #      throughput of 2., p50/p99, and the proportional memory (PSS) of all
 #      PostgreSQL processes vs the model size.
 # MODEL=path.gguf (default models/datefix.gguf); THREADS (default nproc);
-# ROWS (default 10000); SECONDS16 (default 20); LOADS (default 3).
+# ROWS (default 10000); CALLS (latency, default 200); SECONDS16 (default 20);
+# LOADS (default 3).
 # Not a test: it prints numbers, asserts nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,7 @@ root=$(pwd)
 model=${MODEL:-models/datefix.gguf}
 threads=${THREADS:-$(nproc)}
 rows=${ROWS:-10000}
+calls=${CALLS:-200}
 [ -f "$model" ] || { echo "no model $model" >&2; exit 1; }
 [ "$(id -u)" = 0 ] && make -s install >/dev/null
 . tools/pg-cluster.sh
@@ -38,7 +41,7 @@ pss_total() {
 }
 sql -c "CREATE EXTENSION mms" -c "SELECT mms_import('m', '$tmp/model.gguf')" >/dev/null
 pss_base=$(pss_total)
-msize=$(stat -c %s "$model")
+msize=$(stat -L -c %s "$model")
 med() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 # --- 0. cold load -----------------------------------------------------------------
@@ -52,7 +55,7 @@ for _ in $(seq "${LOADS:-3}"); do
 	for try in $(seq 50); do [ "$(last_load)" != "$before" ] && break; sleep 0.1; done
 	echo "$wall $(sql -F ' ' <<'SQL'
 SELECT e.m[1], e.m[2], e.m[3], c.bytes
-FROM (SELECT sha256, regexp_match(detail, 'in ([0-9.]+) ms \(([0-9.]+) MB/s of file\), loader peak RSS ([0-9]+) kB') AS m
+FROM (SELECT sha256, regexp_match(detail, 'in ([0-9.]+) ms \(([0-9.]+) MB/s of file\), loader peak private memory ([0-9]+) kB') AS m
       FROM mms.events WHERE kind = 'load' ORDER BY at DESC LIMIT 1) e
 JOIN mms.cache c USING (sha256);
 SQL
@@ -61,8 +64,8 @@ done > "$tmp/loads.txt"
 read -r lw ll lr lp lseg < <(for c in 1 2 3 4 5; do awk -v c=$c '{print $c}' "$tmp/loads.txt" | med; done | xargs)
 awk -v n="$(wc -l < "$tmp/loads.txt")" -v f="$msize" -v w="$lw" -v l="$ll" -v r="$lr" -v p="$lp" -v seg="$lseg" \
 	-v runs="$(awk '{printf "%s%s", (NR > 1 ? "/" : ""), $1}' "$tmp/loads.txt")" 'BEGIN {
-	printf "cold load, median of %d (file %.1f MB, segment %.1f MB): mms_load %.1f ms wall (%.0f MB/s of file; runs %s ms), loader %.1f ms (%.0f MB/s of file, its event); loader peak RSS %.1f MB = %.2fx the segment\n",
-		n, f / 1048576, seg / 1048576, w, f / 1048576 / (w / 1000), runs, l, r, p / 1024, p * 1024 / seg }'
+	printf "cold load, median of %d (file %.1f MB, segment %.1f MB): mms_load %.1f ms wall (%.0f MB/s of file; runs %s ms), loader %.1f ms (%.0f MB/s of file, its event); loader peak private memory %.1f MB: segment + it = %.2fx the segment\n",
+		n, f / 1048576, seg / 1048576, w, f / 1048576 / (w / 1000), runs, l, r, p / 1024, (seg + p * 1024) / seg }'
 
 # The inputs: messy dates (the demo model's task; noise for other models, same work).
 sql <<SQL
@@ -79,9 +82,9 @@ pct() { sort -n | awk '{a[NR]=$1} END {i50=int(NR*0.5); i99=int(NR*0.99); if (i5
 
 # --- 1. latency -------------------------------------------------------------------
 echo "SELECT mms_generate('m', 'normalize date: March 3rd, 2021', '$opts');" > "$tmp/one.sql"
-pgbench -n -c 1 -t 200 -f "$tmp/one.sql" -l --log-prefix="$tmp/lat" postgres >/dev/null 2>&1
+pgbench -n -c 1 -t "$calls" -f "$tmp/one.sql" -l --log-prefix="$tmp/lat" postgres >/dev/null 2>&1
 read -r p50 p99 < <(cat "$tmp"/lat.* | awk '{print $3 / 1000.0}' | pct)
-read -r e50 e99 < <("$root/build/mms-run" --model "$model" --threads "$threads" --latency 200 \
+read -r e50 e99 < <("$root/build/mms-run" --model "$model" --threads "$threads" --latency "$calls" \
 	--max-new-tokens 12 "normalize date: March 3rd, 2021" | pct)
 echo "latency, one short call (ms): SQL p50 $p50 p99 $p99; engine alone p50 $e50 p99 $e99;" \
 	"overhead p50 $(awk -v a="$p50" -v b="$e50" 'BEGIN {printf "%.1f%%", (a / b - 1) * 100}')"
