@@ -133,7 +133,6 @@ mms_served_try_acquire(const MmsModel *m, Oid dboid, uint32 *generation)
 {
 	int			i;
 	MmsServed  *s;
-	bool		found = true;
 
 	lock();
 	i = find_sha(m->sha256);
@@ -141,7 +140,6 @@ mms_served_try_acquire(const MmsModel *m, Oid dboid, uint32 *generation)
 	{
 		uint32		gen;
 
-		found = false;
 		i = free_entry();
 		if (i < 0)
 		{
@@ -177,7 +175,6 @@ mms_served_try_acquire(const MmsModel *m, Oid dboid, uint32 *generation)
 	}
 	*generation = s->generation;
 	unlock();
-	(void) found;
 	return i;
 }
 
@@ -221,6 +218,14 @@ mms_served_want(int i, uint32 generation)
 {
 	bool		wake = false;
 
+	/* every submit asks: a shared look first, so loaded models cost no exclusive lock */
+	LWLockAcquire(mms_shared->dir_lock, LW_SHARED);
+	wake = S(i)->generation == generation &&
+		(S(i)->state == MMS_S_EMPTY || S(i)->state == MMS_S_FAILED);
+	LWLockRelease(mms_shared->dir_lock);
+	if (!wake)
+		return;
+	wake = false;
 	lock();
 	if (S(i)->generation == generation &&
 		(S(i)->state == MMS_S_EMPTY || S(i)->state == MMS_S_FAILED))
