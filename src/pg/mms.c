@@ -35,6 +35,9 @@ int			mms_worker_memory_mb = -1;
 int			mms_pool_target_requests = 16;
 int			mms_pool_upscale_wait_ms = 500;
 int			mms_max_stats = 5000;
+double		mms_backend_request_share = 0.25;
+int			mms_usage_flush_interval_ms = 10000;
+int			mms_max_usage_entries = 10000;
 
 void		_PG_init(void);
 
@@ -197,6 +200,28 @@ _PG_init(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomRealVariable("mms.backend_request_share",
+							 "Largest share of mms.max_requests one backend holds in flight at once.",
+							 "An array call beyond it submits the rest as its own requests finish, so one session cannot take every slot.",
+							 &mms_backend_request_share,
+							 0.25,
+							 0.01,
+							 1.0,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.usage_flush_interval",
+							"How often the launcher writes usage counted in shared memory into mms.usage.",
+							NULL,
+							&mms_usage_flush_interval_ms,
+							10000,
+							100,
+							3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	/*
 	 * Inference needs shared memory and the launcher, which only a preloaded
 	 * library can set up. This library never links OpenBLAS (it lives in the
@@ -235,6 +260,17 @@ _PG_init(void)
 								NULL,
 								&mms_max_stats,
 								5000,
+								100,
+								1000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("mms.max_usage_entries",
+								"Rows of usage (hour, database, role, model version) counted in shared memory between flushes.",
+								NULL,
+								&mms_max_usage_entries,
+								10000,
 								100,
 								1000000,
 								PGC_POSTMASTER,

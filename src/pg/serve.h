@@ -10,6 +10,9 @@
  *              under its own lock (queue_locks[served])
  *   workers.c  the worker table: inference workers and loaders (workers_lock)
  *   stats.c    statistics, a shared hash keyed by (database, role, model)
+ *   quota.c    token buckets of the role quotas, a shared hash (quota_lock)
+ *   usage.c    usage metering per hour, role, database and model version,
+ *              a shared hash flushed into mms.usage (usage_lock)
  *   events.c   the ring of serving decisions behind mms.events
  *   shmem.c    sizes and creates all of the above
  *
@@ -21,7 +24,8 @@
  * mms_worker.so, the only library that links OpenBLAS.
  *
  * Lock order, when two are held: dir_lock, workers_lock, a queue lock,
- * stats_lock, events_lock. Most verbs take one and release it.
+ * stats_lock, events_lock, quota_lock, usage_lock. Most verbs take one and
+ * release it.
  *
  * Weights live in DSM segments (one per served model): the GGUF bytes, then
  * the dequantization arena at arena_off. Offsets only; every process maps the
@@ -63,6 +67,9 @@ extern int	mms_worker_memory_mb;	/* -1 = automatic */
 extern int	mms_pool_target_requests;
 extern int	mms_pool_upscale_wait_ms;
 extern int	mms_max_stats;
+extern double mms_backend_request_share;	/* mms.backend_request_share */
+extern int	mms_usage_flush_interval_ms;	/* mms.usage_flush_interval */
+extern int	mms_max_usage_entries;	/* mms.max_usage_entries */
 /* mms.worker_memory in bytes, the automatic value worked out */
 extern Size mms_worker_memory_bytes(void);
 
@@ -199,10 +206,12 @@ typedef struct MmsSlot
 	int			next;
 	int			owner_procno;
 	int			owner_pid;
-	/* who asked and for what: where quotas and fair queueing plug in */
+	/* who asked and for what: quotas charge it, fair queueing orders it */
 	Oid			roleid;
 	Oid			dboid;
 	int64		model_id;
+	int32		weight;			/* the role's share of the queue (quota weight, 1 by default) */
+	double		vfinish;		/* fair queueing: virtual finish time, the queue's order */
 	int			runner;			/* worker index while RUNNING */
 	MmsReqKind	kind;
 	MmsGenOptions opts;			/* final: defaults resolved and validated by the caller */
@@ -329,6 +338,8 @@ typedef struct MmsStatCounts
 	uint64		cancels;
 	double		total_ms;
 	double		queue_ms;
+	double		compute_ms;		/* from taken by a worker to finished */
+	uint64		rejections;		/* refused by a quota (usage only) */
 } MmsStatCounts;
 
 typedef struct MmsStatEntry
@@ -348,6 +359,18 @@ extern void mms_stats_add(const MmsStatKey *k, const char *name, int32 version, 
 extern MmsStatEntry *mms_stats_snapshot(int *n, uint64 *dealloc, TimestampTz *reset);
 extern void mms_stats_reset(void);
 extern void mms_stats_forget(Oid dboid, int64 model_id);
+
+/* ================= usage.c: usage metering ================= */
+
+extern Size mms_usage_shmem_size(void);
+extern void mms_usage_shmem_init(void);
+/* Adds counts to the current hour's row of (database, role, model version). */
+extern void mms_usage_add(Oid dboid, Oid roleid, const MmsModel *m, const MmsStatCounts *add);
+
+/* ================= quota.c: token buckets ================= */
+
+extern Size mms_quota_shmem_size(void);
+extern void mms_quota_shmem_init(void);
 
 /* ================= events.c ================= */
 
@@ -376,6 +399,8 @@ typedef struct MmsShared
 	LWLock	   *slots_lock;		/* the free list of slots */
 	LWLock	   *events_lock;
 	LWLock	   *stats_lock;
+	LWLock	   *quota_lock;
+	LWLock	   *usage_lock;
 	LWLock	   *queue_locks;	/* MMS_MAX_SERVED of them */
 	ConditionVariable cv;		/* a served entry or a worker changed */
 	int			launcher_procno;	/* -1 while no launcher runs */
@@ -391,6 +416,7 @@ typedef struct MmsShared
 	int			q_tail[MMS_MAX_SERVED];
 	int			q_queued[MMS_MAX_SERVED];
 	int			q_running[MMS_MAX_SERVED];
+	double		q_vtime[MMS_MAX_SERVED];	/* fair queueing: virtual time of the queue */
 	/* workers.c */
 	MmsWorker	workers[MMS_MAX_WORKERS + MMS_MAX_LOADERS + 1];
 	/* served.c */

@@ -17,7 +17,7 @@
 
 #include "serve.h"
 
-#define MMS_FIXED_LOCKS 5
+#define MMS_FIXED_LOCKS 7
 
 MmsShared  *mms_shared = NULL;
 
@@ -50,6 +50,8 @@ mms_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(shared_size());
 	RequestAddinShmemSpace(mms_stats_shmem_size());
+	RequestAddinShmemSpace(mms_quota_shmem_size());
+	RequestAddinShmemSpace(mms_usage_shmem_size());
 	RequestNamedLWLockTranche("mms", MMS_FIXED_LOCKS + MMS_MAX_SERVED);
 }
 
@@ -74,6 +76,8 @@ mms_shmem_startup(void)
 		mms_shared->slots_lock = &locks[2].lock;
 		mms_shared->events_lock = &locks[3].lock;
 		mms_shared->stats_lock = &locks[4].lock;
+		mms_shared->quota_lock = &locks[5].lock;
+		mms_shared->usage_lock = &locks[6].lock;
 		mms_shared->queue_locks = &locks[MMS_FIXED_LOCKS].lock;
 		ConditionVariableInit(&mms_shared->cv);
 		mms_shared->launcher_procno = -1;
@@ -90,6 +94,8 @@ mms_shmem_startup(void)
 			mms_shared->workers[i].procno = -1;
 	}
 	mms_stats_shmem_init();
+	mms_quota_shmem_init();
+	mms_usage_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -1,0 +1,134 @@
+-- mms--0.2.0--0.3.0.sql — ALTER EXTENSION mms UPDATE from 0.2.0: the result
+-- is what mms--0.3.0.sql installs (test/pg/t_upgrade.sh compares the two).
+-- Tenancy: quotas, usage metering and the audit log are new objects; nothing
+-- that exists changes.
+
+\echo Use "ALTER EXTENSION mms UPDATE TO '0.3.0'" to load this file. \quit
+
+-- ==== tenancy: quotas (src/pg/quota*.c) ====================================
+-- One row per (role, model) limit; role 0 (role_name NULL) is PUBLIC, the
+-- default for everyone; model NULL covers every model. Roles are bound as in
+-- model_grants (oid, name and cluster; mms.restore_quota_role on restore).
+-- Only mms_set_quota and mms_drop_quota write it: they also tell every
+-- backend to drop its cached limits (a relcache invalidation, replayed on
+-- standbys too).
+CREATE TABLE mms.role_quotas (
+    role                oid NOT NULL,
+    role_name           name,
+    roles_cluster       bigint NOT NULL DEFAULT mms.cluster_id(),
+    model               text,
+    requests_per_minute integer CHECK (requests_per_minute > 0),
+    tokens_per_minute   integer CHECK (tokens_per_minute > 0),
+    tokens_per_day      bigint CHECK (tokens_per_day > 0),
+    max_concurrent      integer CHECK (max_concurrent > 0),
+    weight              integer CHECK (weight BETWEEN 1 AND 1000),
+    set_at              timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    UNIQUE NULLS NOT DISTINCT (role, model)
+);
+SELECT pg_catalog.pg_extension_config_dump('mms.role_quotas', '');
+
+CREATE FUNCTION mms.restore_quota_role() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r oid;
+BEGIN
+    IF NEW.role_name IS NULL THEN
+        NEW.role := 0;
+    ELSE
+        r := mms.bind_role(NEW.role, NEW.role_name,
+                           NEW.roles_cluster IS NOT DISTINCT FROM mms.cluster_id());
+        IF r IS NULL THEN
+            RAISE WARNING 'quota of role "%" not restored: the role does not exist', NEW.role_name;
+            RETURN NULL;
+        END IF;
+        NEW.role := r;
+        NEW.role_name := (SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid = r);
+    END IF;
+    NEW.roles_cluster := mms.cluster_id();
+    RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION mms.restore_quota_role() FROM PUBLIC;
+CREATE TRIGGER restore_roles BEFORE INSERT ON mms.role_quotas
+    FOR EACH ROW EXECUTE FUNCTION mms.restore_quota_role();
+
+CREATE VIEW mms.quotas AS
+SELECT CASE WHEN q.role OPERATOR(pg_catalog.=) 0::oid THEN 'public'
+            ELSE q.role::regrole::text END AS role,
+       q.model,
+       q.requests_per_minute,
+       q.tokens_per_minute,
+       q.tokens_per_day,
+       q.max_concurrent,
+       coalesce(q.weight, 1) AS weight,
+       q.set_at
+FROM mms.role_quotas q;
+COMMENT ON VIEW mms.quotas IS
+    'per-role limits on inference (mms_set_quota); the most specific row applies: role and model, role, public and model, public';
+
+CREATE FUNCTION mms_set_quota(role text, model text DEFAULT NULL,
+                              requests_per_minute integer DEFAULT NULL,
+                              tokens_per_minute integer DEFAULT NULL,
+                              tokens_per_day bigint DEFAULT NULL,
+                              max_concurrent integer DEFAULT NULL,
+                              weight integer DEFAULT NULL)
+    RETURNS mms.quotas
+    AS 'MODULE_PATHNAME', 'mms_set_quota'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_set_quota(text, text, integer, integer, bigint, integer, integer) IS
+    'sets the limits of a role (or ''public'') on a model (NULL: every model); NULL is unlimited; returns the row';
+
+CREATE FUNCTION mms_drop_quota(role text, model text DEFAULT NULL) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'mms_drop_quota'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_drop_quota(text, text) IS
+    'removes a quota row; false if there was none';
+
+CREATE FUNCTION mms_quota_status(model text DEFAULT NULL,
+    OUT model text, OUT quota_role text, OUT quota_model text,
+    OUT limit_name text, OUT "limit" bigint, OUT remaining bigint, OUT reset_seconds float8)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'mms_quota_status'
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION mms_quota_status(text) IS
+    'for the calling role: each limit that applies to the model (NULL: every model it has a quota on), what remains now and in how many seconds it is whole again';
+
+-- ==== tenancy: usage metering (src/pg/usage*.c) ============================
+-- Counted in shared memory by the calling backends, written here by the
+-- launcher's flush every mms.usage_flush_interval (added to the hour's row).
+CREATE TABLE mms.usage (
+    hour            timestamptz NOT NULL,
+    role            oid NOT NULL,
+    role_name       name NOT NULL,
+    database        name NOT NULL,
+    model           text NOT NULL,
+    version         integer NOT NULL,
+    calls           bigint NOT NULL DEFAULT 0,
+    input_tokens    bigint NOT NULL DEFAULT 0,
+    output_tokens   bigint NOT NULL DEFAULT 0,
+    compute_ms      float8 NOT NULL DEFAULT 0,
+    queue_ms        float8 NOT NULL DEFAULT 0,
+    errors          bigint NOT NULL DEFAULT 0,
+    cancels         bigint NOT NULL DEFAULT 0,
+    rejections      bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, role, database, model, version)
+);
+SELECT pg_catalog.pg_extension_config_dump('mms.usage', '');
+
+-- ==== tenancy: audit log (src/pg/audit.c) ==================================
+-- Written by the registry functions in the same transaction as the change.
+CREATE TABLE mms.audit_log (
+    id              bigserial PRIMARY KEY,
+    at              timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    role            name NOT NULL,
+    action          text NOT NULL,
+    model           text,
+    detail          jsonb NOT NULL DEFAULT '{}'
+);
+SELECT pg_catalog.pg_extension_config_dump('mms.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('mms.audit_log_id_seq', '');
+
+REVOKE ALL ON mms.role_quotas, mms.usage, mms.audit_log FROM PUBLIC;
+REVOKE ALL ON SEQUENCE mms.audit_log_id_seq FROM PUBLIC;
+GRANT SELECT ON mms.quotas TO PUBLIC;
+GRANT SELECT ON mms.audit_log TO mms_admin;
