@@ -270,6 +270,7 @@ static void
 account(MmsRequestSet *rs, Req *r, TimestampTz queued, TimestampTz started)
 {
 	MmsStatCounts *c = &rs->counts;
+	TimestampTz now = GetCurrentTimestamp();
 
 	c->calls++;
 	c->input_tokens += r->n_input;
@@ -279,9 +280,11 @@ account(MmsRequestSet *rs, Req *r, TimestampTz queued, TimestampTz started)
 		c->cancels++;
 	else
 		c->errors++;
-	c->total_ms += (double) (GetCurrentTimestamp() - rs->t0) / 1000.0;
+	c->total_ms += (double) (now - rs->t0) / 1000.0;
 	if (started > queued)
 		c->queue_ms += (double) (started - queued) / 1000.0;
+	if (started > 0 && now > started)
+		c->compute_ms += (double) (now - started) / 1000.0;
 }
 
 /*
@@ -383,6 +386,7 @@ flush_stats(MmsRequestSet *rs)
 	k.roleid = GetUserId();
 	k.model_id = rs->model.id;
 	mms_stats_add(&k, rs->model.name, rs->model.version, rs->model.sha256, &rs->counts);
+	mms_usage_add(k.dboid, k.roleid, &rs->model, &rs->counts);
 	memset(&rs->counts, 0, sizeof(rs->counts));
 }
 
