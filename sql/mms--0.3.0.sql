@@ -509,12 +509,16 @@ COMMENT ON FUNCTION mms_quota_status(text) IS
     'for the calling role: each limit that applies to the model (NULL: every model it has a quota on), what remains now and in how many seconds it is whole again';
 
 -- ==== tenancy: usage metering (src/pg/usage*.c) ============================
--- Counted in shared memory by the calling backends, written here by the
--- launcher's flush every mms.usage_flush_interval (added to the hour's row).
+-- Counted in shared memory by the calling backends, written here by a flush
+-- process the launcher starts every mms.usage_flush_interval (added to the
+-- hour's row; mms_usage_flush() asks for one now). Each database's table
+-- holds that database's usage. Roles are bound as in model_grants (oid, name
+-- and cluster): a row restored into another cluster finds its role by name.
 CREATE TABLE mms.usage (
     hour            timestamptz NOT NULL,
-    role            oid NOT NULL,
+    role            oid NOT NULL,               -- 0: a restored row whose role does not exist here
     role_name       name NOT NULL,
+    roles_cluster   bigint NOT NULL DEFAULT mms.cluster_id(),
     database        name NOT NULL,
     model           text NOT NULL,
     version         integer NOT NULL,
@@ -529,6 +533,87 @@ CREATE TABLE mms.usage (
     PRIMARY KEY (hour, role, database, model, version)
 );
 SELECT pg_catalog.pg_extension_config_dump('mms.usage', '');
+COMMENT ON TABLE mms.usage IS
+    'inference usage per hour, role and model version: calls, tokens, time, errors, cancels, quota rejections; each role reads its own rows, mms_admin all';
+
+-- A role whose row comes from another cluster and does not exist here
+-- becomes role 0 (seen by mms_admin only), such rows of one hour merged.
+CREATE FUNCTION mms.restore_usage_role() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    NEW.role := coalesce(mms.bind_role(NEW.role, NEW.role_name, false), 0::oid);
+    NEW.roles_cluster := mms.cluster_id();
+    IF NEW.role = 0::oid THEN
+        UPDATE mms.usage u
+        SET calls = u.calls + NEW.calls, input_tokens = u.input_tokens + NEW.input_tokens,
+            output_tokens = u.output_tokens + NEW.output_tokens,
+            compute_ms = u.compute_ms + NEW.compute_ms, queue_ms = u.queue_ms + NEW.queue_ms,
+            errors = u.errors + NEW.errors, cancels = u.cancels + NEW.cancels,
+            rejections = u.rejections + NEW.rejections
+        WHERE u.hour = NEW.hour AND u.role = 0::oid AND u.database = NEW.database
+          AND u.model = NEW.model AND u.version = NEW.version;
+        IF FOUND THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION mms.restore_usage_role() FROM PUBLIC;
+CREATE TRIGGER restore_roles BEFORE INSERT ON mms.usage
+    FOR EACH ROW WHEN (NEW.roles_cluster IS DISTINCT FROM mms.cluster_id())
+    EXECUTE FUNCTION mms.restore_usage_role();
+
+-- Who sees what: a role its own usage, superusers and mms_admin all of it.
+CREATE FUNCTION mms.usage_visible(role oid) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'mms_usage_visible'
+    LANGUAGE C STRICT STABLE PARALLEL SAFE;
+ALTER TABLE mms.usage ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_usage ON mms.usage FOR SELECT USING (mms.usage_visible(role));
+
+-- This database's usage still in shared memory (on a hot standby, all of it).
+CREATE FUNCTION mms.usage_pending_rows(
+    OUT hour timestamptz, OUT role oid, OUT role_name name, OUT database name,
+    OUT model text, OUT version integer, OUT calls bigint, OUT input_tokens bigint,
+    OUT output_tokens bigint, OUT compute_ms float8, OUT queue_ms float8,
+    OUT errors bigint, OUT cancels bigint, OUT rejections bigint)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'mms_usage_pending_rows'
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+-- As the reader (security_invoker): the row policy of mms.usage applies.
+CREATE VIEW mms.usage_summary WITH (security_invoker = true) AS
+SELECT u.hour::pg_catalog.date AS day,
+       pg_catalog.max(u.role_name::text) AS role,
+       u.database::text AS database,
+       u.model,
+       u.version,
+       pg_catalog.sum(u.calls)::bigint AS calls,
+       pg_catalog.sum(u.input_tokens)::bigint AS input_tokens,
+       pg_catalog.sum(u.output_tokens)::bigint AS output_tokens,
+       pg_catalog.sum(u.compute_ms) AS compute_ms,
+       pg_catalog.sum(u.queue_ms) AS queue_ms,
+       pg_catalog.sum(u.errors)::bigint AS errors,
+       pg_catalog.sum(u.cancels)::bigint AS cancels,
+       pg_catalog.sum(u.rejections)::bigint AS rejections
+FROM (SELECT t.hour, t.role, t.role_name, t.database, t.model, t.version, t.calls,
+             t.input_tokens, t.output_tokens, t.compute_ms, t.queue_ms, t.errors,
+             t.cancels, t.rejections
+      FROM mms.usage t
+      UNION ALL
+      SELECT p.hour, p.role, p.role_name, p.database, p.model, p.version, p.calls,
+             p.input_tokens, p.output_tokens, p.compute_ms, p.queue_ms, p.errors,
+             p.cancels, p.rejections
+      FROM mms.usage_pending_rows() p) u
+GROUP BY 1, u.role, u.database, u.model, u.version;
+COMMENT ON VIEW mms.usage_summary IS
+    'usage per day (in the session''s time zone), role and model version, including what is not yet flushed into mms.usage';
+
+CREATE FUNCTION mms_usage_flush(timeout_ms integer DEFAULT 60000) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'mms_usage_flush'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_usage_flush(integer) IS
+    'writes the usage this database counted so far into mms.usage now (mms_admin); false if that took longer than timeout_ms';
 
 -- ==== tenancy: audit log (src/pg/audit.c) ==================================
 -- Written by the registry functions in the same transaction as the change.
@@ -547,3 +632,5 @@ REVOKE ALL ON mms.role_quotas, mms.usage, mms.audit_log FROM PUBLIC;
 REVOKE ALL ON SEQUENCE mms.audit_log_id_seq FROM PUBLIC;
 GRANT SELECT ON mms.quotas TO PUBLIC;
 GRANT SELECT ON mms.audit_log TO mms_admin;
+-- usage metering: everyone reads mms.usage, its row policy shows each role its own rows
+GRANT SELECT ON mms.usage, mms.usage_summary TO PUBLIC;

@@ -136,6 +136,28 @@ mms_role_name_datum(Oid roleid)
 	return DirectFunctionCall1(namein, CStringGetDatum(GetUserNameFromId(roleid, false)));
 }
 
+/*
+ * 'public' is PUBLIC (InvalidOid); anything else a role name, matched
+ * exactly. As in has_table_privilege(): a role named "Public" is that role,
+ * not everyone (no role can be named "public").
+ */
+Oid
+mms_role_or_public(const char *role)
+{
+	Oid			roleid;
+
+	if (strcmp(role, "public") == 0)
+		return InvalidOid;
+	roleid = get_role_oid(role, true);
+	if (!OidIsValid(roleid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role \"%s\" does not exist", role),
+				 pg_strcasecmp(role, "public") == 0 ?
+				 errhint("Write 'public', in lower case, for every role.") : 0));
+	return roleid;
+}
+
 bool
 mms_is_admin(Oid roleid)
 {

@@ -90,6 +90,38 @@ lock_settings_spi(const char *name)
 	return pool;
 }
 
+/*
+ * The audit row of a configuration: the settings the call gave, with the
+ * values they now have. A call that gives none changes nothing and is not
+ * logged.
+ */
+static void
+audit_configure(const MmsCatalogSession *s, FunctionCallInfo fcinfo, const char *name,
+				const Oid *types, const Datum *values)
+{
+	static const char *const keys[N_ARGS] = {
+		[ARG_MIN_WORKERS] = "min_workers",
+		[ARG_MAX_WORKERS] = "max_workers",
+		[ARG_PINNED] = "pinned",
+		[ARG_PRIORITY] = "priority",
+	};
+	MmsAuditField d[N_ARGS];
+	int			n = 0;
+
+	for (int i = ARG_MODEL + 1; i < N_ARGS; i++)
+	{
+		if (PG_ARGISNULL(i))
+			continue;
+		d[n].key = keys[i];
+		d[n].type = types[i];
+		d[n].value = values[i];
+		d[n].isnull = false;
+		n++;
+	}
+	if (n > 0)
+		mms_audit(s, "configure", name, d, n);
+}
+
 PG_FUNCTION_INFO_V1(mms_configure);
 
 /*
@@ -150,6 +182,7 @@ mms_configure(PG_FUNCTION_ARGS)
 	mms_spi_exec("UPDATE mms.model_pool_settings p SET min_workers = $2, max_workers = $3,"
 				 " pinned = $4, priority = $5 WHERE p.name OPERATOR(pg_catalog.=) $1",
 				 N_ARGS, t, v, NULL, SPI_OK_UPDATE);
+	audit_configure(&s, fcinfo, name, t, v);
 	mms_catalog_leave(&s);
 	mms_registry_generation++;
 	/* served models of the name take them when (and only if) this commits */

@@ -6,8 +6,10 @@
  * themselves when idle), makes room for a model whose requests have no
  * worker by draining one of a busy model, reaps workers that died, and at
  * start reads every database's pinned models. Each decision is an event
- * (mms.events, and a LOG line). It connects to no database, so it blocks
- * none; it reads pg_database only.
+ * (mms.events, and a LOG line). Every mms.usage_flush_interval (sooner when
+ * asked) it starts a flush process for each database with usage to write,
+ * one at a time. It connects to no database, so it blocks none; it reads
+ * pg_database only.
  */
 #include "postgres.h"
 
@@ -18,6 +20,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -38,6 +41,9 @@
 
 static BackgroundWorkerHandle *handles[MMS_WORKER_SLOTS];
 static List *scan_todo = NIL;	/* databases whose pinned models are still to read */
+static List *usage_todo = NIL;	/* databases whose usage this round still has to write */
+static TimestampTz usage_round_at = 0;	/* start of the last round of usage flushes */
+static uint64 usage_dropped_seen = 0;
 
 void
 mms_launcher_register(void)
@@ -78,7 +84,8 @@ launcher_exit(int code, Datum arg)
 static const char *
 kind_name(MmsWorkerKind k)
 {
-	return k == MMS_WK_LOADER ? "mms loader" : k == MMS_WK_SCAN ? "mms scan" : "mms worker";
+	return k == MMS_WK_LOADER ? "mms loader" : k == MMS_WK_SCAN ? "mms scan" :
+		k == MMS_WK_USAGE ? "mms usage flush" : "mms worker";
 }
 
 /*
@@ -97,11 +104,12 @@ launch(int i, const MmsWorker *w, const char *what, bool sole)
 	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	bgw.bgw_start_time = BgWorkerStart_ConsistentState;
 	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	/* the only library that links OpenBLAS, loaded by these processes alone */
-	strlcpy(bgw.bgw_library_name, "mms_worker", BGW_MAXLEN);
+	/* the only library that links OpenBLAS, loaded by these processes alone; a flush needs no engine */
+	strlcpy(bgw.bgw_library_name, w->kind == MMS_WK_USAGE ? "mms" : "mms_worker", BGW_MAXLEN);
 	strlcpy(bgw.bgw_function_name,
 			w->kind == MMS_WK_LOADER ? "mms_loader_main" :
-			w->kind == MMS_WK_SCAN ? "mms_scan_main" : "mms_worker_main", BGW_MAXLEN);
+			w->kind == MMS_WK_SCAN ? "mms_scan_main" :
+			w->kind == MMS_WK_USAGE ? "mms_usage_flush_main" : "mms_worker_main", BGW_MAXLEN);
 	snprintf(bgw.bgw_name, BGW_MAXLEN, "%s for %s", kind_name(w->kind), what);
 	strlcpy(bgw.bgw_type, kind_name(w->kind), BGW_MAXLEN);
 	bgw.bgw_main_arg = Int32GetDatum(i);
@@ -228,6 +236,51 @@ scan_next(const MmsWorker *ws)
 		return;
 	scan_todo = list_delete_first(scan_todo);
 	(void) launch(i, &w, "pinned models", false);
+}
+
+/*
+ * Usage: a round every mms.usage_flush_interval, or at once when asked
+ * (mms_usage_flush(), or the shared table filling up), writes the usage of
+ * every database that has some due, one flush process at a time. A hot
+ * standby writes none: its usage stays in shared memory.
+ */
+static void
+usage_next(const MmsWorker *ws)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		dropped = mms_usage_dropped();
+	bool		force = false;
+	MmsWorker	w;
+	int			i;
+
+	if (dropped > usage_dropped_seen)
+	{
+		ereport(WARNING,
+				(errmsg("mms: " UINT64_FORMAT " rows of usage were dropped to make room", dropped - usage_dropped_seen),
+				 errhint("Raise mms.max_usage_entries, or look in the server log for why usage is not flushed.")));
+		usage_dropped_seen = dropped;
+	}
+	if (RecoveryInProgress())
+		return;
+	for (i = 0; i < MMS_WORKER_SLOTS; i++)
+		if (ws[i].kind == MMS_WK_USAGE && ws[i].state != MMS_W_FREE)
+			return;
+	if (usage_todo == NIL &&
+		(mms_usage_take_flush_request(&force) ||
+		 now - usage_round_at >= (int64) mms_usage_flush_interval_ms * 1000))
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		usage_todo = mms_usage_due_databases(force);
+		MemoryContextSwitchTo(old);
+		usage_round_at = now;
+	}
+	if (usage_todo == NIL)
+		return;
+	if ((i = mms_workers_request(MMS_WK_USAGE, -1, 0, linitial_oid(usage_todo), &w)) < 0)
+		return;
+	usage_todo = list_delete_first(usage_todo);
+	(void) launch(i, &w, "usage", false);
 }
 
 /* What the launcher knows of one served model in a pass. */
@@ -447,6 +500,7 @@ launcher_pass(void)
 	mms_workers_snapshot(ws);
 	reap(ws, dir);
 	scan_next(ws);
+	usage_next(ws);
 	decide(ws, dir);
 	pfree(ws);
 	pfree(dir);
@@ -465,7 +519,7 @@ next_tick(void)
 		if (q > 0)
 			return Max(10L, Min(100L, mms_pool_upscale_wait_ms / 4));
 	}
-	return scan_todo != NIL ? 100L : 1000L;
+	return scan_todo != NIL || usage_todo != NIL ? 100L : 1000L;
 }
 
 void
@@ -551,4 +605,7 @@ mms_forget_models(Oid dboid, int64 model_id)
 		return;
 	mms_served_forget(dboid, model_id);
 	mms_stats_forget(dboid, model_id);
+	/* the whole database or its registry is gone, and its mms.usage with it */
+	if (model_id == 0)
+		mms_usage_forget_database(dboid);
 }

@@ -75,8 +75,26 @@ mms_unregister(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("model \"%s:%d\" was unregistered concurrently", m.name, m.version)));
+	{
+		MmsAuditField d[] = {{"version", INT4OID, Int32GetDatum(m.version)}};
+
+		mms_audit(&s, "unregister", m.name, d, lengthof(d));
+	}
 	mms_catalog_leave(&s);
 	PG_RETURN_INT32(m.version);
+}
+
+/* The audit row of an alias change: the alias and the version it names (or named). */
+static void
+audit_alias(const MmsCatalogSession *s, const char *action, const char *name,
+			const char *alias, int32 version)
+{
+	MmsAuditField d[] = {
+		{"alias", TEXTOID, CStringGetTextDatum(alias)},
+		{"version", INT4OID, Int32GetDatum(version)},
+	};
+
+	mms_audit(s, action, name, d, lengthof(d));
 }
 
 PG_FUNCTION_INFO_V1(mms_set_alias);
@@ -118,6 +136,7 @@ mms_set_alias(PG_FUNCTION_ARGS)
 	mms_spi_exec("INSERT INTO mms.model_aliases AS a (name, alias, version) VALUES ($1, $2, $3)"
 				 " ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version",
 				 3, t, v, NULL, SPI_OK_INSERT);
+	audit_alias(&s, "set_alias", name, alias, version);
 	mms_catalog_leave(&s);
 	mms_registry_generation++;
 	PG_RETURN_VOID();
@@ -141,8 +160,16 @@ mms_drop_alias(PG_FUNCTION_ARGS)
 	v[0] = CStringGetTextDatum(name);
 	v[1] = CStringGetTextDatum(alias);
 	n = mms_spi_exec("DELETE FROM mms.model_aliases a WHERE a.name OPERATOR(pg_catalog.=) $1"
-					 " AND a.alias OPERATOR(pg_catalog.=) $2",
-					 2, t, v, NULL, SPI_OK_DELETE);
+					 " AND a.alias OPERATOR(pg_catalog.=) $2 RETURNING a.version",
+					 2, t, v, NULL, SPI_OK_DELETE_RETURNING);
+	if (n > 0)
+	{
+		bool		isnull;
+		int32		version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+
+		audit_alias(&s, "drop_alias", name, alias, version);
+	}
 	mms_catalog_leave(&s);
 	if (n == 0)
 	{
@@ -180,27 +207,17 @@ grant_model_name(FunctionCallInfo fcinfo)
 }
 
 /*
- * 'public' is PUBLIC, stored as role 0; anything else a role name, matched
- * exactly. As in has_table_privilege(): a role named "Public" is that role,
- * not everyone (no role can be named "public").
+ * The audit row of a grant or revoke that changed something (granting twice
+ * or revoking nothing is not logged): the grantee as given, 'public' or the
+ * role's name.
  */
-static Oid
-grantee_oid(FunctionCallInfo fcinfo)
+static void
+audit_grant(const MmsCatalogSession *s, const char *action, const char *name,
+			const char *grantee)
 {
-	char	   *role = required_text(fcinfo, 1, "role");
+	MmsAuditField d[] = {{"grantee", TEXTOID, CStringGetTextDatum(grantee)}};
 
-	Oid			roleid;
-
-	if (strcmp(role, "public") == 0)
-		return InvalidOid;
-	roleid = get_role_oid(role, true);
-	if (!OidIsValid(roleid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("role \"%s\" does not exist", role),
-				 pg_strcasecmp(role, "public") == 0 ?
-				 errhint("Write 'public', in lower case, for every role.") : 0));
-	return roleid;
+	mms_audit(s, action, name, d, lengthof(d));
 }
 
 PG_FUNCTION_INFO_V1(mms_grant);
@@ -212,6 +229,7 @@ mms_grant(PG_FUNCTION_ARGS)
 	char	   *name;
 	Oid			grantee;
 	Oid			grantor = GetUserId();
+	char	   *role;
 	MmsCatalogSession s;
 	Oid			t[5] = {TEXTOID, OIDOID, NAMEOID, OIDOID, NAMEOID};
 	Datum		v[5];
@@ -219,7 +237,9 @@ mms_grant(PG_FUNCTION_ARGS)
 
 	mms_require_admin("grant the use of models");
 	name = grant_model_name(fcinfo);
-	grantee = grantee_oid(fcinfo);
+	role = required_text(fcinfo, 1, "role");
+	/* 'public' (lower case) is PUBLIC, stored as role 0; other names match exactly */
+	grantee = mms_role_or_public(role);
 	v[0] = CStringGetTextDatum(name);
 	v[1] = ObjectIdGetDatum(grantee);
 	if (OidIsValid(grantee))
@@ -229,9 +249,10 @@ mms_grant(PG_FUNCTION_ARGS)
 	v[3] = ObjectIdGetDatum(grantor);
 	v[4] = mms_role_name_datum(grantor);
 	mms_catalog_enter(&s);
-	mms_spi_exec("INSERT INTO mms.model_grants (name, grantee, grantee_name, grantor, grantor_name)"
-				 " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, grantee) DO NOTHING",
-				 5, t, v, nulls, SPI_OK_INSERT);
+	if (mms_spi_exec("INSERT INTO mms.model_grants (name, grantee, grantee_name, grantor, grantor_name)"
+					 " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name, grantee) DO NOTHING",
+					 5, t, v, nulls, SPI_OK_INSERT) > 0)
+		audit_grant(&s, "grant", name, role);
 	mms_catalog_leave(&s);
 	mms_registry_generation++;
 	PG_RETURN_VOID();
@@ -261,6 +282,8 @@ revoke_dropped_role(const char *name, const char *role)
 					 " AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r"
 					 " WHERE r.oid OPERATOR(pg_catalog.=) g.grantee)",
 					 2, t, v, NULL, SPI_OK_DELETE);
+	if (n > 0)
+		audit_grant(&s, "revoke", name, role);
 	mms_catalog_leave(&s);
 	return n;
 }
@@ -285,13 +308,14 @@ mms_revoke(PG_FUNCTION_ARGS)
 		mms_registry_generation++;
 		PG_RETURN_VOID();
 	}
-	grantee = grantee_oid(fcinfo);
+	grantee = mms_role_or_public(role);
 	mms_catalog_enter(&s);
 	v[0] = CStringGetTextDatum(name);
 	v[1] = ObjectIdGetDatum(grantee);
-	mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.name OPERATOR(pg_catalog.=) $1"
-				 " AND g.grantee OPERATOR(pg_catalog.=) $2",
-				 2, t, v, NULL, SPI_OK_DELETE);
+	if (mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.name OPERATOR(pg_catalog.=) $1"
+					 " AND g.grantee OPERATOR(pg_catalog.=) $2",
+					 2, t, v, NULL, SPI_OK_DELETE) > 0)
+		audit_grant(&s, "revoke", name, role);
 	mms_catalog_leave(&s);
 	mms_registry_generation++;
 	PG_RETURN_VOID();

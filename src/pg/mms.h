@@ -59,6 +59,8 @@ extern uint64 mms_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *val
 /* A role's current name as a name Datum (palloc'd); ERROR if it does not exist. */
 extern Datum mms_role_name_datum(Oid roleid);
 
+/* A role argument: 'public' is InvalidOid, else an existing role (ERROR if none). */
+extern Oid	mms_role_or_public(const char *role);
 extern bool mms_is_admin(Oid roleid);
 extern void mms_require_admin(const char *action);
 extern void mms_check_name(const char *name, const char *what);
@@ -69,6 +71,24 @@ extern int32 mms_parse_version(const char *text);
  * here, so per-query caches notice changes made earlier in the same statement.
  */
 extern uint64 mms_registry_generation;
+
+/* ---- audit.c: mms.audit_log ---- */
+
+/* One key of an audit row's detail object: a value of SQL type type, or JSON null. */
+typedef struct MmsAuditField
+{
+	const char *key;
+	Oid			type;			/* INT4OID, INT8OID, TEXTOID, BOOLOID, ... */
+	Datum		value;
+	bool		isnull;
+} MmsAuditField;
+
+/*
+ * In an entered catalog session: logs that s->caller did action (a lowercase
+ * verb) to model (NULL: none), detail = {key: value, ...} of fields[0..n).
+ */
+extern void mms_audit(const MmsCatalogSession *s, const char *action, const char *model,
+					  const MmsAuditField *fields, int n_fields);
 
 /* ---- manage.c ---- */
 

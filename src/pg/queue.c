@@ -10,9 +10,15 @@
  * marks running requests ABANDONED; the worker cancels them and frees the
  * slot. Each queue has its own lock, so models do not contend.
  *
- * The order of service is decided in take(): first come, first served today.
- * This is the seam for weighted fair queueing between roles (each slot says
- * who asked: roleid, dboid).
+ * The order of service is weighted fair queueing between roles, by tokens: a
+ * request's cost is its input plus the output it may produce, and its
+ * virtual finish time is the later of the queue's virtual time and its role's
+ * last queued request's finish, plus cost / weight. The queue is kept sorted
+ * by it, so a worker takes from the head: roles are served in proportion to
+ * their weights, FIFO within a role, and a role with nothing queued starts at
+ * the queue's virtual time (no credit saved up while idle). Workers still
+ * take many requests per step, whoever they belong to: fairness decides the
+ * order, not the batch.
  */
 #include "postgres.h"
 
@@ -100,6 +106,51 @@ unlink_slot(int served, int i)
 	mms_shared->q_queued[served]--;
 }
 
+/* Queue lock held: inserts slot i after prev (-1: at the head). */
+static void
+link_after(int served, int prev, int i)
+{
+	MmsSlot    *s = mms_slot(i);
+
+	s->prev = prev;
+	s->next = prev >= 0 ? mms_slot(prev)->next : mms_shared->q_head[served];
+	if (prev >= 0)
+		mms_slot(prev)->next = i;
+	else
+		mms_shared->q_head[served] = i;
+	if (s->next >= 0)
+		mms_slot(s->next)->prev = i;
+	else
+		mms_shared->q_tail[served] = i;
+	mms_shared->q_queued[served]++;
+}
+
+/*
+ * Queue lock held: the slot's virtual finish time, and the queued slot it goes
+ * after (-1: the head). Both walk from the tail, where a backlogged role's
+ * requests are, so the usual insert is short.
+ */
+static int
+fair_position(int served, MmsSlot *s)
+{
+	double		start = mms_shared->q_vtime[served];
+	double		cost = s->n_input + (s->kind == MMS_REQ_SCORE ? s->n_target : s->opts.max_new_tokens);
+	int			j;
+
+	for (j = mms_shared->q_tail[served]; j >= 0; j = mms_slot(j)->prev)
+		if (mms_slot(j)->roleid == s->roleid)
+		{
+			start = Max(start, mms_slot(j)->vfinish);
+			break;
+		}
+	s->vfinish = start + Max(1.0, cost) / Max(1, s->weight);
+	/* after every request that finishes no later: FIFO among equals */
+	for (j = mms_shared->q_tail[served]; j >= 0; j = mms_slot(j)->prev)
+		if (mms_slot(j)->vfinish <= s->vfinish)
+			break;
+	return j;
+}
+
 int
 mms_queue_submit(int slot, int served, uint32 served_gen)
 {
@@ -114,14 +165,8 @@ mms_queue_submit(int slot, int served, uint32 served_gen)
 	s->t_started = 0;
 	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
 	s->t_queued = GetCurrentTimestamp();
-	s->prev = mms_shared->q_tail[served];
-	s->next = -1;
-	if (s->prev >= 0)
-		mms_slot(s->prev)->next = slot;
-	else
-		mms_shared->q_head[served] = slot;
-	mms_shared->q_tail[served] = slot;
-	n = ++mms_shared->q_queued[served];
+	link_after(served, fair_position(served, s), slot);
+	n = mms_shared->q_queued[served];
 	s->state = MMS_SLOT_QUEUED;
 	LWLockRelease(qlock(served));
 	return n;
@@ -199,6 +244,8 @@ mms_queue_take(int served, int worker, int max, int *out)
 		MmsSlot    *s = mms_slot(i);
 
 		unlink_slot(served, i);
+		/* the queue's virtual time: the finish time of what was served last */
+		mms_shared->q_vtime[served] = Max(mms_shared->q_vtime[served], s->vfinish);
 		s->state = MMS_SLOT_RUNNING;
 		s->runner = worker;
 		s->t_started = now;
@@ -352,6 +399,12 @@ mms_queue_depth(int served, int *queued, int *running, TimestampTz *oldest)
 	*queued = mms_shared->q_queued[served];
 	*running = mms_shared->q_running[served];
 	if (oldest)
-		*oldest = mms_shared->q_head[served] >= 0 ? mms_slot(mms_shared->q_head[served])->t_queued : 0;
+	{
+		/* fair order is not arrival order: the oldest may be anywhere */
+		*oldest = 0;
+		for (int j = mms_shared->q_head[served]; j >= 0; j = mms_slot(j)->next)
+			if (*oldest == 0 || mms_slot(j)->t_queued < *oldest)
+				*oldest = mms_slot(j)->t_queued;
+	}
 	LWLockRelease(qlock(served));
 }

@@ -25,6 +25,7 @@ typedef struct RegisterArgs
 	int32		version;		/* 0 = next free */
 	char	   *author;
 	char	   *description;
+	char	   *path;			/* mms_import's server file; NULL for mms_register */
 } RegisterArgs;
 
 static char *
@@ -52,6 +53,7 @@ read_args(FunctionCallInfo fcinfo, RegisterArgs *a, const char *source_what)
 	a->version = version ? mms_parse_version(version) : 0;
 	a->author = opt_text(fcinfo, 3);
 	a->description = opt_text(fcinfo, 4);
+	a->path = NULL;
 }
 
 /*
@@ -76,6 +78,22 @@ t5_config_jsonb(const MmsT5Config *c)
 					 (int64) c->vocab, (int64) c->context_length,
 					 c->gated ? "gated-gelu" : "relu", c->tied ? "true" : "false");
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(json.data));
+}
+
+/* The audit row of a registration: action import when it came from a server file. */
+static void
+audit_registration(const MmsCatalogSession *s, const RegisterArgs *a, int32 version,
+				   Size size, const char *sha)
+{
+	MmsAuditField d[] = {
+		{"version", INT4OID, Int32GetDatum(version)},
+		{"sha256", TEXTOID, CStringGetTextDatum(sha)},
+		{"size_bytes", INT8OID, Int64GetDatum((int64) size)},
+		{"path", TEXTOID, a->path ? CStringGetTextDatum(a->path) : (Datum) 0},
+	};
+
+	/* path comes last, so that mms_register's rows simply leave it out */
+	mms_audit(s, a->path ? "import" : "register", a->name, d, a->path ? 4 : 3);
 }
 
 /* Validates the file, stores the copy and inserts the row; returns the version. */
@@ -177,6 +195,7 @@ register_buffer(const RegisterArgs *a, const char *buf, Size size, const char *s
 					 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
 					 15, t, v, n, SPI_OK_INSERT);
 	}
+	audit_registration(&s, a, version, size, sha);
 	mms_catalog_leave(&s);
 	mms_registry_generation++;
 	return version;
@@ -228,6 +247,7 @@ mms_import(PG_FUNCTION_ARGS)
 				 errhint("Only superusers and roles with privileges of \"pg_read_server_files\" may import server files; others can use \\lo_import and mms_register().")));
 	path = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	canonicalize_path(path);
+	a.path = path;
 	buf = mms_file_read_all(path, &size, sha);
 	version = register_buffer(&a, buf, size, sha);
 	pfree(buf);

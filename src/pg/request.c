@@ -10,8 +10,17 @@
  * or the backend's exit callback abandons them — queued requests are freed,
  * running ones are cancelled by their worker. Results live in the memory
  * context that was current when the set began.
+ *
+ * Tenancy is enforced here, in the calling backend, as the caller: requests
+ * are admitted against the role's quota (quota.c) before any is queued, all
+ * those added so far at once; a backend holds at most
+ * mms.backend_request_share of the slots and a role at most its
+ * max_concurrent, the rest waiting in the backend for its own requests to
+ * finish; what a request was charged and did not use is refunded when it ends.
  */
 #include "postgres.h"
+
+#include <math.h>
 
 #include "lib/ilist.h"
 #include "miscadmin.h"
@@ -33,8 +42,21 @@ typedef struct Req
 	const int32 *target;
 	int32		n_target;
 	int			slot;			/* -1 waiting for a slot; -2 finished */
+	int32		charge;			/* output tokens charged up front (refunded as unused) */
 	MmsResult	res;
 } Req;
+
+/*
+ * A request holding a slot. Kept in TopMemoryContext, with what its release
+ * must give back, because the cleanup after an ERROR cannot read the Reqs.
+ */
+typedef struct Track
+{
+	int			req;
+	int			slot;
+	int32		charge;
+	bool		entered;		/* counted against the role's max_concurrent */
+} Track;
 
 struct MmsRequestSet
 {
@@ -48,11 +70,15 @@ struct MmsRequestSet
 	int			n;
 	int			cap;
 	int			next_unsubmitted;
+	int			next_unadmitted;
 	int			n_open;
-	int		   *inflight;		/* TopMemoryContext: request indexes holding slots */
-	int		   *inflight_slot;
+	Track	   *inflight;		/* TopMemoryContext */
 	int			n_inflight;
 	int			inflight_cap;
+	int64		charged_waiting;	/* output tokens charged to admitted requests without a slot */
+	bool		exempt;			/* superuser: no quota */
+	MmsQuotaLimits limits;
+	MmsQuotaKey qkey;
 	TimestampTz t0;
 	MmsStatCounts counts;
 };
@@ -62,18 +88,31 @@ static bool callbacks_registered = false;
 
 static void flush_stats(MmsRequestSet *rs);
 
+/* A request no longer holds its slot: its role's concurrency and its unused charge go back. */
+static void
+untrack(MmsRequestSet *rs, const Track *t, int32 used)
+{
+	if (t->entered)
+		mms_quota_leave(&rs->qkey);
+	if (t->charge > used)
+		mms_quota_refund(&rs->qkey, t->charge - used);
+}
+
 /* Abandons every slot the set holds and forgets the set (no palloc: may run in abort). */
 static void
 release_set(MmsRequestSet *rs)
 {
 	for (int j = 0; j < rs->n_inflight; j++)
-		if (mms_queue_abandon(rs->inflight_slot[j]))
+	{
+		if (mms_queue_abandon(rs->inflight[j].slot))
 			rs->counts.cancels++, rs->counts.calls++;
+		untrack(rs, &rs->inflight[j], 0);
+	}
 	rs->n_inflight = 0;
+	mms_quota_refund(&rs->qkey, rs->charged_waiting);
 	flush_stats(rs);
 	dlist_delete(&rs->node);
 	pfree(rs->inflight);
-	pfree(rs->inflight_slot);
 	pfree(rs);
 }
 
@@ -119,8 +158,7 @@ mms_requests_begin(const MmsModel *m)
 	}
 	rs = MemoryContextAllocZero(TopMemoryContext, sizeof(MmsRequestSet));
 	rs->inflight_cap = 16;
-	rs->inflight = MemoryContextAlloc(TopMemoryContext, sizeof(int) * rs->inflight_cap);
-	rs->inflight_slot = MemoryContextAlloc(TopMemoryContext, sizeof(int) * rs->inflight_cap);
+	rs->inflight = MemoryContextAlloc(TopMemoryContext, sizeof(Track) * rs->inflight_cap);
 	rs->owner = CurrentResourceOwner;
 	rs->cxt = CurrentMemoryContext;
 	rs->model = *m;
@@ -128,6 +166,10 @@ mms_requests_begin(const MmsModel *m)
 	dlist_push_tail(&open_sets, &rs->node);
 	/* the model's served entry, shared by every database with the same bytes */
 	rs->served = mms_served_acquire(m, MyDatabaseId, &rs->served_gen);
+	/* the caller's quota: looked up once per set (cached by the backend) */
+	rs->exempt = superuser();
+	mms_quota_limits(GetUserId(), m->name, &rs->limits);
+	mms_quota_key(&rs->limits, GetUserId(), &rs->qkey);
 	return rs;
 }
 
@@ -170,8 +212,7 @@ reserve_track(MmsRequestSet *rs)
 	if (rs->n_inflight == rs->inflight_cap)
 	{
 		rs->inflight_cap *= 2;
-		rs->inflight = repalloc(rs->inflight, sizeof(int) * rs->inflight_cap);
-		rs->inflight_slot = repalloc(rs->inflight_slot, sizeof(int) * rs->inflight_cap);
+		rs->inflight = repalloc(rs->inflight, sizeof(Track) * rs->inflight_cap);
 	}
 }
 
@@ -188,6 +229,137 @@ fail_unqueued(MmsRequestSet *rs, Req *r)
 	rs->counts.errors++;
 }
 
+/* Slots this backend holds, all its sets together (mms.backend_request_share). */
+static int
+backend_inflight(void)
+{
+	dlist_iter	it;
+	int			n = 0;
+
+	dlist_foreach(it, &open_sets)
+		n += dlist_container(MmsRequestSet, node, it.cur)->n_inflight;
+	return n;
+}
+
+static int
+backend_share(void)
+{
+	return Max(1, (int) (mms_backend_request_share * mms_shared->n_slots));
+}
+
+/* What a request is charged for its output: all it may produce. */
+static int32
+output_allowance(const Req *r)
+{
+	return r->kind == MMS_REQ_SCORE ? r->n_target : r->opts->max_new_tokens;
+}
+
+static char *
+quota_role_name(void)
+{
+	return GetUserNameFromId(GetUserId(), false);
+}
+
+/*
+ * Over quota: 53400 naming the role, the model and the limit, with when to
+ * retry. The refused requests count as rejections in usage (flushed by the
+ * cleanup this ERROR runs).
+ */
+static void
+refuse(MmsRequestSet *rs, int n, const MmsQuotaRefusal *why)
+{
+	rs->counts.rejections += n;
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("role \"%s\" is over its quota on model \"%s\": %s is " INT64_FORMAT,
+					quota_role_name(), rs->model.name, why->limit, why->limit_value),
+			 errdetail("Retry in %d s.", (int) Max(1, ceil(why->retry_seconds))),
+			 errhint("mms_quota_status() shows what remains.")));
+}
+
+/* A call that no state of the buckets could admit. */
+static void
+refuse_never(MmsRequestSet *rs, int n, int64 tokens, const char *limit, int64 value)
+{
+	rs->counts.rejections += n;
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg_plural("a call of %d request and " INT64_FORMAT " tokens can never fit the quota of role \"%s\" on model \"%s\": %s is " INT64_FORMAT,
+						   "a call of %d requests and " INT64_FORMAT " tokens can never fit the quota of role \"%s\" on model \"%s\": %s is " INT64_FORMAT,
+						   n, n, tokens, quota_role_name(), rs->model.name, limit, value),
+			 errdetail("Each request is charged its input tokens plus max_new_tokens (the target's tokens when scoring) up front."),
+			 errhint("Split the call into smaller ones, or lower max_new_tokens.")));
+}
+
+/*
+ * Charges every request added since the last admission against the role's
+ * buckets, all or nothing: an array call is admitted whole or refused whole.
+ */
+static void
+admit(MmsRequestSet *rs)
+{
+	const MmsQuotaLimits *l = &rs->limits;
+	int			n = rs->n - rs->next_unadmitted;
+	int64		tokens = 0;
+	int64		out = 0;
+	MmsQuotaRefusal why;
+
+	if (n <= 0)
+		return;
+	for (int i = rs->next_unadmitted; i < rs->n; i++)
+	{
+		Req		   *r = &rs->reqs[i];
+
+		r->charge = rs->exempt ? 0 : output_allowance(r);
+		tokens += r->n_input + output_allowance(r);
+		out += r->charge;
+	}
+	if (!rs->exempt)
+	{
+		if (l->requests_per_minute > 0 && n > l->requests_per_minute)
+			refuse_never(rs, n, tokens, "requests_per_minute", l->requests_per_minute);
+		if (l->tokens_per_minute > 0 && tokens > l->tokens_per_minute)
+			refuse_never(rs, n, tokens, "tokens_per_minute", l->tokens_per_minute);
+		if (l->tokens_per_day > 0 && tokens > l->tokens_per_day)
+			refuse_never(rs, n, tokens, "tokens_per_day", l->tokens_per_day);
+		if (!mms_quota_charge(&rs->qkey, l, n, tokens, &why))
+			refuse(rs, n, &why);
+		/* only tokens limits are refunded; without them there is nothing to give back */
+		if (l->tokens_per_minute > 0 || l->tokens_per_day > 0)
+			rs->charged_waiting += out;
+		else
+			for (int i = rs->next_unadmitted; i < rs->n; i++)
+				rs->reqs[i].charge = 0;
+	}
+	rs->next_unadmitted = rs->n;
+}
+
+/*
+ * The role is at its max_concurrent: wait for this backend's own requests,
+ * or, with none in flight, refuse (another session holds them all).
+ */
+static bool
+enter_concurrency(MmsRequestSet *rs)
+{
+	int32		in_flight;
+
+	if (rs->exempt || rs->limits.max_concurrent == 0)
+		return false;
+	if (mms_quota_enter(&rs->qkey, &rs->limits, &in_flight))
+		return true;
+	if (backend_inflight() > 0)
+		return false;
+	rs->counts.rejections++;
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("role \"%s\" is over its quota on model \"%s\": max_concurrent is %d",
+					quota_role_name(), rs->model.name, rs->limits.max_concurrent),
+			 errdetail("The role has %d requests in flight; retry in 1 s, or when one of them finishes.",
+					   in_flight),
+			 errhint("mms_quota_status() shows what remains.")));
+	return false;				/* keep compiler quiet */
+}
+
 /* Puts waiting requests into free slots; true if any went. */
 static bool
 submit(MmsRequestSet *rs)
@@ -195,25 +367,41 @@ submit(MmsRequestSet *rs)
 	int			queued = 0;
 	int			ready;
 	int			n = 0;
+	int			share = backend_share();
+	int			held = backend_inflight();
 
+	admit(rs);
 	while (rs->next_unsubmitted < rs->n)
 	{
 		Req		   *r = &rs->reqs[rs->next_unsubmitted];
 		int			i;
 		MmsSlot    *s;
+		Track	   *t;
+		bool		entered;
 
 		if (r->slot != -1)
 		{
 			rs->next_unsubmitted++;
 			continue;
 		}
-		reserve_track(rs);
-		if ((i = mms_queue_alloc()) < 0)
+		/* the rest waits in this backend for its own requests to finish */
+		if (held >= share)
 			break;
+		reserve_track(rs);
+		entered = enter_concurrency(rs);
+		if (!entered && !rs->exempt && rs->limits.max_concurrent > 0)
+			break;
+		if ((i = mms_queue_alloc()) < 0)
+		{
+			if (entered)
+				mms_quota_leave(&rs->qkey);
+			break;
+		}
 		s = mms_slot(i);
 		s->roleid = GetUserId();
 		s->dboid = MyDatabaseId;
 		s->model_id = rs->model.id;
+		s->weight = rs->limits.weight;
 		s->kind = r->kind;
 		s->opts = *r->opts;
 		s->n_input = r->n_input;
@@ -222,15 +410,21 @@ submit(MmsRequestSet *rs)
 		if (r->n_target > 0)
 			memcpy(s->tokens + r->n_input, r->target, sizeof(int32) * r->n_target);
 		/* tracked before it is queued, so that no exit path can lose it */
-		rs->inflight[rs->n_inflight] = rs->next_unsubmitted;
-		rs->inflight_slot[rs->n_inflight] = i;
-		rs->n_inflight++;
+		t = &rs->inflight[rs->n_inflight++];
+		t->req = rs->next_unsubmitted;
+		t->slot = i;
+		t->charge = r->charge;
+		t->entered = entered;
+		rs->charged_waiting -= r->charge;
 		r->slot = i;
 		rs->next_unsubmitted++;
+		held++;
 		if ((queued = mms_served_submit(rs->served, rs->served_gen, i)) < 0)
 		{
 			rs->n_inflight--;
 			mms_queue_free_unqueued(i);
+			untrack(rs, t, 0);
+			held--;
 			fail_unqueued(rs, r);
 			continue;
 		}
@@ -298,11 +492,12 @@ collect(MmsRequestSet *rs)
 
 	for (int j = 0; j < rs->n_inflight;)
 	{
-		Req		   *r = &rs->reqs[rs->inflight[j]];
-		int			slot = rs->inflight_slot[j];
+		Req		   *r = &rs->reqs[rs->inflight[j].req];
+		int			slot = rs->inflight[j].slot;
 		MmsSlot    *s = mms_slot(slot);
 		TimestampTz queued = s->t_queued;
 		TimestampTz started = s->t_started;
+		Track		t = rs->inflight[j];
 
 		if (!mms_queue_collect(slot, copy_result, r))
 		{
@@ -311,7 +506,7 @@ collect(MmsRequestSet *rs)
 		}
 		rs->n_inflight--;
 		rs->inflight[j] = rs->inflight[rs->n_inflight];
-		rs->inflight_slot[j] = rs->inflight_slot[rs->n_inflight];
+		untrack(rs, &t, r->res.err ? 0 : r->kind == MMS_REQ_SCORE ? r->n_target : r->res.n_ids);
 		r->slot = -2;
 		r->res.done = true;
 		rs->n_open--;
@@ -328,11 +523,25 @@ mms_requests_poll(MmsRequestSet *rs)
 	return rs->n_open;
 }
 
+/*
+ * Collects for every open set of the backend: a set waiting for its share of
+ * slots waits for the backend's requests, which may be another set's.
+ */
+static void
+collect_all(void)
+{
+	dlist_iter	it;
+
+	dlist_foreach(it, &open_sets)
+		collect(dlist_container(MmsRequestSet, node, it.cur));
+}
+
 void
 mms_requests_wait(MmsRequestSet *rs, int i)
 {
 	for (;;)
 	{
+		collect_all();
 		(void) mms_requests_poll(rs);
 		if (i >= 0 ? rs->reqs[i].res.done : rs->n_open == 0)
 			return;
@@ -357,13 +566,21 @@ mms_requests_cancel(MmsRequestSet *rs, int i)
 
 	if (r->res.done)
 		return;
+	if (r->slot == -1)
+	{
+		/* admitted, not submitted: its charge goes back */
+		mms_quota_refund(&rs->qkey, r->charge);
+		rs->charged_waiting -= r->charge;
+	}
 	for (int j = 0; j < rs->n_inflight; j++)
-		if (rs->inflight[j] == i)
+		if (rs->inflight[j].req == i)
 		{
-			(void) mms_queue_abandon(rs->inflight_slot[j]);
+			Track		t = rs->inflight[j];
+
+			(void) mms_queue_abandon(t.slot);
 			rs->inflight[j] = rs->inflight[rs->n_inflight - 1];
-			rs->inflight_slot[j] = rs->inflight_slot[rs->n_inflight - 1];
 			rs->n_inflight--;
+			untrack(rs, &t, 0);
 			break;
 		}
 	r->slot = -2;
@@ -380,12 +597,13 @@ flush_stats(MmsRequestSet *rs)
 {
 	MmsStatKey	k;
 
-	if (rs->counts.calls == 0)
+	if (rs->counts.calls == 0 && rs->counts.rejections == 0)
 		return;
 	k.dboid = MyDatabaseId;
 	k.roleid = GetUserId();
 	k.model_id = rs->model.id;
-	mms_stats_add(&k, rs->model.name, rs->model.version, rs->model.sha256, &rs->counts);
+	if (rs->counts.calls > 0)
+		mms_stats_add(&k, rs->model.name, rs->model.version, rs->model.sha256, &rs->counts);
 	mms_usage_add(k.dboid, k.roleid, &rs->model, &rs->counts);
 	memset(&rs->counts, 0, sizeof(rs->counts));
 }

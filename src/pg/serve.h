@@ -37,6 +37,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
 #include "storage/condition_variable.h"
 #include "storage/dsm.h"
 #include "storage/lwlock.h"
@@ -268,7 +269,8 @@ typedef enum MmsWorkerKind
 {
 	MMS_WK_INFERENCE = 0,
 	MMS_WK_LOADER,
-	MMS_WK_SCAN					/* reads pinned models of one database at start */
+	MMS_WK_SCAN,				/* reads pinned models of one database at start */
+	MMS_WK_USAGE				/* writes one database's usage into mms.usage */
 } MmsWorkerKind;
 
 typedef struct MmsWorker
@@ -362,15 +364,126 @@ extern void mms_stats_forget(Oid dboid, int64 model_id);
 
 /* ================= usage.c: usage metering ================= */
 
+typedef struct MmsUsageKey
+{
+	TimestampTz hour;			/* start of the hour (UTC) */
+	Oid			dboid;
+	Oid			roleid;
+	int64		model_id;
+} MmsUsageKey;
+
+/* Integers only, so that subtracting what a flush wrote leaves exactly what came since. */
+typedef struct MmsUsageCounts
+{
+	uint64		calls;
+	uint64		input_tokens;
+	uint64		output_tokens;
+	uint64		errors;
+	uint64		cancels;
+	uint64		rejections;
+	uint64		compute_us;
+	uint64		queue_us;
+} MmsUsageCounts;
+
+typedef struct MmsUsageEntry
+{
+	MmsUsageKey key;			/* hash key: first */
+	char		name[NAMEDATALEN];
+	int32		version;
+	int32		fails;			/* flushes of it that did not commit, in a row */
+	TimestampTz retry_at;		/* after a failed flush: not before (0 = now) */
+	uint64		born_seq;		/* the add that created it: tells it from a later one */
+	uint64		since_seq;		/* its oldest unwritten count came after this add */
+	MmsUsageCounts c;
+} MmsUsageEntry;
+
 extern Size mms_usage_shmem_size(void);
 extern void mms_usage_shmem_init(void);
-/* Adds counts to the current hour's row of (database, role, model version). */
+/* Adds counts to the current hour's row of (database, role, model version); never ERRORs. */
 extern void mms_usage_add(Oid dboid, Oid roleid, const MmsModel *m, const MmsStatCounts *add);
+/* Copies of the rows of dboid (InvalidOid: all) with something unwritten; *seq = adds so far. */
+extern MmsUsageEntry *mms_usage_snapshot(Oid dboid, int *n, uint64 *seq);
+/* After the commit of a flush: takes away exactly what it wrote. */
+extern void mms_usage_written(const MmsUsageEntry *rows, int n, uint64 seq);
+/* Before a flush: its rows wait before the next try unless mms_usage_written clears it. */
+extern void mms_usage_defer(Oid dboid);
+/* Databases with rows due for a flush (force: also those waiting after a failure). */
+extern List *mms_usage_due_databases(bool force);
+/* Adds counted so far, and: has dboid unwritten counts from adds up to seq? */
+extern uint64 mms_usage_seq(void);
+extern bool mms_usage_pending_before(Oid dboid, uint64 seq);
+/* Asks the launcher for a flush now (force) or reads and clears the request. */
+extern void mms_usage_request_flush(void);
+extern bool mms_usage_take_flush_request(bool *force);
+/* Rows dropped to make room since the server started. */
+extern uint64 mms_usage_dropped(void);
+extern void mms_usage_forget_database(Oid dboid);
+/* Adds a row read back from the file of a clean shutdown (its counts unwritten). */
+extern void mms_usage_restore(const MmsUsageEntry *e);
+/* usage_file.c: pending rows across a clean shutdown. */
+extern void mms_usage_file_write(int code, Datum arg);
+extern void mms_usage_file_read(void);
+/* usage_flush.c: the flush process (connected to one database) */
+extern PGDLLEXPORT void mms_usage_flush_main(Datum arg);
 
-/* ================= quota.c: token buckets ================= */
+/* ================= quota.c: token buckets; quota_rules.c: which quota applies ================= */
+
+/* The limits of one role on one model: the most specific mms.role_quotas row. */
+typedef struct MmsQuotaLimits
+{
+	bool		row;			/* a row applies (else no limits, weight 1) */
+	Oid			row_role;		/* the row's role; 0 = public */
+	char		row_model[NAMEDATALEN];	/* the row's model; "" = every model */
+	int32		requests_per_minute;	/* 0 = unlimited */
+	int32		tokens_per_minute;
+	int64		tokens_per_day;
+	int32		max_concurrent;
+	int32		weight;			/* share in fair queueing, 1 by default */
+} MmsQuotaLimits;
+
+/* Buckets are per calling role, in the scope of the row that applies. */
+typedef struct MmsQuotaKey
+{
+	Oid			dboid;
+	Oid			roleid;
+	char		model[NAMEDATALEN];	/* the row's model, "" = every model */
+} MmsQuotaKey;
+
+typedef struct MmsQuotaRefusal
+{
+	const char *limit;			/* the limit that refused (a column name) */
+	int64		limit_value;
+	double		retry_seconds;	/* when enough is back */
+} MmsQuotaRefusal;
+
+typedef struct MmsQuotaRemaining
+{
+	double		requests;
+	double		tokens;
+	double		day_tokens;
+	int32		in_flight;
+	/* seconds until each bucket is whole again */
+	double		requests_full_in;
+	double		tokens_full_in;
+	double		day_tokens_full_in;
+} MmsQuotaRemaining;
 
 extern Size mms_quota_shmem_size(void);
 extern void mms_quota_shmem_init(void);
+/* Charges n requests of tokens in all against the buckets, all or nothing; false and why if over. */
+extern bool mms_quota_charge(const MmsQuotaKey *k, const MmsQuotaLimits *l, int n, int64 tokens,
+							 MmsQuotaRefusal *why);
+/* Gives back tokens a request was charged and did not use. */
+extern void mms_quota_refund(const MmsQuotaKey *k, int64 tokens);
+/* max_concurrent: one more request in flight, if the limit allows; in_flight is the count after. */
+extern bool mms_quota_enter(const MmsQuotaKey *k, const MmsQuotaLimits *l, int32 *in_flight);
+extern void mms_quota_leave(const MmsQuotaKey *k);
+extern void mms_quota_remaining(const MmsQuotaKey *k, const MmsQuotaLimits *l, MmsQuotaRemaining *out);
+/* quota_rules.c: the limits of role on model name (cached per backend until the rows change). */
+extern void mms_quota_limits(Oid roleid, const char *model, MmsQuotaLimits *out);
+extern void mms_quota_key(const MmsQuotaLimits *l, Oid roleid, MmsQuotaKey *out);
+/* After writing mms.role_quotas: backends drop their cached limits at commit. */
+extern void mms_quota_rows_changed(void);
 
 /* ================= events.c ================= */
 
@@ -418,7 +531,7 @@ typedef struct MmsShared
 	int			q_running[MMS_MAX_SERVED];
 	double		q_vtime[MMS_MAX_SERVED];	/* fair queueing: virtual time of the queue */
 	/* workers.c */
-	MmsWorker	workers[MMS_MAX_WORKERS + MMS_MAX_LOADERS + 1];
+	MmsWorker	workers[MMS_MAX_WORKERS + MMS_MAX_LOADERS + 2];	/* + a scan, a usage flush */
 	/* served.c */
 	MmsServed	served[MMS_MAX_SERVED];
 	/* events.c */
@@ -427,7 +540,7 @@ typedef struct MmsShared
 	MmsEvent	events[MMS_MAX_EVENTS];
 } MmsShared;
 
-#define MMS_WORKER_SLOTS (MMS_MAX_WORKERS + MMS_MAX_LOADERS + 1)
+#define MMS_WORKER_SLOTS (MMS_MAX_WORKERS + MMS_MAX_LOADERS + 2)
 
 extern MmsShared *mms_shared;
 

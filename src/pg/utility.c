@@ -52,8 +52,20 @@ role_references(Oid roleid)
 	StringInfoData buf;
 	char	   *result = NULL;
 
+	bool		quotas = mms_catalog_is_current();	/* 0.2.0 has none */
+
 	mms_catalog_enter(&s);
-	n = mms_spi_exec("SELECT 'owner of model \"' || m.name || ':' || m.version || '\"'"
+	n = mms_spi_exec(quotas ?
+					 "SELECT 'owner of model \"' || m.name || ':' || m.version || '\"'"
+					 " FROM mms.model_versions m WHERE m.owner OPERATOR(pg_catalog.=) $1"
+					 " UNION ALL SELECT 'use of model \"' || g.name || '\" granted to it'"
+					 " FROM mms.model_grants g WHERE g.grantee OPERATOR(pg_catalog.=) $1"
+					 " UNION ALL SELECT 'use of model \"' || g.name || '\" granted by it'"
+					 " FROM mms.model_grants g WHERE g.grantor OPERATOR(pg_catalog.=) $1"
+					 " UNION ALL SELECT 'quota on ' || coalesce('model \"' || q.model || '\"', 'every model')"
+					 " FROM mms.role_quotas q WHERE q.role OPERATOR(pg_catalog.=) $1"
+					 " ORDER BY 1" :
+					 "SELECT 'owner of model \"' || m.name || ':' || m.version || '\"'"
 					 " FROM mms.model_versions m WHERE m.owner OPERATOR(pg_catalog.=) $1"
 					 " UNION ALL SELECT 'use of model \"' || g.name || '\" granted to it'"
 					 " FROM mms.model_grants g WHERE g.grantee OPERATOR(pg_catalog.=) $1"
@@ -100,7 +112,7 @@ check_drop_role(DropRoleStmt *stmt)
 							spec->rolename),
 					 errdetail("%s", refs),
 					 errhint("Move them with REASSIGN OWNED BY or drop them with DROP OWNED BY, "
-							 "or use mms_revoke() and mms_unregister().")));
+							 "or use mms_revoke(), mms_drop_quota() and mms_unregister().")));
 	}
 }
 
@@ -154,6 +166,7 @@ drop_owned(DropOwnedStmt *stmt)
 {
 	List	   *old = role_oids(stmt->roles);
 	Oid			registry_owner = mms_registry_owner();
+	bool		quotas = mms_catalog_is_current();	/* 0.2.0 has none */
 	MmsCatalogSession s;
 	ListCell   *lc;
 
@@ -181,6 +194,9 @@ drop_owned(DropOwnedStmt *stmt)
 		}
 		mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.grantee OPERATOR(pg_catalog.=) $1",
 					 1, t, v, NULL, SPI_OK_DELETE);
+		if (quotas && mms_spi_exec("DELETE FROM mms.role_quotas q WHERE q.role OPERATOR(pg_catalog.=) $1",
+								   1, t, v, NULL, SPI_OK_DELETE) > 0)
+			mms_quota_rows_changed();
 		v[1] = ObjectIdGetDatum(registry_owner);
 		v[2] = mms_role_name_datum(registry_owner);
 		mms_spi_exec("UPDATE mms.model_grants g SET grantor = $2, grantor_name = $3"
@@ -209,6 +225,9 @@ rename_role(RenameStmt *stmt)
 				 2, t, v, NULL, SPI_OK_UPDATE);
 	mms_spi_exec("UPDATE mms.model_grants g SET grantor_name = $2 WHERE g.grantor OPERATOR(pg_catalog.=) $1",
 				 2, t, v, NULL, SPI_OK_UPDATE);
+	if (mms_catalog_is_current())
+		mms_spi_exec("UPDATE mms.role_quotas q SET role_name = $2 WHERE q.role OPERATOR(pg_catalog.=) $1",
+					 2, t, v, NULL, SPI_OK_UPDATE);
 	mms_catalog_leave(&s);
 }
 

@@ -1,9 +1,9 @@
 #!/bin/bash
 # t_dump_restore.sh — pg_dump / pg_restore carry the registry: every model,
-# version, alias, grant and pool setting arrives in a new database with the
-# same sha256 (of the catalog and of the stored bytes), the same tokenization
-# and the weights still unreadable to ordinary roles; registration continues
-# afterwards.
+# version, alias, grant, pool setting and audit log row arrives in a new
+# database with the same sha256 (of the catalog and of the stored bytes), the
+# same tokenization and the weights still unreadable to ordinary roles;
+# registration continues afterwards (and is logged after the restored rows).
 # Run by test/pg/run.sh (PGHOST/PGPORT/PGUSER point at its cluster).
 set -u
 data=$MMS_TEST_DATA
@@ -63,6 +63,9 @@ SQL
 	sql -d "$db" >"$work/$db.grants" <<'SQL'
 SELECT model, grantee, grantor, granted_at FROM mms.grants ORDER BY model, grantee;
 SQL
+	sql -d "$db" >"$work/$db.audit" <<'SQL'
+SELECT id, at, role, action, model, detail FROM mms.audit_log ORDER BY id;
+SQL
 	sql -d "$db" >"$work/$db.tokens" <<'SQL'
 SELECT r, s, mms_tokenize(r, s)
 FROM (SELECT name || ':' || version FROM mms.models
@@ -95,7 +98,9 @@ snapshot $dst || bad "snapshot of $dst"
 
 n_models=$(sql -d $dst -c "SELECT count(*) FROM mms.models")
 [ "$n_models" = 11 ] && ok "11 model versions restored" || bad "$n_models model versions restored, expected 11"
-for what in models stored grants pool tokens reader; do
+n_audit=$(sql -d $dst -c "SELECT count(*) FROM mms.audit_log")
+[ "$n_audit" = 18 ] && ok "18 audit log rows restored" || bad "$n_audit audit log rows restored, expected 18"
+for what in models stored grants pool audit tokens reader; do
 	if cmp -s "$work/$src.$what" "$work/$dst.$what" && [ -s "$work/$dst.$what" ]; then
 		ok "identical $what after restore ($(wc -l <"$work/$dst.$what") lines)"
 	else
@@ -111,6 +116,11 @@ if out=$(sql -d $dst -c "SELECT mms_import('flan_gated', '$data/flan_gated.gguf'
 else
 	bad "register/unregister after restore: $out"
 fi
+out=$(sql -d $dst -c "SELECT string_agg(action || ':' || model, ',' ORDER BY id) FROM mms.audit_log
+	WHERE id > (SELECT max(id) FROM mms.audit_log WHERE model = 'from_client' AND action = 'register')")
+[ "$out" = "import:flan_gated,unregister:from_client" ] &&
+	ok "the audit log continues after the restored rows" || bad "audit rows after restore: $out"
+
 
 # Roles missing where a dump is restored: every model survives (owned by the
 # registry owner when its owner is missing), a grant to a missing role is
@@ -149,6 +159,9 @@ grants=$(sql -d $dst2 -c "SELECT string_agg(model || '>' || grantee, ',' ORDER B
 	grep -q 'owner "regress_mms_dump_owner" of model "owned:1" does not exist' "$work/roles.err" &&
 	ok "the grant to a missing role is skipped, and reported" ||
 	bad "grants after restore: $grants; messages: $(cat "$work/roles.err")"
+out=$(sql -d $dst2 -c "SELECT string_agg(action, ',' ORDER BY id) FROM mms.audit_log WHERE role = 'regress_mms_dump_owner'")
+[ "$out" = register,grant ] && ok "audit rows of a role missing at restore keep its name" ||
+	bad "audit rows of regress_mms_dump_owner in $dst2: $out"
 [ "$(sql -d $dst2 -c "SELECT mms_tokenize('owned', 'hi') IS NOT NULL")" = t ] &&
 	ok "the restored model serves" || bad "restored model does not tokenize"
 

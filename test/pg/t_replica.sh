@@ -56,6 +56,15 @@ got=$(q $p2 -c "SELECT mms_generate('rep2', 'streamed', '{\"max_new_tokens\": 8}
 [ "$got" = "$want2" ] && ok "a model registered after the base backup serves on the replica" || bad "replica rep2: '$got', primary: '$want2'"
 got=$(q $p2 -c "SELECT model, state FROM mms.workers ORDER BY model" 2>&1 | tr '\n' ' ')
 [ "$got" = "rep2:1|ready rep:1|ready " ] && ok "the replica runs its own workers ($got)" || bad "replica workers: $got"
+# usage of the replica's calls stays in its shared memory, shown by its summary, never written
+got=$(q $p2 -c "SELECT (SELECT sum(calls) FROM mms.usage_summary) - (SELECT coalesce(sum(calls), 0) FROM mms.usage)")
+[ "$got" = 2 ] && ok "the replica's 2 calls show in mms.usage_summary on the replica" || bad "replica summary beyond mms.usage: '$got'"
+got=$(q $p2 -c "SELECT sum(calls) FROM mms.usage_pending_rows()")
+[ "$got" = 2 ] && ok "the replica keeps its usage in shared memory" || bad "replica pending usage: '$got'"
+out=$(q $p2 -c "SELECT mms_usage_flush()" 2>&1)
+grep -q "cannot flush usage during recovery" <<<"$out" && ok "the replica refuses to flush usage" || bad "mms_usage_flush on the replica: $out"
+got=$(q $p1 -c "SELECT mms_usage_flush()" -c "SELECT sum(calls) FROM mms.usage")
+[ "$got" = $'t\n2' ] && ok "the primary's mms.usage has its own 2 calls, none of the replica's" || bad "primary usage: '$got'"
 as_server pg_ctl -D "$work/replica" -m fast -w stop >/dev/null
 
 # the primary again, without the preload

@@ -1,11 +1,13 @@
 #!/bin/bash
-# t_upgrade.sh — ALTER EXTENSION mms UPDATE from 0.1.0 keeps the registry: a
-# 0.1.0 database with models, an alias and a grant is updated to 0.2.0; the
-# models keep their ids, weights, aliases and grants, config holds the
-# hyperparameters the 0.1.0 columns held, and they serve what mms-run prints.
-# The updated catalog equals a fresh 0.2.0 install, it survives pg_dump /
-# pg_restore (pool settings included), and a 0.1.0 dump restored into a
-# database created at 0.1.0 can be updated the same way.
+# t_upgrade.sh — ALTER EXTENSION mms UPDATE keeps the registry: a 0.1.0
+# database with models, an alias and a grant is updated to the current
+# version (0.3.0, through 0.2.0); the models keep their ids, weights, aliases
+# and grants, config holds the hyperparameters the 0.1.0 columns held, and
+# they serve what mms-run prints. The updated catalog equals a fresh install
+# (so does one updated from 0.2.0), it survives pg_dump / pg_restore (pool
+# settings and audit log included), and a 0.1.0 dump restored into a database
+# created at 0.1.0 can be updated the same way. The comparison is of whatever
+# both scripts create, not of a list of objects.
 # Run by test/pg/run.sh (PGHOST/PGPORT/PGUSER point at its cluster).
 set -u
 data=$MMS_TEST_DATA
@@ -17,30 +19,36 @@ bad() { echo "FAILED: $*"; }
 sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 run_cli() { "$root/build/mms-run" --model "$data/$1.gguf" "${@:2}"; }
 
-fresh=mms_up_fresh      # CREATE EXTENSION mms: 0.2.0
+current=0.3.0           # mms.control's default_version
+fresh=mms_up_fresh      # CREATE EXTENSION mms: $current
 old=mms_up_old          # CREATE EXTENSION mms VERSION '0.1.0', then UPDATE
+mid=mms_up_mid          # CREATE EXTENSION mms VERSION '0.2.0', then UPDATE
 restored=mms_up_restored
 old_dump=mms_up_old_dump
-for db in $fresh $old $restored $old_dump; do dropdb --if-exists $db 2>/dev/null; done
+for db in $fresh $old $mid $restored $old_dump; do dropdb --if-exists $db 2>/dev/null; done
 createdb $fresh && createdb $old || { bad "createdb"; exit 0; }
 reader=regress_mms_up_reader
 sql -d postgres -c "SET client_min_messages = warning" -c "DROP ROLE IF EXISTS $reader" -c "CREATE ROLE $reader" >/dev/null
 
 # --- a 0.1.0 registry ---------------------------------------------------------------
-# The library installed is 0.2.0's, which registers into a 0.2.0 catalog only,
-# so the rows are written here as 0.1.0's mms_import wrote them: the weights
-# in a large object owned by the registry owner, sha256 and size of the file,
-# the hyperparameters in their own columns (values as 0.1.0's
+# The library installed registers into a current catalog only, so the rows
+# are written here as 0.1.0's mms_import wrote them: the weights in a large
+# object owned by the registry owner, sha256 and size of the file, the
+# hyperparameters in their own columns (values as 0.1.0's
 # expected/register.out shows for these fixtures), and the rest (n_params,
-# tensor types, GGUF metadata, which 0.2.0 computes as 0.1.0 did) taken from a
-# registration of the same file in the fresh database.
+# tensor types, GGUF metadata, which the library computes as 0.1.0 did) taken
+# from a registration of the same file in the fresh database.
 if ! sql -d $fresh >/dev/null <<SQL; then bad "registration in $fresh"; exit 0; fi
 CREATE EXTENSION mms;
 SELECT mms_import('flan', '$data/flan_gated.gguf');
 SELECT mms_import('relu', '$data/t5_relu_tied.gguf');
 SQL
+[ "$(sql -d $fresh -c "SELECT extversion FROM pg_extension WHERE extname = 'mms'")" = $current ] &&
+	ok "CREATE EXTENSION mms installs $current" || bad "CREATE EXTENSION mms does not install $current"
 [ "$(sql -d $old -c "CREATE EXTENSION mms VERSION '0.1.0'" -c "SELECT extversion FROM pg_extension WHERE extname = 'mms'")" = 0.1.0 ] &&
 	ok "CREATE EXTENSION mms VERSION '0.1.0'" || { bad "CREATE EXTENSION mms VERSION '0.1.0'"; exit 0; }
+out=$(sql -d $old -c "SELECT path FROM pg_extension_update_paths('mms') WHERE source = '0.1.0' AND target = '$current'")
+[ "$out" = "0.1.0--0.2.0--$current" ] && ok "the update path from 0.1.0 is $out" || bad "update path from 0.1.0: '$out'"
 
 register_010() {  # name fixture d_model d_ff n_enc n_dec n_heads d_kv vocab context ffn_kind tied
 	cat <<SQL
@@ -64,7 +72,7 @@ if { register_010 flan flan_gated 32 64 2 2 4 8 1008 512 gated-gelu false
 else
 	bad "0.1.0 registrations in $old"; exit 0
 fi
-# The 0.2.0 library refuses a 0.1.0 catalog, with a hint.
+# The library refuses a 0.1.0 catalog, with a hint.
 out=$(sql -d $old -c "SELECT mms_set_alias('flan', 'prod', 1)" 2>&1)
 if grep -q 'older than the installed mms library' <<<"$out" &&
 	grep -q 'HINT:  Run ALTER EXTENSION mms UPDATE' <<<"$out"; then
@@ -83,8 +91,8 @@ pg_dump -Fc -f "$work/old.dump" $old || bad "pg_dump of the 0.1.0 database"
 
 # --- the update -------------------------------------------------------------------
 if out=$(sql -d $old -c "ALTER EXTENSION mms UPDATE" -c "SELECT extversion FROM pg_extension WHERE extname = 'mms'" 2>&1) &&
-	[ "$out" = 0.2.0 ]; then
-	ok "ALTER EXTENSION mms UPDATE: 0.1.0 -> 0.2.0"
+	[ "$out" = $current ]; then
+	ok "ALTER EXTENSION mms UPDATE: 0.1.0 -> $current"
 else
 	bad "ALTER EXTENSION mms UPDATE: $out"; exit 0
 fi
@@ -102,7 +110,7 @@ want_relu='{"d_ff": 64, "d_kv": 8, "d_model": 32, "n_heads": 4, "ffn_kind": "rel
 got=$(sql -d $old -c "SELECT config FROM mms.models ORDER BY name")
 [ "$got" = "$want_flan"$'\n'"$want_relu" ] && ok "config holds the 0.1.0 hyperparameters" || bad "config: $got"
 [ "$got" = "$(sql -d $fresh -c "SELECT config FROM mms.models ORDER BY name")" ] &&
-	ok "config equals what a 0.2.0 registration of the same files writes" || bad "config differs from a fresh registration"
+	ok "config equals what a $current registration of the same files writes" || bad "config differs from a fresh registration"
 out=$(sql -d $old -c "SELECT count(*) FROM pg_attribute WHERE attrelid = 'mms.model_versions'::regclass
 	AND attname IN ('d_model', 'ffn_kind', 'tied_embeddings') AND NOT attisdropped")
 [ "$out" = 0 ] && ok "the hyperparameter columns are gone" || bad "$out hyperparameter columns left"
@@ -118,9 +126,30 @@ out=$(sql -d $old -c "SELECT mms_generate('relu', ARRAY['x'])" 2>&1)
 grep -q 'function mms_generate(unknown, text\[\]) does not exist' <<<"$out" &&
 	ok "the text[] form of mms_generate is gone" || bad "mms_generate(text, text[]): $out"
 
+# --- a 0.2.0 registry: refused as well, then updated in one step ------------------------
+if createdb $mid &&
+	[ "$(sql -d $mid -c "CREATE EXTENSION mms VERSION '0.2.0'" -c "SELECT extversion FROM pg_extension WHERE extname = 'mms'")" = 0.2.0 ]; then
+	ok "CREATE EXTENSION mms VERSION '0.2.0'"
+else
+	bad "CREATE EXTENSION mms VERSION '0.2.0'"
+fi
+out=$(sql -d $mid -c "SELECT mms_import('flan', '$data/flan_gated.gguf')" 2>&1)
+if grep -q 'older than the installed mms library' <<<"$out" &&
+	grep -q 'HINT:  Run ALTER EXTENSION mms UPDATE' <<<"$out"; then
+	ok "a 0.2.0 catalog is refused with the same hint"
+else
+	bad "a call on a 0.2.0 catalog: $out"
+fi
+out=$(sql -d $mid -c "ALTER EXTENSION mms UPDATE" -c "SELECT extversion FROM pg_extension WHERE extname = 'mms'" \
+	-c "SELECT mms_import('flan', '$data/flan_gated.gguf')" 2>&1)
+[ "$out" = "$current"$'\n'1 ] && ok "ALTER EXTENSION mms UPDATE: 0.2.0 -> $current, then registration works" ||
+	bad "update from 0.2.0: $out"
+
 # --- the updated catalog is the one a fresh install creates -------------------------------
-# Every member object's definition, columns, constraints, indexes, triggers,
-# privileges (initial ones too) and pg_dump registrations.
+# Every member object's definition, columns (their privileges and comments too),
+# constraints, indexes, triggers, policies, sequences, types, comments,
+# privileges (initial ones too) and pg_dump registrations: whatever the
+# install and update scripts create is compared, with no list of objects.
 catalog() {
 	sql -d "$1" <<'SQL'
 CREATE TEMP VIEW members AS
@@ -128,7 +157,8 @@ SELECT d.classid, d.objid FROM pg_depend d JOIN pg_extension e ON d.refobjid = e
 WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'mms';
 SELECT 'member', pg_describe_object(classid, objid, 0) FROM members ORDER BY 2;
 SELECT 'column', c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-       pg_get_expr(ad.adbin, ad.adrelid)
+       pg_get_expr(ad.adbin, ad.adrelid), a.attidentity, a.attgenerated, a.attacl,
+       col_description(c.oid, a.attnum)
 FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
 LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
 WHERE c.relnamespace = 'mms'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
@@ -143,6 +173,25 @@ ORDER BY 2;
 SELECT 'view', c.relname, pg_get_viewdef(c.oid), obj_description(c.oid, 'pg_class')
 FROM pg_class c WHERE c.relnamespace = 'mms'::regnamespace AND c.relkind = 'v' ORDER BY 2;
 SELECT 'acl', c.relname, c.relacl FROM pg_class c WHERE c.relnamespace = 'mms'::regnamespace ORDER BY 2;
+SELECT 'relation', c.relname, c.relkind, c.relpersistence, c.reloptions, c.relrowsecurity,
+       c.relforcerowsecurity, obj_description(c.oid, 'pg_class')
+FROM pg_class c WHERE c.relnamespace = 'mms'::regnamespace ORDER BY 2;
+SELECT 'sequence', s.seqrelid::regclass, format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement,
+       s.seqmax, s.seqmin, s.seqcache, s.seqcycle
+FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid
+WHERE c.relnamespace = 'mms'::regnamespace ORDER BY 2::text;
+SELECT 'policy', p.polrelid::regclass, p.polname, p.polcmd, p.polpermissive,
+       p.polroles::regrole[], pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
+FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+WHERE c.relnamespace = 'mms'::regnamespace ORDER BY 2::text, 3;
+SELECT 'type', t.oid::regtype, t.typtype, t.typacl,
+       (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid),
+       (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+        FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped)
+FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
+ORDER BY t.oid::regtype::text;
+SELECT 'comment', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description
+FROM pg_description d JOIN members m ON m.classid = d.classoid AND m.objid = d.objoid ORDER BY 2;
 SELECT 'function', p.oid::regprocedure, pg_get_functiondef(p.oid), p.proacl,
        obj_description(p.oid, 'pg_proc')
 FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
@@ -154,12 +203,15 @@ FROM pg_extension e, unnest(e.extconfig) WITH ORDINALITY u(c, i) WHERE e.extname
 ORDER BY c::regclass::text;
 SQL
 }
-catalog $fresh >"$work/fresh.catalog" && catalog $old >"$work/old.catalog" || bad "catalog query"
-if cmp -s "$work/fresh.catalog" "$work/old.catalog" && [ -s "$work/old.catalog" ]; then
-	ok "the updated catalog equals a fresh 0.2.0 install ($(wc -l <"$work/old.catalog") lines)"
-else
-	bad "the updated catalog differs from a fresh install"; diff "$work/fresh.catalog" "$work/old.catalog" | head -30
-fi
+catalog $fresh >"$work/fresh.catalog" || bad "catalog query in $fresh"
+for db in $old $mid; do
+	catalog $db >"$work/$db.catalog" || bad "catalog query in $db"
+	if cmp -s "$work/fresh.catalog" "$work/$db.catalog" && [ -s "$work/$db.catalog" ]; then
+		ok "the catalog of $db equals a fresh $current install ($(wc -l <"$work/$db.catalog") lines)"
+	else
+		bad "the catalog of $db differs from a fresh install"; diff "$work/fresh.catalog" "$work/$db.catalog" | head -30
+	fi
+done
 
 # --- pg_dump / pg_restore of the updated database -------------------------------------
 sql -d $old >/dev/null <<'SQL' || bad "mms_configure after the update"
@@ -168,7 +220,8 @@ SELECT mms_configure('relu', priority => -5);
 SQL
 snapshot() {
 	sql -d "$1" -c "SELECT id, name, version, aliases, owner, config, sha256, weights, metadata FROM mms.models ORDER BY name" \
-		-c "SELECT * FROM mms.model_config ORDER BY model" -c "SELECT model, grantee FROM mms.grants ORDER BY 1, 2"
+		-c "SELECT * FROM mms.model_config ORDER BY model" -c "SELECT model, grantee FROM mms.grants ORDER BY 1, 2" \
+		-c "SELECT id, at, role, action, model, detail FROM mms.audit_log ORDER BY id"
 }
 snapshot $old >"$work/old.snap"
 if pg_dump -Fc -f "$work/updated.dump" $old && createdb $restored &&
@@ -178,8 +231,9 @@ else
 	bad "pg_dump / pg_restore of the updated database"
 fi
 snapshot $restored >"$work/restored.snap"
-if cmp -s "$work/old.snap" "$work/restored.snap" && grep -q '^flan|1|2|t|10$' "$work/restored.snap"; then
-	ok "models, pool settings and grants identical after restore"
+if cmp -s "$work/old.snap" "$work/restored.snap" && grep -q '^flan|1|2|t|10$' "$work/restored.snap" &&
+	[ "$(grep -c '|configure|' "$work/restored.snap")" = 2 ]; then
+	ok "models, pool settings, grants and audit log identical after restore"
 else
 	bad "restore differs"; diff "$work/old.snap" "$work/restored.snap" | head -20
 fi
@@ -197,5 +251,5 @@ got=$(sql -d $old_dump -c "SELECT name, id, weights, sha256, aliases, owner FROM
 	ok "a 0.1.0 dump restored at 0.1.0 and updated keeps its models" ||
 	bad "0.1.0 dump: $got $(cat "$work/old_dump.err")"
 
-for db in $fresh $old $restored $old_dump; do dropdb $db; done
+for db in $fresh $old $mid $restored $old_dump; do dropdb $db; done
 sql -d postgres -c "DROP ROLE $reader" >/dev/null
