@@ -134,6 +134,10 @@ SELECT mms_drop_quota('regress_mms_q_a');
 SELECT mms_drop_quota('public', 'q_flan'), mms_drop_quota('public');
 SELECT count(*) FROM mms.quotas;
 
+-- every change is in the audit log, with the limits set (DROP OWNED's too)
+SELECT role, action, model, detail FROM mms.audit_log
+WHERE action IN ('set_quota', 'drop_quota') ORDER BY id;
+
 DROP OWNED BY regress_mms_q_a;
 DROP ROLE regress_mms_q_a;
 DROP ROLE regress_mms_q_admin;

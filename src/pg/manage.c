@@ -26,7 +26,7 @@ required_text(FunctionCallInfo fcinfo, int argno, const char *what)
 
 /*
  * Removes one version (catalog session entered): its row, its aliases (by
- * cascade), its large object, and the grants and pool settings of its name
+ * cascade), its large object, and the grants, pool settings and quotas of its name
  * when it was the last version; its cached weights are dropped when the
  * transaction commits. false if the row was already gone.
  */
@@ -50,6 +50,13 @@ mms_unregister_spi(int64 id, const char *name, Oid weights)
 				 " AND NOT EXISTS (SELECT 1 FROM mms.model_versions m"
 				 " WHERE m.name OPERATOR(pg_catalog.=) $1)",
 				 1, t, v, NULL, SPI_OK_DELETE);
+	/* (its quotas too: a model registered again under the name starts without them) */
+	if (mms_catalog_is_current() &&
+		mms_spi_exec("DELETE FROM mms.role_quotas q WHERE q.model OPERATOR(pg_catalog.=) $1"
+					 " AND NOT EXISTS (SELECT 1 FROM mms.model_versions m"
+					 " WHERE m.name OPERATOR(pg_catalog.=) $1)",
+					 1, t, v, NULL, SPI_OK_DELETE) > 0)
+		mms_quota_rows_changed();
 	/* as the registry owner, which owns the large object */
 	mms_lo_unlink(weights);
 	mms_forget_models_at_commit(MyDatabaseId, id);

@@ -214,6 +214,13 @@ quota_role_arg(FunctionCallInfo fcinfo)
 	return mms_role_or_public(text_to_cstring(PG_GETARG_TEXT_PP(ARG_ROLE)));
 }
 
+/* 'public' or the role's name, as text. */
+static Datum
+role_label(Oid roleid)
+{
+	return CStringGetTextDatum(OidIsValid(roleid) ? GetUserNameFromId(roleid, false) : "public");
+}
+
 /* The table's rows changed: every backend drops its cached limits when this commits. */
 void
 mms_quota_rows_changed(void)
@@ -294,11 +301,19 @@ mms_set_quota(PG_FUNCTION_ARGS)
 					 " set_at = pg_catalog.now()",
 					 N_ARGS + 1, types, v, nulls, SPI_OK_INSERT);
 	}
+	{
+		MmsAuditField d[N_ARGS - 1];
+
+		d[0] = (MmsAuditField) {"role", TEXTOID, role_label(roleid), false};
+		for (int a = ARG_RPM; a < N_ARGS; a++)
+			d[a - 1] = (MmsAuditField) {limit_names[a], t[a], v[a], nulls[a] == 'n'};
+		mms_audit(&s, "set_quota", model, d, lengthof(d));
+	}
 	mms_catalog_leave(&s);
 	mms_quota_rows_changed();
 
 	/* the row of mms.quotas */
-	out[0] = CStringGetTextDatum(OidIsValid(roleid) ? GetUserNameFromId(roleid, false) : "public");
+	out[0] = role_label(roleid);
 	out[1] = model ? CStringGetTextDatum(model) : (Datum) 0;
 	out_null[1] = model == NULL;
 	for (int a = ARG_RPM; a < N_ARGS; a++)
@@ -343,6 +358,12 @@ mms_drop_quota(PG_FUNCTION_ARGS)
 	n = mms_spi_exec("DELETE FROM mms.role_quotas q WHERE q.role OPERATOR(pg_catalog.=) $1"
 					 " AND q.model IS NOT DISTINCT FROM $2",
 					 2, t, v, nulls, SPI_OK_DELETE);
+	if (n > 0)
+	{
+		MmsAuditField d[] = {{"role", TEXTOID, role_label(roleid)}};
+
+		mms_audit(&s, "drop_quota", model, d, lengthof(d));
+	}
 	mms_catalog_leave(&s);
 	if (n > 0)
 		mms_quota_rows_changed();

@@ -156,6 +156,23 @@ reassign_owned(ReassignOwnedStmt *stmt)
 	mms_registry_generation++;
 }
 
+/* Audit rows for the n rows SPI just returned (their first column: the model). */
+static void
+audit_removed(MmsCatalogSession *s, const char *action, const char *key, Oid roleid, uint64 n)
+{
+	SPITupleTable *rows = SPI_tuptable;
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		MmsAuditField d[] = {
+			{key, TEXTOID, CStringGetTextDatum(GetUserNameFromId(roleid, false))},
+			{"by", TEXTOID, CStringGetTextDatum("drop owned")},
+		};
+
+		mms_audit(s, action, SPI_getvalue(rows->vals[i], rows->tupdesc, 1), d, lengthof(d));
+	}
+}
+
 /*
  * After DROP OWNED BY: the roles' models are unregistered (core drops what
  * they own), grants to them are removed, and grants they made pass to the
@@ -179,7 +196,7 @@ drop_owned(DropOwnedStmt *stmt)
 		SPITupleTable *models;
 
 		v[0] = ObjectIdGetDatum(lfirst_oid(lc));
-		n = mms_spi_exec("SELECT m.id, m.name, m.weights FROM mms.model_versions m"
+		n = mms_spi_exec("SELECT m.id, m.name, m.weights, m.version FROM mms.model_versions m"
 						 " WHERE m.owner OPERATOR(pg_catalog.=) $1",
 						 1, t, v, NULL, SPI_OK_SELECT);
 		models = SPI_tuptable;
@@ -189,14 +206,28 @@ drop_owned(DropOwnedStmt *stmt)
 			int64		id = DatumGetInt64(SPI_getbinval(models->vals[i], models->tupdesc, 1, &isnull));
 			char	   *name = SPI_getvalue(models->vals[i], models->tupdesc, 2);
 			Oid			weights = DatumGetObjectId(SPI_getbinval(models->vals[i], models->tupdesc, 3, &isnull));
+			MmsAuditField d[] = {
+				{"version", INT4OID, SPI_getbinval(models->vals[i], models->tupdesc, 4, &isnull)},
+				{"by", TEXTOID, CStringGetTextDatum("drop owned")},
+			};
 
-			(void) mms_unregister_spi(id, name, weights);
+			if (mms_unregister_spi(id, name, weights))
+				mms_audit(&s, "unregister", name, d, lengthof(d));
 		}
-		mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.grantee OPERATOR(pg_catalog.=) $1",
-					 1, t, v, NULL, SPI_OK_DELETE);
-		if (quotas && mms_spi_exec("DELETE FROM mms.role_quotas q WHERE q.role OPERATOR(pg_catalog.=) $1",
-								   1, t, v, NULL, SPI_OK_DELETE) > 0)
-			mms_quota_rows_changed();
+		/* what goes with the role is logged as if revoked and dropped by the caller */
+		n = mms_spi_exec("DELETE FROM mms.model_grants g WHERE g.grantee OPERATOR(pg_catalog.=) $1"
+						 " RETURNING g.name",
+						 1, t, v, NULL, SPI_OK_DELETE_RETURNING);
+		audit_removed(&s, "revoke", "grantee", lfirst_oid(lc), n);
+		if (quotas)
+		{
+			n = mms_spi_exec("DELETE FROM mms.role_quotas q WHERE q.role OPERATOR(pg_catalog.=) $1"
+							 " RETURNING q.model",
+							 1, t, v, NULL, SPI_OK_DELETE_RETURNING);
+			audit_removed(&s, "drop_quota", "role", lfirst_oid(lc), n);
+			if (n > 0)
+				mms_quota_rows_changed();
+		}
 		v[1] = ObjectIdGetDatum(registry_owner);
 		v[2] = mms_role_name_datum(registry_owner);
 		mms_spi_exec("UPDATE mms.model_grants g SET grantor = $2, grantor_name = $3"
