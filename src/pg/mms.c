@@ -36,6 +36,7 @@ int			mms_pool_target_requests = 16;
 int			mms_pool_upscale_wait_ms = 500;
 int			mms_max_stats = 5000;
 double		mms_backend_request_share = 0.25;
+bool		mms_fair_queueing = true;
 int			mms_usage_flush_interval_ms = 10000;
 int			mms_max_usage_entries = 10000;
 
@@ -207,6 +208,15 @@ _PG_init(void)
 							 0.25,
 							 0.01,
 							 1.0,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("mms.fair_queueing",
+							 "Serves each model's queue fairly between roles, by tokens and quota weights.",
+							 "Off: first come, first served.",
+							 &mms_fair_queueing,
+							 true,
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);

@@ -47,16 +47,18 @@ qlock(int served)
 }
 
 int
-mms_queue_alloc(void)
+mms_queue_alloc(bool first)
 {
 	int			i;
+	int			reserve = first ? 0 : mms_shared->n_slots / 16;
 
 	LWLockAcquire(mms_shared->slots_lock, LW_EXCLUSIVE);
-	i = mms_shared->free_head;
+	i = mms_shared->n_free > reserve ? mms_shared->free_head : -1;
 	if (i >= 0)
 	{
 		MmsSlot    *s = mms_slot(i);
 
+		mms_shared->n_free--;
 		mms_shared->free_head = s->next;
 		s->state = MMS_SLOT_FILLING;
 		s->prev = s->next = -1;
@@ -79,6 +81,7 @@ free_slot(int i)
 	s->owner_procno = -1;
 	s->next = mms_shared->free_head;
 	mms_shared->free_head = i;
+	mms_shared->n_free++;
 	LWLockRelease(mms_shared->slots_lock);
 }
 
@@ -137,6 +140,13 @@ fair_position(int served, MmsSlot *s)
 	double		cost = s->n_input + (s->kind == MMS_REQ_SCORE ? s->n_target : s->opts.max_new_tokens);
 	int			j;
 
+	if (!mms_fair_queueing)
+	{
+		/* first come, first served: no earlier than anything queued, so at the tail */
+		j = mms_shared->q_tail[served];
+		s->vfinish = j >= 0 ? Max(start, mms_slot(j)->vfinish) : start;
+		return j;
+	}
 	for (j = mms_shared->q_tail[served]; j >= 0; j = mms_slot(j)->prev)
 		if (mms_slot(j)->roleid == s->roleid)
 		{

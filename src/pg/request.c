@@ -391,7 +391,7 @@ submit(MmsRequestSet *rs)
 		entered = enter_concurrency(rs);
 		if (!entered && !rs->exempt && rs->limits.max_concurrent > 0)
 			break;
-		if ((i = mms_queue_alloc()) < 0)
+		if ((i = mms_queue_alloc(held == 0)) < 0)
 		{
 			if (entered)
 				mms_quota_leave(&rs->qkey);

@@ -69,6 +69,7 @@ extern int	mms_pool_target_requests;
 extern int	mms_pool_upscale_wait_ms;
 extern int	mms_max_stats;
 extern double mms_backend_request_share;	/* mms.backend_request_share */
+extern bool mms_fair_queueing;	/* mms.fair_queueing */
 extern int	mms_usage_flush_interval_ms;	/* mms.usage_flush_interval */
 extern int	mms_max_usage_entries;	/* mms.max_usage_entries */
 /* mms.worker_memory in bytes, the automatic value worked out */
@@ -228,7 +229,12 @@ typedef struct MmsSlot
 
 extern MmsSlot *mms_slot(int i);
 extern int	mms_slot_tokens(void);
-extern int	mms_queue_alloc(void);	/* a FILLING slot, or -1 when none is free */
+/*
+ * A FILLING slot, or -1 when none is free. The last free slots (a sixteenth)
+ * are kept for backends with nothing in flight (first: the caller holds
+ * none), so that a single call always finds one while arrays fill the rest.
+ */
+extern int	mms_queue_alloc(bool first);
 extern void mms_queue_free_unqueued(int slot);	/* gives back a FILLING slot */
 /* Queues a filled slot at the tail; returns the queue's length after (use mms_served_submit). */
 extern int	mms_queue_submit(int slot, int served, uint32 served_gen);
@@ -280,7 +286,7 @@ typedef struct MmsWorker
 	uint32		generation;		/* bumped on every use of the entry */
 	int			served;
 	uint32		served_gen;
-	Oid			dboid;			/* loaders and scans: the database they connect to */
+	Oid			dboid;			/* loaders, scans, flushes: the database they connect to */
 	int			pid;
 	int			procno;			/* -1 until the process is up */
 	bool		clean_exit;		/* left by itself (idle, drained, done) */
@@ -525,6 +531,7 @@ typedef struct MmsShared
 	Size		slot_stride;
 	Size		slots_off;		/* from the start of this struct */
 	int			free_head;		/* free list through MmsSlot.next */
+	int			n_free;
 	int			q_head[MMS_MAX_SERVED];
 	int			q_tail[MMS_MAX_SERVED];
 	int			q_queued[MMS_MAX_SERVED];

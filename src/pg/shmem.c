@@ -88,6 +88,7 @@ mms_shmem_startup(void)
 		for (int i = 0; i < mms_max_requests; i++)
 			mms_slot(i)->next = i + 1 < mms_max_requests ? i + 1 : -1;
 		mms_shared->free_head = mms_max_requests > 0 ? 0 : -1;
+		mms_shared->n_free = mms_max_requests;
 		for (int i = 0; i < MMS_MAX_SERVED; i++)
 			mms_shared->q_head[i] = mms_shared->q_tail[i] = -1;
 		for (int i = 0; i < MMS_WORKER_SLOTS; i++)
