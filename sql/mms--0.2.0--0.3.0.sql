@@ -169,7 +169,8 @@ CREATE FUNCTION mms.usage_pending_rows(
 -- As the reader (security_invoker): the row policy of mms.usage applies.
 CREATE VIEW mms.usage_summary WITH (security_invoker = true) AS
 SELECT u.hour::pg_catalog.date AS day,
-       pg_catalog.max(u.role_name::text) AS role,
+       coalesce((SELECT a.rolname FROM pg_catalog.pg_roles a WHERE a.oid OPERATOR(pg_catalog.=) u.role)::text,
+                pg_catalog.max(u.role_name::text)) AS role,  -- its name now, else as last written
        u.database::text AS database,
        u.model,
        u.version,

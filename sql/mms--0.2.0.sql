@@ -1,7 +1,9 @@
 -- mms--0.2.0.sql — installs the model registry: catalog tables and views in
 -- schema mms, the role mms_admin, and the mms_* functions in the extension's
 -- schema. The C side lives in src/pg (see README.md and docs/engine.md).
--- mms--0.1.0--0.2.0.sql brings a 0.1.0 registry to the same state.
+-- mms--0.1.0--0.2.0.sql brings a 0.1.0 registry to the same state. CREATE
+-- EXTENSION mms runs this script and then the updates to the current version
+-- (mms--0.2.0--0.3.0.sql ...).
 
 \echo Use "CREATE EXTENSION mms" to load this file. \quit
 

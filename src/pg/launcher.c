@@ -569,9 +569,10 @@ mms_launcher_main(Datum arg)
 }
 
 /*
- * Before DROP DATABASE: only loaders and start-up scans ever connect to a
- * database, briefly; waits (up to 5 s) for those connected to the one going
- * away. Inference workers connect to none and never block the drop.
+ * Before DROP DATABASE: only loaders, start-up scans and usage flushes ever
+ * connect to a database, briefly; waits (up to 5 s) for those connected to
+ * the one going away. Inference workers connect to none and never block the
+ * drop.
  */
 void
 mms_release_database(Oid dboid)

@@ -1,6 +1,6 @@
 /*
  * workers.c — the worker table (inference workers, loaders, the start-up
- * scan): owns MmsShared.workers. The launcher requests entries and starts
+ * scan, usage flushes): owns MmsShared.workers. The launcher requests entries and starts
  * their processes; each process moves its own entry through its states with
  * these verbs; views read snapshots. Which worker to start or stop is the
  * launcher's decision (launcher.c), not this file's.
