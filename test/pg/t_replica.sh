@@ -65,6 +65,32 @@ out=$(q $p2 -c "SELECT mms_usage_flush()" 2>&1)
 grep -q "cannot flush usage during recovery" <<<"$out" && ok "the replica refuses to flush usage" || bad "mms_usage_flush on the replica: $out"
 got=$(q $p1 -c "SELECT mms_usage_flush()" -c "SELECT sum(calls) FROM mms.usage")
 [ "$got" = $'t\n2' ] && ok "the primary's mms.usage has its own 2 calls, none of the replica's" || bad "primary usage: '$got'"
+# quotas hold on the replica too, and a change made on the primary reaches
+# the replica's sessions (their cached limits are invalidated by the replay)
+q $p1 -c "CREATE ROLE regress_rep_q LOGIN" -c "SELECT mms_grant('rep', 'public')" \
+	-c "SELECT mms_set_quota('regress_rep_q', 'rep', requests_per_minute => 2)" >/dev/null
+for _ in $(seq 100); do
+	[ "$(q $p2 -c "SELECT count(*) FROM mms.quotas WHERE role = 'regress_rep_q'" 2>/dev/null)" = 1 ] && break
+	sleep 0.1
+done
+call="SELECT mms_generate('rep', 'quota', '{\"max_new_tokens\": 2}') IS NOT NULL;"
+got=$(psql -X -q -At -h 127.0.0.1 -p $p2 -U regress_rep_q -d postgres -v VERBOSITY=verbose 2>&1 <<SQL | sed -n 's/^\(t\)$/\1/p; s/^ERROR:  \([0-9A-Z]*\):.*/\1/p' | tr '\n' ' '
+$call
+$call
+$call
+\\! psql -X -q -h 127.0.0.1 -p $p1 -U postgres -d postgres -c "SELECT mms_set_quota('regress_rep_q', 'rep', requests_per_minute => 5)" >/dev/null
+DO \$\$ BEGIN
+	FOR i IN 1..100 LOOP
+		EXIT WHEN (SELECT requests_per_minute FROM mms.quotas WHERE role = 'regress_rep_q') = 5;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+END \$\$;
+$call
+SQL
+)
+[ "$got" = "t t 53400 t " ] &&
+	ok "on the replica, requests_per_minute 2 answers 2 calls and refuses the third (53400); raised to 5 on the primary, the same session's next call runs" ||
+	bad "quota on the replica: '$got'"
 as_server pg_ctl -D "$work/replica" -m fast -w stop >/dev/null
 
 # the primary again, without the preload
