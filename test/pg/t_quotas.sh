@@ -47,6 +47,9 @@ n_rej=$(grep -c '^53400$' <<<"$out")
 [ "$n_ok" = 5 ] && [ "$n_rej" = 11 ] &&
 	ok "requests_per_minute 5, 16 calls from 4 concurrent sessions: exactly 5 answered, 11 refused with 53400" ||
 	bad "requests_per_minute 5: $n_ok answered, $n_rej refused: $(sort <<<"$out" | uniq -c | tr '\n' ' ')"
+# usage meters both: the answered calls and the refused ones
+got=$(sql -c "SELECT mms_usage_flush()" -c "SELECT sum(calls) || ' ' || sum(rejections) FROM mms.usage u WHERE u.role_name = 'regress_q_rpm'")
+[ "$got" = $'t\n5 11' ] && ok "mms.usage counts the role's 5 calls and 11 rejections" || bad "usage of the refused role: '$got'"
 
 # --- tokens_per_minute and array calls -------------------------------------------------
 n_in=$(sql -c "SELECT cardinality(mms_tokenize('flan', '$fox'))")
