@@ -200,22 +200,22 @@ mms_queue_collect(int slot, MmsCollectFn fn, void *arg)
 	return true;
 }
 
-bool
+MmsSlotState
 mms_queue_abandon(int slot)
 {
 	MmsSlot    *s = mms_slot(slot);
 	int			served = s->served;
-	bool		unfinished = true;
+	MmsSlotState found = s->state;
 	bool		free_it = false;
-	bool		wake = false;
 
-	if (s->state == MMS_SLOT_FILLING)
+	if (found == MMS_SLOT_FILLING)
 	{
 		free_slot(slot);
-		return false;
+		return found;
 	}
 	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
-	switch (s->state)
+	found = s->state;
+	switch (found)
 	{
 		case MMS_SLOT_QUEUED:
 			unlink_slot(served, slot);
@@ -223,22 +223,19 @@ mms_queue_abandon(int slot)
 			break;
 		case MMS_SLOT_RUNNING:
 			s->state = MMS_SLOT_ABANDONED;
-			wake = true;
 			break;
 		case MMS_SLOT_DONE:
-			unfinished = false;
 			free_it = true;
 			break;
 		default:
-			unfinished = false;
 			break;
 	}
 	LWLockRelease(qlock(served));
 	if (free_it)
 		free_slot(slot);
-	if (wake)
+	if (found == MMS_SLOT_RUNNING)
 		mms_workers_wake(served);
-	return unfinished;
+	return found;
 }
 
 int
@@ -273,11 +270,11 @@ mms_queue_return(int served, const int *slots, int n)
 	int			n_free = 0;
 
 	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
-	/* back to the head in reverse, so that their order is kept */
-	for (int j = n - 1; j >= 0; j--)
+	for (int j = 0; j < n; j++)
 	{
 		int			i = slots[j];
 		MmsSlot    *s = mms_slot(i);
+		int			prev = -1;
 
 		mms_shared->q_running[served]--;
 		if (s->state == MMS_SLOT_ABANDONED)
@@ -288,14 +285,11 @@ mms_queue_return(int served, const int *slots, int n)
 		}
 		s->state = MMS_SLOT_QUEUED;
 		s->runner = -1;
-		s->prev = -1;
-		s->next = mms_shared->q_head[served];
-		if (s->next >= 0)
-			mms_slot(s->next)->prev = i;
-		else
-			mms_shared->q_tail[served] = i;
-		mms_shared->q_head[served] = i;
-		mms_shared->q_queued[served]++;
+		/* its old virtual finish time puts it back where it was, near the head */
+		for (int k = mms_shared->q_head[served]; k >= 0 && mms_slot(k)->vfinish <= s->vfinish;
+			 k = mms_slot(k)->next)
+			prev = k;
+		link_after(served, prev, i);
 	}
 	LWLockRelease(qlock(served));
 	for (int j = 0; j < n_free; j++)

@@ -179,7 +179,7 @@ mms_quota_charge(const MmsQuotaKey *k, const MmsQuotaLimits *l, int n, int64 tok
 	if (b == NULL)
 	{
 		LWLockRelease(mms_shared->quota_lock);
-		why->limit = "buckets";
+		why->no_bucket = true;
 		why->retry_seconds = 1;
 		return false;
 	}
@@ -197,6 +197,27 @@ mms_quota_charge(const MmsQuotaKey *k, const MmsQuotaLimits *l, int n, int64 tok
 	}
 	LWLockRelease(mms_shared->quota_lock);
 	return !short_any;
+}
+
+void
+mms_quota_uncharge(const MmsQuotaKey *k, int n, int64 tokens)
+{
+	QuotaBucket *b;
+
+	if (n <= 0 && tokens <= 0)
+		return;
+	LWLockAcquire(mms_shared->quota_lock, LW_EXCLUSIVE);
+	b = hash_search(buckets, k, HASH_FIND, NULL);
+	if (b != NULL)
+	{
+		if (b->rpm)
+			b->requests = Min((double) b->rpm, b->requests + n);
+		if (b->tpm)
+			b->tokens = Min((double) b->tpm, b->tokens + (double) tokens);
+		if (b->tpd)
+			b->day_tokens = Min((double) b->tpd, b->day_tokens + (double) tokens);
+	}
+	LWLockRelease(mms_shared->quota_lock);
 }
 
 void
@@ -218,23 +239,29 @@ mms_quota_refund(const MmsQuotaKey *k, int64 tokens)
 	LWLockRelease(mms_shared->quota_lock);
 }
 
-bool
+int
 mms_quota_enter(const MmsQuotaKey *k, const MmsQuotaLimits *l, int32 *in_flight)
 {
 	QuotaBucket *b;
-	bool		ok;
+	int			r;
 
 	*in_flight = 0;
 	if (l->max_concurrent == 0)
-		return true;
+		return 1;
 	LWLockAcquire(mms_shared->quota_lock, LW_EXCLUSIVE);
 	b = bucket_for(k, l, GetCurrentTimestamp());
-	ok = b != NULL && b->in_flight < l->max_concurrent;
-	if (ok)
+	if (b == NULL)
+		r = -1;
+	else if (b->in_flight < l->max_concurrent)
+	{
 		b->in_flight++;
+		r = 1;
+	}
+	else
+		r = 0;
 	*in_flight = b ? b->in_flight : 0;
 	LWLockRelease(mms_shared->quota_lock);
-	return ok;
+	return r;
 }
 
 void

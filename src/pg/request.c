@@ -77,6 +77,7 @@ struct MmsRequestSet
 	int			inflight_cap;
 	int64		charged_waiting;	/* output tokens charged to admitted requests without a slot */
 	bool		exempt;			/* superuser: no quota */
+	Oid			roleid;			/* the caller when the set began: charged and metered */
 	MmsQuotaLimits limits;
 	MmsQuotaKey qkey;
 	TimestampTz t0;
@@ -98,15 +99,30 @@ untrack(MmsRequestSet *rs, const Track *t, int32 used)
 		mms_quota_refund(&rs->qkey, t->charge - used);
 }
 
+/*
+ * Gives up a request holding a slot. One that ran (or finished) is charged
+ * what it may have generated: only a request that never started gets its
+ * output allowance back.
+ */
+static MmsSlotState
+abandon(MmsRequestSet *rs, const Track *t)
+{
+	MmsSlotState found = mms_queue_abandon(t->slot);
+
+	untrack(rs, t, found == MMS_SLOT_RUNNING || found == MMS_SLOT_DONE ? t->charge : 0);
+	return found;
+}
+
 /* Abandons every slot the set holds and forgets the set (no palloc: may run in abort). */
 static void
 release_set(MmsRequestSet *rs)
 {
 	for (int j = 0; j < rs->n_inflight; j++)
 	{
-		if (mms_queue_abandon(rs->inflight[j].slot))
+		MmsSlotState found = abandon(rs, &rs->inflight[j]);
+
+		if (found == MMS_SLOT_QUEUED || found == MMS_SLOT_RUNNING)
 			rs->counts.cancels++, rs->counts.calls++;
-		untrack(rs, &rs->inflight[j], 0);
 	}
 	rs->n_inflight = 0;
 	mms_quota_refund(&rs->qkey, rs->charged_waiting);
@@ -167,9 +183,10 @@ mms_requests_begin(const MmsModel *m)
 	/* the model's served entry, shared by every database with the same bytes */
 	rs->served = mms_served_acquire(m, MyDatabaseId, &rs->served_gen);
 	/* the caller's quota: looked up once per set (cached by the backend) */
-	rs->exempt = superuser();
-	mms_quota_limits(GetUserId(), m->name, &rs->limits);
-	mms_quota_key(&rs->limits, GetUserId(), &rs->qkey);
+	rs->roleid = GetUserId();
+	rs->exempt = superuser_arg(rs->roleid);
+	mms_quota_limits(rs->roleid, m->name, &rs->limits);
+	mms_quota_key(&rs->limits, rs->roleid, &rs->qkey);
 	return rs;
 }
 
@@ -255,9 +272,21 @@ output_allowance(const Req *r)
 }
 
 static char *
-quota_role_name(void)
+quota_role_name(MmsRequestSet *rs)
 {
-	return GetUserNameFromId(GetUserId(), false);
+	return GetUserNameFromId(rs->roleid, false);
+}
+
+/* The shared table of buckets is full of buckets in use: say so, not a limit. */
+static void
+refuse_no_bucket(MmsRequestSet *rs, int n)
+{
+	rs->counts.rejections += n;
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("too many roles are rate-limited at once to admit a call of role \"%s\" on model \"%s\"",
+					quota_role_name(rs), rs->model.name),
+			 errdetail("Retry in 1 s.")));
 }
 
 /*
@@ -268,11 +297,13 @@ quota_role_name(void)
 static void
 refuse(MmsRequestSet *rs, int n, const MmsQuotaRefusal *why)
 {
+	if (why->no_bucket)
+		refuse_no_bucket(rs, n);
 	rs->counts.rejections += n;
 	ereport(ERROR,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			 errmsg("role \"%s\" is over its quota on model \"%s\": %s is " INT64_FORMAT,
-					quota_role_name(), rs->model.name, why->limit, why->limit_value),
+					quota_role_name(rs), rs->model.name, why->limit, why->limit_value),
 			 errdetail("Retry in %d s.", (int) Max(1, ceil(why->retry_seconds))),
 			 errhint("mms_quota_status() shows what remains.")));
 }
@@ -286,7 +317,7 @@ refuse_never(MmsRequestSet *rs, int n, int64 tokens, const char *limit, int64 va
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			 errmsg_plural("a call of %d request and " INT64_FORMAT " tokens can never fit the quota of role \"%s\" on model \"%s\": %s is " INT64_FORMAT,
 						   "a call of %d requests and " INT64_FORMAT " tokens can never fit the quota of role \"%s\" on model \"%s\": %s is " INT64_FORMAT,
-						   n, n, tokens, quota_role_name(), rs->model.name, limit, value),
+						   n, n, tokens, quota_role_name(rs), rs->model.name, limit, value),
 			 errdetail("Each request is charged its input tokens plus max_new_tokens (the target's tokens when scoring) up front."),
 			 errhint("Split the call into smaller ones, or lower max_new_tokens.")));
 }
@@ -310,9 +341,19 @@ admit(MmsRequestSet *rs)
 	{
 		Req		   *r = &rs->reqs[i];
 
+		if (r->res.done)
+		{
+			n--;				/* cancelled before it was admitted */
+			continue;
+		}
 		r->charge = rs->exempt ? 0 : output_allowance(r);
 		tokens += r->n_input + output_allowance(r);
 		out += r->charge;
+	}
+	if (n <= 0)
+	{
+		rs->next_unadmitted = rs->n;
+		return;
 	}
 	if (!rs->exempt)
 	{
@@ -335,6 +376,31 @@ admit(MmsRequestSet *rs)
 }
 
 /*
+ * Gives back the whole charge of the admitted requests that have no slot:
+ * the call is refused before they ran.
+ */
+static void
+uncharge_waiting(MmsRequestSet *rs)
+{
+	int			n = 0;
+	int64		tokens = 0;
+
+	for (int i = rs->next_unsubmitted; i < rs->next_unadmitted; i++)
+	{
+		Req		   *r = &rs->reqs[i];
+
+		if (r->slot != -1)
+			continue;
+		n++;
+		tokens += r->n_input + output_allowance(r);
+	}
+	if (rs->limits.tokens_per_minute == 0 && rs->limits.tokens_per_day == 0)
+		tokens = 0;
+	mms_quota_uncharge(&rs->qkey, n, tokens);
+	rs->charged_waiting = 0;
+}
+
+/*
  * The role is at its max_concurrent: wait for this backend's own requests,
  * or, with none in flight, refuse (another session holds them all).
  */
@@ -342,27 +408,35 @@ static bool
 enter_concurrency(MmsRequestSet *rs)
 {
 	int32		in_flight;
+	int			r;
 
 	if (rs->exempt || rs->limits.max_concurrent == 0)
 		return false;
-	if (mms_quota_enter(&rs->qkey, &rs->limits, &in_flight))
+	if ((r = mms_quota_enter(&rs->qkey, &rs->limits, &in_flight)) > 0)
 		return true;
-	if (backend_inflight() > 0)
+	if (r == 0 && backend_inflight() > 0)
 		return false;
+	uncharge_waiting(rs);
+	if (r < 0)
+		refuse_no_bucket(rs, 1);
 	rs->counts.rejections++;
 	ereport(ERROR,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			 errmsg("role \"%s\" is over its quota on model \"%s\": max_concurrent is %d",
-					quota_role_name(), rs->model.name, rs->limits.max_concurrent),
+					quota_role_name(rs), rs->model.name, rs->limits.max_concurrent),
 			 errdetail("The role has %d requests in flight; retry in 1 s, or when one of them finishes.",
 					   in_flight),
 			 errhint("mms_quota_status() shows what remains.")));
 	return false;				/* keep compiler quiet */
 }
 
-/* Puts waiting requests into free slots; true if any went. */
+/*
+ * Puts waiting requests into free slots; true if any went. With admit_new,
+ * the requests added since the last admission are admitted first; else only
+ * those already admitted go.
+ */
 static bool
-submit(MmsRequestSet *rs)
+submit(MmsRequestSet *rs, bool admit_new)
 {
 	int			queued = 0;
 	int			ready;
@@ -370,8 +444,9 @@ submit(MmsRequestSet *rs)
 	int			share = backend_share();
 	int			held = backend_inflight();
 
-	admit(rs);
-	while (rs->next_unsubmitted < rs->n)
+	if (admit_new)
+		admit(rs);
+	while (rs->next_unsubmitted < rs->next_unadmitted)
 	{
 		Req		   *r = &rs->reqs[rs->next_unsubmitted];
 		int			i;
@@ -398,7 +473,7 @@ submit(MmsRequestSet *rs)
 			break;
 		}
 		s = mms_slot(i);
-		s->roleid = GetUserId();
+		s->roleid = rs->roleid;
 		s->dboid = MyDatabaseId;
 		s->model_id = rs->model.id;
 		s->weight = rs->limits.weight;
@@ -515,11 +590,24 @@ collect(MmsRequestSet *rs)
 	MemoryContextSwitchTo(old);
 }
 
+/* Does the set's quota count requests or tokens (so that a call must be admitted whole)? */
+static bool
+rate_limited(const MmsRequestSet *rs)
+{
+	return !rs->exempt && (rs->limits.requests_per_minute > 0 || rs->limits.tokens_per_minute > 0 ||
+						   rs->limits.tokens_per_day > 0);
+}
+
+/*
+ * Polling while requests are still being added submits them early, so the
+ * workers start before the last input is tokenized; but a rate-limited call
+ * is admitted whole, so its requests wait for mms_requests_wait.
+ */
 int
 mms_requests_poll(MmsRequestSet *rs)
 {
 	collect(rs);
-	(void) submit(rs);
+	(void) submit(rs, !rate_limited(rs));
 	return rs->n_open;
 }
 
@@ -542,7 +630,7 @@ mms_requests_wait(MmsRequestSet *rs, int i)
 	for (;;)
 	{
 		collect_all();
-		(void) mms_requests_poll(rs);
+		(void) submit(rs, true);
 		if (i >= 0 ? rs->reqs[i].res.done : rs->n_open == 0)
 			return;
 		/* short waits while some requests still wait for a free slot */
@@ -577,10 +665,9 @@ mms_requests_cancel(MmsRequestSet *rs, int i)
 		{
 			Track		t = rs->inflight[j];
 
-			(void) mms_queue_abandon(t.slot);
 			rs->inflight[j] = rs->inflight[rs->n_inflight - 1];
 			rs->n_inflight--;
-			untrack(rs, &t, 0);
+			(void) abandon(rs, &t);
 			break;
 		}
 	r->slot = -2;
@@ -600,7 +687,7 @@ flush_stats(MmsRequestSet *rs)
 	if (rs->counts.calls == 0 && rs->counts.rejections == 0)
 		return;
 	k.dboid = MyDatabaseId;
-	k.roleid = GetUserId();
+	k.roleid = rs->roleid;
 	k.model_id = rs->model.id;
 	if (rs->counts.calls > 0)
 		mms_stats_add(&k, rs->model.name, rs->model.version, rs->model.sha256, &rs->counts);

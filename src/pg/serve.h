@@ -241,11 +241,11 @@ extern int	mms_queue_submit(int slot, int served, uint32 served_gen);
 /* Owner: true (and the slot freed, its result copied by fn) once DONE. */
 typedef void (*MmsCollectFn) (const MmsSlot *s, void *arg);
 extern bool mms_queue_collect(int slot, MmsCollectFn fn, void *arg);
-/* Owner leaves: QUEUED/DONE freed, RUNNING marked ABANDONED; true if it had not finished. */
-extern bool mms_queue_abandon(int slot);
+/* Owner leaves: QUEUED/DONE freed, RUNNING marked ABANDONED; returns the state it found. */
+extern MmsSlotState mms_queue_abandon(int slot);
 /* Worker: takes up to max QUEUED requests, first come first served. */
 extern int	mms_queue_take(int served, int worker, int max, int *out);
-/* Worker: puts taken requests back at the head, in their order (memory wait). */
+/* Worker: puts taken requests back, each at its place in the fair order (memory wait, preemption). */
 extern void mms_queue_return(int served, const int *slots, int n);
 /* Worker: true when the caller abandoned this running request. */
 extern bool mms_queue_is_abandoned(int slot);
@@ -457,6 +457,7 @@ typedef struct MmsQuotaKey
 
 typedef struct MmsQuotaRefusal
 {
+	bool		no_bucket;		/* the shared table of buckets is full of live ones */
 	const char *limit;			/* the limit that refused (a column name) */
 	int64		limit_value;
 	double		retry_seconds;	/* when enough is back */
@@ -479,10 +480,15 @@ extern void mms_quota_shmem_init(void);
 /* Charges n requests of tokens in all against the buckets, all or nothing; false and why if over. */
 extern bool mms_quota_charge(const MmsQuotaKey *k, const MmsQuotaLimits *l, int n, int64 tokens,
 							 MmsQuotaRefusal *why);
+/* Gives back a whole charge (requests and tokens) of requests that never ran. */
+extern void mms_quota_uncharge(const MmsQuotaKey *k, int n, int64 tokens);
 /* Gives back tokens a request was charged and did not use. */
 extern void mms_quota_refund(const MmsQuotaKey *k, int64 tokens);
-/* max_concurrent: one more request in flight, if the limit allows; in_flight is the count after. */
-extern bool mms_quota_enter(const MmsQuotaKey *k, const MmsQuotaLimits *l, int32 *in_flight);
+/*
+ * max_concurrent: one more request in flight, if the limit allows (1; in_flight
+ * is the count after), 0 at the limit, -1 when no bucket is free for the role.
+ */
+extern int	mms_quota_enter(const MmsQuotaKey *k, const MmsQuotaLimits *l, int32 *in_flight);
 extern void mms_quota_leave(const MmsQuotaKey *k);
 extern void mms_quota_remaining(const MmsQuotaKey *k, const MmsQuotaLimits *l, MmsQuotaRemaining *out);
 /* quota_rules.c: the limits of role on model name (cached per backend until the rows change). */

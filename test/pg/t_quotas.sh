@@ -24,7 +24,7 @@ call_as() {
 
 dropdb --if-exists $db 2>/dev/null
 createdb $db || { bad "createdb $db"; exit 0; }
-roles="regress_q_rpm regress_q_tok regress_q_ref regress_q_conc regress_q_su regress_q_share regress_q_a regress_q_b"
+roles="regress_q_rpm regress_q_tok regress_q_ref regress_q_conc regress_q_su regress_q_share regress_q_a regress_q_b regress_q_big regress_q_cancel regress_q_def"
 for r in $roles; do echo "DROP ROLE IF EXISTS $r; CREATE ROLE $r LOGIN;"; done | psql -X -q -d postgres
 sql >/dev/null <<SQL || { bad "setup"; exit 0; }
 CREATE EXTENSION mms;
@@ -67,6 +67,16 @@ remaining=$(psql -X -q -At -d $db -U regress_q_tok -c "SELECT remaining FROM mms
 [ "${remaining:-99}" -lt "$each" ] && ok "mms_quota_status: $remaining tokens left, less than a request" ||
 	bad "mms_quota_status after the arrays: '$remaining'"
 
+# an array larger than the API's submission chunks is still admitted whole
+sql -c "SELECT mms_set_quota('regress_q_big', 'flan', requests_per_minute => 80)" >/dev/null
+big=$(psql -X -q -At -d $db -U regress_q_big -c "SELECT mms_generate_batch('flan', array_fill('x'::text, ARRAY[100]), '{\"max_new_tokens\": 2}')" 2>&1 | grep -o 'can never fit')
+left1=$(psql -X -q -At -d $db -U regress_q_big -c "SELECT remaining FROM mms_quota_status('flan')")
+r70=$(call_as regress_q_big "SELECT mms_generate_batch('flan', array_fill('x'::text, ARRAY[70]), '{\"max_new_tokens\": 2}')")
+left2=$(psql -X -q -At -d $db -U regress_q_big -c "SELECT remaining FROM mms_quota_status('flan')")
+[ "$big" = "can never fit" ] && [ "$left1" = 80 ] && [ "$r70" = ok ] && [ "$left2" = 10 ] &&
+	ok "requests_per_minute 80: an array of 100 is refused whole as never fitting (80 left), one of 70 runs (10 left)" ||
+	bad "arrays beyond 64 elements: '$big', left $left1, array of 70 '$r70', left $left2"
+
 # --- refunds ---------------------------------------------------------------------------
 # 'short' stops at once on this input: what it was charged for 100 new tokens comes back
 n_in=$(sql -c "SELECT cardinality(mms_tokenize('short', '$fox'))")
@@ -81,8 +91,18 @@ fl2=$(call_as regress_q_ref "SELECT mms_generate('flan', '$fox', '{\"max_new_tok
 	ok "refunds: 5 calls in a row fit a bucket of less than two calls' charge when each generates $out_len tokens of 100; a call that uses its 100 leaves no room for another" ||
 	bad "refunds: short model '$res', long model '$fl $fl2'"
 
+# a request cancelled while it runs keeps its charge: only one that never ran is given back
+n_in=$(sql -c "SELECT cardinality(mms_tokenize('flan', 'cancelled'))")
+sql -c "SELECT mms_set_quota('regress_q_cancel', 'flan', tokens_per_minute => $((3 * (n_in + 4000))))" >/dev/null
+rc=$(call_as regress_q_cancel "SET statement_timeout = '300ms'; SELECT mms_generate('flan', 'cancelled', '{\"max_new_tokens\": 4000, \"min_new_tokens\": 4000}')")
+left=$(psql -X -q -At -d $db -U regress_q_cancel -c "SELECT remaining FROM mms_quota_status('flan')")
+# refilled meanwhile at 3 * (n_in + 4000) / 60 tokens a second
+[ "$rc" = 57014 ] && [ "$left" -lt $((2 * (n_in + 4000) + 1000)) ] &&
+	ok "a generation cancelled by statement_timeout while it ran keeps its charge ($left of $((3 * (n_in + 4000))) left)" ||
+	bad "cancelled while running: '$rc', $left left of $((3 * (n_in + 4000)))"
+
 # --- max_concurrent --------------------------------------------------------------------
-sql -c "SELECT mms_set_quota('regress_q_conc', 'flan', max_concurrent => 1)" >/dev/null
+sql -c "SELECT mms_set_quota('regress_q_conc', 'flan', max_concurrent => 1, requests_per_minute => 10)" >/dev/null
 call_as regress_q_conc "SELECT mms_generate('flan', 'long', '{\"max_new_tokens\": 4000, \"min_new_tokens\": 4000}')" >"$TMPDIR_PG/conc1" &
 p1=$!
 for i in $(seq 300); do
@@ -96,14 +116,14 @@ call_as regress_q_conc "SELECT mms_generate('flan', 'y', '{\"max_new_tokens\": 2
 p3=$!
 wait $p2 $p3
 b2="$(cat "$TMPDIR_PG/conc2") $(cat "$TMPDIR_PG/conc3")"
-status=$(psql -X -q -At -d $db -U regress_q_conc -c "SELECT remaining FROM mms_quota_status('flan') WHERE limit_name = 'max_concurrent'")
+status=$(psql -X -q -At -d $db -U regress_q_conc -c "SELECT string_agg(remaining::text, ' ' ORDER BY limit_name) FROM mms_quota_status('flan')")
 running_now=$(sql -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'regress_q_conc' AND state = 'active'")
 wait $p1
 r1=$(cat "$TMPDIR_PG/conc1")
 r3=$(call_as regress_q_conc "SELECT mms_generate('flan', 'z', '{\"max_new_tokens\": 2}')")
 r4=$(call_as regress_q_conc "SELECT mms_generate_batch('flan', ARRAY['a', 'b', 'c'], '{\"max_new_tokens\": 2}')")
-[ "$b2" = "53400 53400" ] && [ "$status" = 0 ] && [ "$running_now" = 1 ] && [ "$r1" = ok ] && [ "$r3" = ok ] && [ "$r4" = ok ] &&
-	ok "max_concurrent 1: while one session's call runs, the others get 53400 (remaining 0); after it, a call and an array of 3 (one at a time) run" ||
+[ "$b2" = "53400 53400" ] && [ "$status" = "0 9" ] && [ "$running_now" = 1 ] && [ "$r1" = ok ] && [ "$r3" = ok ] && [ "$r4" = ok ] &&
+	ok "max_concurrent 1: while one session's call runs, the others get 53400 (remaining 0, and their requests are not charged: 9 of 10 a minute left); after it, a call and an array of 3 (one at a time) run" ||
 	bad "max_concurrent 1: during '$b2' remaining '$status' active '$running_now'; first '$r1', after '$r3', array '$r4'"
 
 # --- superusers are exempt -------------------------------------------------------------
@@ -116,6 +136,21 @@ for i in 1 2; do ord+="$(call_as regress_q_su "SELECT mms_generate('short', 'su 
 	ok "public requests_per_minute 1: a superuser makes 3 calls, an ordinary role 1 and then 53400" ||
 	bad "superuser exemption: superuser '$su', ordinary role '$ord'"
 sql -c "SELECT mms_drop_quota('public', 'short')" >/dev/null
+
+# --- SECURITY DEFINER: the definer is charged and metered ------------------------------
+sql >/dev/null <<SQL
+SELECT mms_set_quota('regress_q_def', 'short', requests_per_minute => 1);
+CREATE FUNCTION def_gen(t text) RETURNS text LANGUAGE sql SECURITY DEFINER SET search_path = public
+    AS \$\$ SELECT mms_generate('short', t, '{"max_new_tokens": 2}') \$\$;
+ALTER FUNCTION def_gen(text) OWNER TO regress_q_def;
+SQL
+d=""
+for i in 1 2 3; do d+="$(call_as regress_q_b "SELECT def_gen('via definer $i')") "; done
+got=$(sql -c "SELECT mms_usage_flush()" -c "SELECT string_agg(role_name || ':' || calls || '/' || rejections, ' ' ORDER BY role_name) FROM mms.usage WHERE model = 'short' AND role_name IN ('regress_q_def', 'regress_q_b')")
+[ "$d" = "ok 53400 53400 " ] && [ "$got" = $'t\nregress_q_def:1/2' ] &&
+	ok "a SECURITY DEFINER function is charged to its owner's quota and metered to it, rejections included" ||
+	bad "SECURITY DEFINER: calls '$d', usage '$got'"
+sql -c "DROP FUNCTION def_gen(text)" >/dev/null
 
 # --- one backend's share of the slots --------------------------------------------------
 slots=$(sql -c "SHOW mms.max_requests")
