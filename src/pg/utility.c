@@ -51,27 +51,20 @@ role_references(Oid roleid)
 	uint64		n;
 	StringInfoData buf;
 	char	   *result = NULL;
-
 	bool		quotas = mms_catalog_is_current();	/* 0.2.0 has none */
 
 	mms_catalog_enter(&s);
-	n = mms_spi_exec(quotas ?
-					 "SELECT 'owner of model \"' || m.name || ':' || m.version || '\"'"
-					 " FROM mms.model_versions m WHERE m.owner OPERATOR(pg_catalog.=) $1"
-					 " UNION ALL SELECT 'use of model \"' || g.name || '\" granted to it'"
-					 " FROM mms.model_grants g WHERE g.grantee OPERATOR(pg_catalog.=) $1"
-					 " UNION ALL SELECT 'use of model \"' || g.name || '\" granted by it'"
-					 " FROM mms.model_grants g WHERE g.grantor OPERATOR(pg_catalog.=) $1"
-					 " UNION ALL SELECT 'quota on ' || coalesce('model \"' || q.model || '\"', 'every model')"
-					 " FROM mms.role_quotas q WHERE q.role OPERATOR(pg_catalog.=) $1"
-					 " ORDER BY 1" :
-					 "SELECT 'owner of model \"' || m.name || ':' || m.version || '\"'"
-					 " FROM mms.model_versions m WHERE m.owner OPERATOR(pg_catalog.=) $1"
-					 " UNION ALL SELECT 'use of model \"' || g.name || '\" granted to it'"
-					 " FROM mms.model_grants g WHERE g.grantee OPERATOR(pg_catalog.=) $1"
-					 " UNION ALL SELECT 'use of model \"' || g.name || '\" granted by it'"
-					 " FROM mms.model_grants g WHERE g.grantor OPERATOR(pg_catalog.=) $1"
-					 " ORDER BY 1",
+	/* constant parts only: nothing of the caller's goes into the statement */
+	n = mms_spi_exec(psprintf("%s%s ORDER BY 1",
+							  "SELECT 'owner of model \"' || m.name || ':' || m.version || '\"'"
+							  " FROM mms.model_versions m WHERE m.owner OPERATOR(pg_catalog.=) $1"
+							  " UNION ALL SELECT 'use of model \"' || g.name || '\" granted to it'"
+							  " FROM mms.model_grants g WHERE g.grantee OPERATOR(pg_catalog.=) $1"
+							  " UNION ALL SELECT 'use of model \"' || g.name || '\" granted by it'"
+							  " FROM mms.model_grants g WHERE g.grantor OPERATOR(pg_catalog.=) $1",
+							  quotas ?
+							  " UNION ALL SELECT 'quota on ' || coalesce('model \"' || q.model || '\"', 'every model')"
+							  " FROM mms.role_quotas q WHERE q.role OPERATOR(pg_catalog.=) $1" : ""),
 					 1, t, v, NULL, SPI_OK_SELECT);
 	if (n > 0)
 	{
