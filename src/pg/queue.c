@@ -173,6 +173,8 @@ mms_queue_submit(int slot, int served, uint32 served_gen)
 	s->n_output = 0;
 	memset(&s->err, 0, sizeof(s->err));
 	s->t_started = 0;
+	s->t_first = 0;
+	s->n_generated = 0;
 	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
 	s->t_queued = GetCurrentTimestamp();
 	link_after(served, fair_position(served, s), slot);
@@ -285,6 +287,8 @@ mms_queue_return(int served, const int *slots, int n)
 		}
 		s->state = MMS_SLOT_QUEUED;
 		s->runner = -1;
+		s->t_first = 0;			/* it starts again */
+		s->n_generated = 0;
 		/* its old virtual finish time puts it back where it was, near the head */
 		for (int k = mms_shared->q_head[served]; k >= 0 && mms_slot(k)->vfinish <= s->vfinish;
 			 k = mms_slot(k)->next)
@@ -295,6 +299,17 @@ mms_queue_return(int served, const int *slots, int n)
 	for (int j = 0; j < n_free; j++)
 		free_slot(to_free[j]);
 	pfree(to_free);
+}
+
+void
+mms_queue_progress(int slot, int32 n_generated)
+{
+	MmsSlot    *s = mms_slot(slot);
+
+	/* one writer (the worker running it); readers take what they see */
+	if (s->t_first == 0 && n_generated > 0)
+		s->t_first = GetCurrentTimestamp();
+	s->n_generated = n_generated;
 }
 
 bool

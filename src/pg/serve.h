@@ -224,6 +224,9 @@ typedef struct MmsSlot
 	MmsSlotError err;
 	TimestampTz t_queued;
 	TimestampTz t_started;
+	/* progress, written by the running worker alone (mms_queue_progress); 0 until then */
+	TimestampTz t_first;		/* its first output token */
+	int32		n_generated;	/* output tokens so far */
 	int32		tokens[FLEXIBLE_ARRAY_MEMBER];	/* slot_tokens entries */
 } MmsSlot;
 
@@ -247,6 +250,8 @@ extern MmsSlotState mms_queue_abandon(int slot);
 extern int	mms_queue_take(int served, int worker, int max, int *out);
 /* Worker: puts taken requests back, each at its place in the fair order (memory wait, preemption). */
 extern void mms_queue_return(int served, const int *slots, int n);
+/* Worker: a running request's progress after a decoder step (first token time set once). */
+extern void mms_queue_progress(int slot, int32 n_generated);
 /* Worker: true when the caller abandoned this running request. */
 extern bool mms_queue_is_abandoned(int slot);
 /* Worker: ends a request with a result (ids, logprob) or an error (err). */
@@ -367,6 +372,31 @@ extern void mms_stats_add(const MmsStatKey *k, const char *name, int32 version, 
 extern MmsStatEntry *mms_stats_snapshot(int *n, uint64 *dealloc, TimestampTz *reset);
 extern void mms_stats_reset(void);
 extern void mms_stats_forget(Oid dboid, int64 model_id);
+
+/* ================= histograms.c: latency histograms ================= */
+
+/*
+ * Fixed cumulative buckets per (database, model version), Prometheus-style:
+ * what mms.stat_latency, mms_metrics() and the in-database alerts read.
+ */
+typedef enum MmsHistMetric
+{
+	MMS_H_QUEUE_WAIT = 0,		/* seconds from queued to taken by a worker */
+	MMS_H_TTFT,					/* seconds from the call to the first output token */
+	MMS_H_TOTAL,				/* seconds from the call to the result */
+	MMS_H_TPOT,					/* seconds per output token after the first */
+	MMS_H_BATCH,				/* rows of a decoder step (recorded per step, per served model) */
+	MMS_H_N
+} MmsHistMetric;
+
+#define MMS_HIST_BUCKETS 24		/* finite upper bounds; one more for +Inf */
+
+typedef struct MmsHistogram
+{
+	uint64		counts[MMS_HIST_BUCKETS + 1];	/* per bucket (not cumulative); last = +Inf */
+	uint64		count;
+	double		sum;
+} MmsHistogram;
 
 /* ================= usage.c: usage metering ================= */
 
