@@ -220,3 +220,117 @@ GRANT SELECT ON mms.quotas TO PUBLIC;
 GRANT SELECT ON mms.audit_log TO mms_admin;
 -- usage metering: everyone reads mms.usage, its row policy shows each role its own rows
 GRANT SELECT ON mms.usage, mms.usage_summary TO PUBLIC;
+
+-- ==== observability: progress ==============================================
+-- One row per backend whose statement is making inference requests (src/pg/progress.c),
+-- like pg_stat_progress_*; join to pg_stat_activity on pid. Each role sees the
+-- rows of roles it has the privileges of; superusers, mms_admin and
+-- pg_read_all_stats see all.
+CREATE FUNCTION mms.progress_rows(OUT pid integer, OUT database text, OUT role text,
+                                  OUT model text, OUT query_start timestamptz,
+                                  OUT requests_submitted bigint, OUT requests_finished bigint,
+                                  OUT requests_failed bigint, OUT requests_queued integer,
+                                  OUT requests_running integer, OUT tokens_generated bigint,
+                                  OUT elapsed interval, OUT remaining interval)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'mms_progress_rows'
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+CREATE VIEW mms.progress AS SELECT * FROM mms.progress_rows();
+COMMENT ON VIEW mms.progress IS
+    'inference requests of each running statement: submitted, finished, failed, queued, running, tokens generated, estimated time remaining';
+GRANT SELECT ON mms.progress TO PUBLIC;
+
+-- ==== observability: histograms and metrics ====
+-- Latency and batch-size histograms (src/pg/histograms.c) and the Prometheus
+-- exposition of the serving state (src/pg/metrics.c).
+CREATE FUNCTION mms.stat_latency_rows(OUT database text, OUT model text, OUT metric text,
+                                      OUT p50 float8, OUT p90 float8, OUT p99 float8,
+                                      OUT count bigint, OUT sum float8)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'mms_stat_latency'
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+CREATE VIEW mms.stat_latency AS SELECT * FROM mms.stat_latency_rows();
+COMMENT ON VIEW mms.stat_latency IS
+    'per database, model version and metric (queue_wait, ttft, total, tpot in seconds; batch_size in rows): quantiles estimated from histogram buckets, count and sum since mms_stat_reset()';
+GRANT SELECT ON mms.stat_latency TO PUBLIC;
+
+-- The function checks the caller itself; the grants only keep it out of PUBLIC's list.
+CREATE FUNCTION mms_metrics() RETURNS text
+    AS 'MODULE_PATHNAME', 'mms_metrics'
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION mms_metrics() IS
+    'the serving state in the Prometheus text exposition format (superusers, mms_admin and pg_monitor)';
+REVOKE ALL ON FUNCTION mms_metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mms_metrics() TO mms_admin, pg_monitor;
+
+-- ==== observability: alerts ================================================
+-- Rules of this database (src/pg/alerts.c), written only by mms_set_alert and
+-- mms_drop_alert (mms_admin, audited). The per-database maintenance process
+-- evaluates them every mms.alert_interval; their states live in shared memory
+-- (mms.alerts); each transition is a WARNING in the server log and, on a
+-- primary, a row of mms.alert_events and a NOTIFY on channel mms_alerts.
+CREATE TABLE mms.alert_rules (
+    name            text PRIMARY KEY,
+    metric          text NOT NULL CHECK (metric IN ('p99_latency_ms', 'error_ratio',
+                        'queue_wait_ms', 'requests_waiting',
+                        'quota_rejections_per_minute', 'cache_used_fraction')),
+    threshold       float8 NOT NULL,
+    for_interval    interval NOT NULL DEFAULT '1 min' CHECK (for_interval >= '0'),
+    model           text,
+    set_at          timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+SELECT pg_catalog.pg_extension_config_dump('mms.alert_rules', '');
+
+CREATE TABLE mms.alert_events (
+    id              bigserial PRIMARY KEY,
+    at              timestamptz NOT NULL,
+    rule            text NOT NULL,
+    metric          text NOT NULL,
+    model           text,
+    state           text NOT NULL CHECK (state IN ('firing', 'resolved')),
+    value           float8,
+    threshold       float8 NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('mms.alert_events', '');
+SELECT pg_catalog.pg_extension_config_dump('mms.alert_events_id_seq', '');
+COMMENT ON TABLE mms.alert_events IS
+    'alert transitions (firing, resolved) written by the evaluation on a primary';
+
+CREATE FUNCTION mms.alert_states(OUT name text, OUT metric text, OUT state text,
+                                 OUT since timestamptz, OUT value float8,
+                                 OUT evaluated_at timestamptz)
+    RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'mms_alert_states'
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+-- A rule not evaluated yet (or redefined with another metric) is ok.
+CREATE VIEW mms.alerts AS
+SELECT r.name, r.metric, r.model, r.threshold, r.for_interval,
+       coalesce(s.state, 'ok') AS state,
+       s.since,
+       s.value AS last_value,
+       s.evaluated_at AS last_evaluated
+FROM mms.alert_rules r
+     LEFT JOIN mms.alert_states() s
+            ON s.name OPERATOR(pg_catalog.=) r.name AND s.metric OPERATOR(pg_catalog.=) r.metric;
+COMMENT ON VIEW mms.alerts IS
+    'alert rules of this database (mms_set_alert) and their state: ok, pending or firing, since when, the last value';
+
+CREATE FUNCTION mms_set_alert(name text, metric text, threshold float8,
+                              for_interval interval DEFAULT '1 min', model text DEFAULT NULL)
+    RETURNS mms.alert_rules
+    AS 'MODULE_PATHNAME', 'mms_set_alert'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_set_alert(text, text, float8, interval, text) IS
+    'creates or replaces an alert rule: fires when metric (of model, NULL: every model) stays above threshold for for_interval; returns the rule';
+
+CREATE FUNCTION mms_drop_alert(name text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'mms_drop_alert'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION mms_drop_alert(text) IS
+    'removes an alert rule; false if there was none';
+
+REVOKE ALL ON mms.alert_rules, mms.alert_events FROM PUBLIC;
+REVOKE ALL ON SEQUENCE mms.alert_events_id_seq FROM PUBLIC;
+GRANT SELECT ON mms.alerts TO PUBLIC;
+GRANT SELECT ON mms.alert_events TO mms_admin, pg_read_all_stats;

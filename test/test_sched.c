@@ -265,6 +265,35 @@ test_flood_refused(void **state)
 		mms_gen_request_free(reqs[k]);
 }
 
+/* Progress: tokens so far start at 0, grow by one per decoder step, end at the result's length. */
+static void
+test_generated_progress(void **state)
+{
+	MmsSched   *s;
+	MmsGenRequest *r = make_req(0);
+	MmsError	err;
+	int			held = 0;
+	int32_t		last = 0;
+
+	assert_int_equal(mms_gen_request_generated(r), 0);
+	assert_int_equal(mms_sched_create(model, NULL, &s, &err), MMS_OK);
+	assert_int_equal(mms_sched_submit(s, r, &err), MMS_OK);
+	do
+	{
+		int32_t		now;
+
+		assert_int_equal(mms_sched_step(s, &held, &err), MMS_OK);
+		now = mms_gen_request_generated(r);
+		assert_true(now == last || now == last + 1);
+		last = now;
+	} while (held > 0);
+	assert_non_null(mms_gen_request_result(r));
+	assert_true(last >= 1);
+	assert_int_equal(last, mms_gen_request_result(r)->n_ids);
+	mms_sched_free(s);
+	mms_gen_request_free(r);
+}
+
 int
 main(void)
 {
@@ -274,6 +303,7 @@ main(void)
 		cmocka_unit_test(test_alone_vs_31),
 		cmocka_unit_test(test_cancel_middle),
 		cmocka_unit_test(test_flood_refused),
+		cmocka_unit_test(test_generated_progress),
 	};
 
 	return cmocka_run_group_tests_name("scheduler", tests, setup, teardown);

@@ -4,7 +4,8 @@
 set -eu
 pkgs=(build-essential libopenblas-dev libcmocka-dev clang libclang-rt-14-dev valgrind
       postgresql-15 postgresql-server-dev-15 pkg-config
-      sqlsmith python3-psycopg debhelper postgresql-server-dev-all)
+      sqlsmith python3-psycopg debhelper postgresql-server-dev-all
+      prometheus)  # promtool: checks mms_metrics() output and contrib/prometheus rules
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

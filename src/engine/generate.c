@@ -691,6 +691,12 @@ mms_gen_request_pending(const MmsGenRequest *r)
 	return r->phase == PHASE_PENDING;
 }
 
+int32_t
+mms_gen_request_generated(const MmsGenRequest *r)
+{
+	return r->phase == PHASE_PENDING ? 0 : r->t;
+}
+
 void
 mms_gen_request_fail(MmsGenRequest *r, const MmsError *e)
 {

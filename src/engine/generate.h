@@ -92,5 +92,7 @@ void		mms_gen_request_cancel(MmsGenRequest *r);
 void		mms_gen_request_fail(MmsGenRequest *r, const MmsError *e);
 /* Not yet started (waiting to be encoded). */
 int			mms_gen_request_pending(const MmsGenRequest *r);
+/* Decoder steps done: tokens generated (per beam), or target ids scored, so far. */
+int32_t		mms_gen_request_generated(const MmsGenRequest *r);
 
 #endif

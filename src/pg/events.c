@@ -2,13 +2,17 @@
  * events.c — the ring of serving decisions (load, load_failed, evict,
  * scale_up, scale_down, worker_exit) behind mms.events; each is also a LOG
  * line. Owns MmsShared.events under events_lock; the oldest event is
- * overwritten when the ring is full.
+ * overwritten when the ring is full, the counts per kind (mms_metrics) never.
  */
 #include "postgres.h"
 
 #include "utils/timestamp.h"
 
 #include "serve.h"
+
+const char *const mms_event_kinds[MMS_EVENT_KINDS] = {
+	"load", "load_failed", "evict", "scale_up", "scale_down", "worker_exit"
+};
 
 void
 mms_event(const char *kind, const MmsServed *s, const char *fmt,...)
@@ -35,6 +39,9 @@ mms_event(const char *kind, const MmsServed *s, const char *fmt,...)
 	mms_shared->events[mms_shared->event_next] = ev;
 	mms_shared->event_next = (mms_shared->event_next + 1) % MMS_MAX_EVENTS;
 	mms_shared->event_count++;
+	for (int k = 0; k < MMS_EVENT_KINDS; k++)
+		if (strcmp(kind, mms_event_kinds[k]) == 0)
+			mms_shared->event_kind_counts[k]++;
 	LWLockRelease(mms_shared->events_lock);
 }
 
@@ -54,4 +61,12 @@ mms_events_snapshot(MmsEvent *out)
 	}
 	LWLockRelease(mms_shared->events_lock);
 	return n;
+}
+
+void
+mms_events_counts(uint64 *out)
+{
+	LWLockAcquire(mms_shared->events_lock, LW_SHARED);
+	memcpy(out, mms_shared->event_kind_counts, sizeof(uint64) * MMS_EVENT_KINDS);
+	LWLockRelease(mms_shared->events_lock);
 }

@@ -6,10 +6,11 @@
  * themselves when idle), makes room for a model whose requests have no
  * worker by draining one of a busy model, reaps workers that died, and at
  * start reads every database's pinned models. Each decision is an event
- * (mms.events, and a LOG line). Every mms.usage_flush_interval (sooner when
- * asked) it starts a flush process for each database with usage to write,
- * one at a time. It connects to no database, so it blocks none; it reads
- * pg_database only.
+ * (mms.events, and a LOG line). It starts a maintenance process for each
+ * database with something to do, one at a time: every
+ * mms.usage_flush_interval (sooner when asked) for usage to write, every
+ * mms.alert_interval for alert rules to evaluate. It connects to no
+ * database, so it blocks none; it reads pg_database only.
  */
 #include "postgres.h"
 
@@ -38,11 +39,16 @@
 
 /* a pool's only worker is not drained for another model before it served this long */
 #define MIN_SLICE_MS 1000
+/* a hot standby looks for databases with alert rules (they come through the WAL) this often */
+#define ALERT_DISCOVERY_MS (300 * 1000)
 
 static BackgroundWorkerHandle *handles[MMS_WORKER_SLOTS];
 static List *scan_todo = NIL;	/* databases whose pinned models are still to read */
 static List *usage_todo = NIL;	/* databases whose usage this round still has to write */
 static TimestampTz usage_round_at = 0;	/* start of the last round of usage flushes */
+static List *alert_todo = NIL;	/* databases whose alert rules this round still has to evaluate */
+static TimestampTz alert_round_at = 0;
+static TimestampTz alert_discovery_at = 0;	/* 0: every database is visited once first */
 static uint64 usage_dropped_seen = 0;
 
 void
@@ -85,7 +91,7 @@ static const char *
 kind_name(MmsWorkerKind k)
 {
 	return k == MMS_WK_LOADER ? "mms loader" : k == MMS_WK_SCAN ? "mms scan" :
-		k == MMS_WK_USAGE ? "mms usage flush" : "mms worker";
+		k == MMS_WK_USAGE ? "mms maintenance" : "mms worker";
 }
 
 /*
@@ -94,7 +100,7 @@ kind_name(MmsWorkerKind k)
  * than wait for a slot that may never come.
  */
 static bool
-launch(int i, const MmsWorker *w, const char *what, bool sole)
+launch(int i, const MmsWorker *w, const char *what, bool sole, uint32 flags)
 {
 	BackgroundWorker bgw;
 	bool		ok;
@@ -114,6 +120,8 @@ launch(int i, const MmsWorker *w, const char *what, bool sole)
 	strlcpy(bgw.bgw_type, kind_name(w->kind), BGW_MAXLEN);
 	bgw.bgw_main_arg = Int32GetDatum(i);
 	memcpy(bgw.bgw_extra, &w->generation, sizeof(w->generation));
+	/* a maintenance process: what to do (MMS_MAINT_*) */
+	memcpy(bgw.bgw_extra + sizeof(w->generation), &flags, sizeof(flags));
 	bgw.bgw_notify_pid = MyProcPid;
 	if (handles[i])
 	{
@@ -192,14 +200,19 @@ reap(MmsWorker *ws, const MmsServed *dir)
 	}
 }
 
-/* Reads the databases that accept connections (shared catalog: no database needed). */
-static void
-list_databases(void)
+/*
+ * The databases that accept connections (shared catalog: no database
+ * needed), templates too or not, in TopMemoryContext.
+ */
+static List *
+list_databases(bool templates)
 {
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tup;
 	MemoryContext old;
+	List	   *dbs = NIL;
+	MemoryContext caller = CurrentMemoryContext;
 
 	StartTransactionCommand();
 	(void) GetTransactionSnapshot();
@@ -209,15 +222,17 @@ list_databases(void)
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
-		if (!db->datallowconn)
+		if (!db->datallowconn || (db->datistemplate && !templates))
 			continue;
 		old = MemoryContextSwitchTo(TopMemoryContext);
-		scan_todo = lappend_oid(scan_todo, db->oid);
+		dbs = lappend_oid(dbs, db->oid);
 		MemoryContextSwitchTo(old);
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);	/* the commit left TopMemoryContext current */
+	return dbs;
 }
 
 /* One scan at a time, until every database was read. */
@@ -235,22 +250,31 @@ scan_next(const MmsWorker *ws)
 	if ((i = mms_workers_request(MMS_WK_SCAN, -1, 0, linitial_oid(scan_todo), &w)) < 0)
 		return;
 	scan_todo = list_delete_first(scan_todo);
-	(void) launch(i, &w, "pinned models", false);
+	(void) launch(i, &w, "pinned models", false, 0);
 }
 
 /*
- * Usage: a round every mms.usage_flush_interval, or at once when asked
- * (mms_usage_flush(), or the shared table filling up), writes the usage of
- * every database that has some due, one flush process at a time. A hot
- * standby writes none: its usage stays in shared memory.
+ * Maintenance, one process at a time, connected to one database:
+ *  - usage: a round every mms.usage_flush_interval, or at once when asked
+ *    (mms_usage_flush(), or the shared table filling up), writes the usage
+ *    of every database that has some due. A hot standby writes none: its
+ *    usage stays in shared memory.
+ *  - alerts: a round every mms.alert_interval evaluates the rules of every
+ *    database that has some (alerts.c keeps the list). The first round after
+ *    the launcher starts visits every database that is not a template, to
+ *    find them; a hot standby does so again every ALERT_DISCOVERY_MS, since
+ *    rules reach it through the WAL.
+ * A database due for both gets one process that does both.
  */
 static void
-usage_next(const MmsWorker *ws)
+maintenance_next(const MmsWorker *ws)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	uint64		dropped = mms_usage_dropped();
 	bool		force = false;
 	MmsWorker	w;
+	uint32		flags = 0;
+	Oid			dboid;
 	int			i;
 
 	if (dropped > usage_dropped_seen)
@@ -260,12 +284,10 @@ usage_next(const MmsWorker *ws)
 				 errhint("Raise mms.max_usage_entries, or look in the server log for why usage is not flushed.")));
 		usage_dropped_seen = dropped;
 	}
-	if (RecoveryInProgress())
-		return;
 	for (i = 0; i < MMS_WORKER_SLOTS; i++)
 		if (ws[i].kind == MMS_WK_USAGE && ws[i].state != MMS_W_FREE)
 			return;
-	if (usage_todo == NIL &&
+	if (usage_todo == NIL && !RecoveryInProgress() &&
 		(mms_usage_take_flush_request(&force) ||
 		 now - usage_round_at >= (int64) mms_usage_flush_interval_ms * 1000))
 	{
@@ -275,12 +297,33 @@ usage_next(const MmsWorker *ws)
 		MemoryContextSwitchTo(old);
 		usage_round_at = now;
 	}
-	if (usage_todo == NIL)
+	if (alert_todo == NIL &&
+		(alert_discovery_at == 0 ||
+		 (RecoveryInProgress() && now - alert_discovery_at >= (int64) ALERT_DISCOVERY_MS * 1000)))
+	{
+		alert_todo = list_databases(false);
+		alert_discovery_at = alert_round_at = now;
+	}
+	else if (alert_todo == NIL && now - alert_round_at >= (int64) mms_alert_interval_ms * 1000)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		alert_todo = mms_alerts_databases();
+		MemoryContextSwitchTo(old);
+		alert_round_at = now;
+	}
+	if (usage_todo == NIL && alert_todo == NIL)
 		return;
-	if ((i = mms_workers_request(MMS_WK_USAGE, -1, 0, linitial_oid(usage_todo), &w)) < 0)
+	dboid = usage_todo != NIL ? linitial_oid(usage_todo) : linitial_oid(alert_todo);
+	if ((i = mms_workers_request(MMS_WK_USAGE, -1, 0, dboid, &w)) < 0)
 		return;
-	usage_todo = list_delete_first(usage_todo);
-	(void) launch(i, &w, "usage", false);
+	if (list_member_oid(usage_todo, dboid))
+		flags |= MMS_MAINT_USAGE;
+	if (list_member_oid(alert_todo, dboid))
+		flags |= MMS_MAINT_ALERTS;
+	usage_todo = list_delete_oid(usage_todo, dboid);
+	alert_todo = list_delete_oid(alert_todo, dboid);
+	(void) launch(i, &w, "database", false, flags);
 }
 
 /* What the launcher knows of one served model in a pass. */
@@ -454,7 +497,7 @@ decide(MmsWorker *ws, const MmsServed *dir)
 			MmsWorker	w;
 			int			k = mms_workers_request(MMS_WK_LOADER, i, s->generation, s->users[0].dboid, &w);
 
-			if (k >= 0 && launch(k, &w, what, true))
+			if (k >= 0 && launch(k, &w, what, true, 0))
 				loaders++;
 			continue;
 		}
@@ -480,7 +523,7 @@ decide(MmsWorker *ws, const MmsServed *dir)
 			}
 			if ((k = mms_workers_request(MMS_WK_INFERENCE, i, s->generation, InvalidOid, &w)) < 0)
 				break;
-			if (!launch(k, &w, what, p->workers == 0))
+			if (!launch(k, &w, what, p->workers == 0, 0))
 				break;
 			total++;
 			if (p->workers > 0)
@@ -500,7 +543,7 @@ launcher_pass(void)
 	mms_workers_snapshot(ws);
 	reap(ws, dir);
 	scan_next(ws);
-	usage_next(ws);
+	maintenance_next(ws);
 	decide(ws, dir);
 	pfree(ws);
 	pfree(dir);
@@ -519,7 +562,7 @@ next_tick(void)
 		if (q > 0)
 			return Max(10L, Min(100L, mms_pool_upscale_wait_ms / 4));
 	}
-	return scan_todo != NIL || usage_todo != NIL ? 100L : 1000L;
+	return scan_todo != NIL || usage_todo != NIL || alert_todo != NIL ? 100L : 1000L;
 }
 
 void
@@ -541,7 +584,7 @@ mms_launcher_main(Datum arg)
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	if (!mms_shared->scanned)
 	{
-		list_databases();
+		scan_todo = list_databases(true);
 		mms_shared->scanned = true;
 	}
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "mms launcher pass", ALLOCSET_DEFAULT_SIZES);
@@ -569,7 +612,7 @@ mms_launcher_main(Datum arg)
 }
 
 /*
- * Before DROP DATABASE: only loaders, start-up scans and usage flushes ever
+ * Before DROP DATABASE: only loaders, start-up scans and maintenance ever
  * connect to a database, briefly; waits (up to 5 s) for those connected to
  * the one going away. Inference workers connect to none and never block the
  * drop.
@@ -606,6 +649,7 @@ mms_forget_models(Oid dboid, int64 model_id)
 		return;
 	mms_served_forget(dboid, model_id);
 	mms_stats_forget(dboid, model_id);
+	mms_hist_forget(dboid, model_id);
 	/* the whole database or its registry is gone, and its mms.usage with it */
 	if (model_id == 0)
 		mms_usage_forget_database(dboid);

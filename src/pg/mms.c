@@ -39,6 +39,8 @@ double		mms_backend_request_share = 0.25;
 bool		mms_fair_queueing = true;
 int			mms_usage_flush_interval_ms = 10000;
 int			mms_max_usage_entries = 10000;
+int			mms_alert_interval_ms = 10000;
+bool		mms_track_latency = true;
 
 void		_PG_init(void);
 
@@ -220,6 +222,26 @@ _PG_init(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("mms.track_latency",
+							 "Records latency and batch-size histograms (mms.stat_latency, mms_metrics()).",
+							 NULL,
+							 &mms_track_latency,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.alert_interval",
+							"How often the alert rules of each database are evaluated.",
+							NULL,
+							&mms_alert_interval_ms,
+							10000,
+							1000,
+							3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("mms.usage_flush_interval",
 							"How often the launcher writes usage counted in shared memory into mms.usage.",

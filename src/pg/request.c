@@ -126,6 +126,7 @@ release_set(MmsRequestSet *rs)
 	}
 	rs->n_inflight = 0;
 	mms_quota_refund(&rs->qkey, rs->charged_waiting);
+	mms_progress_end(rs->n_open);
 	flush_stats(rs);
 	dlist_delete(&rs->node);
 	pfree(rs->inflight);
@@ -180,6 +181,7 @@ mms_requests_begin(const MmsModel *m)
 	rs->model = *m;
 	rs->t0 = GetCurrentTimestamp();
 	dlist_push_tail(&open_sets, &rs->node);
+	mms_progress_begin(m, GetUserId());
 	/* the model's served entry, shared by every database with the same bytes */
 	rs->served = mms_served_acquire(m, MyDatabaseId, &rs->served_gen);
 	/* the caller's quota: looked up once per set (cached by the backend) */
@@ -219,6 +221,7 @@ mms_requests_add(MmsRequestSet *rs, MmsReqKind kind, const MmsGenOptions *opts,
 	r->n_target = kind == MMS_REQ_SCORE ? n_target : 0;
 	r->slot = -1;
 	rs->n_open++;
+	mms_progress_added();
 	return rs->n++;
 }
 
@@ -244,6 +247,7 @@ fail_unqueued(MmsRequestSet *rs, Req *r)
 	rs->n_open--;
 	rs->counts.calls++;
 	rs->counts.errors++;
+	mms_progress_done(false, 0);
 }
 
 /* Slots this backend holds, all its sets together (mms.backend_request_share). */
@@ -535,11 +539,29 @@ copy_result(const MmsSlot *s, void *arg)
 	}
 }
 
+/*
+ * Counts a collected request; its latency goes into the model's histograms
+ * (one lock): queue wait, time to first token and total from the set's start,
+ * and per output token after the first (n_gen >= 2).
+ */
 static void
-account(MmsRequestSet *rs, Req *r, TimestampTz queued, TimestampTz started)
+account(MmsRequestSet *rs, Req *r, TimestampTz queued, TimestampTz started,
+		TimestampTz first, int32 n_gen)
 {
 	MmsStatCounts *c = &rs->counts;
 	TimestampTz now = GetCurrentTimestamp();
+	double		obs[MMS_H_N];
+
+	if (mms_track_latency)
+	{
+		obs[MMS_H_QUEUE_WAIT] = started > queued ? (double) (started - queued) / 1e6 : -1;
+		obs[MMS_H_TTFT] = first > 0 ? (double) Max(first - rs->t0, 0) / 1e6 : -1;
+		obs[MMS_H_TOTAL] = (double) Max(now - rs->t0, 0) / 1e6;
+		obs[MMS_H_TPOT] = first > 0 && n_gen >= 2 && r->res.err == NULL ?
+			(double) Max(now - first, 0) / 1e6 / (n_gen - 1) : -1;
+		obs[MMS_H_BATCH] = -1;
+		mms_hist_record(MyDatabaseId, rs->model.id, rs->model.name, rs->model.version, obs);
+	}
 
 	c->calls++;
 	c->input_tokens += r->n_input;
@@ -572,6 +594,8 @@ collect(MmsRequestSet *rs)
 		MmsSlot    *s = mms_slot(slot);
 		TimestampTz queued = s->t_queued;
 		TimestampTz started = s->t_started;
+		TimestampTz first = s->t_first;
+		int32		n_gen = s->n_generated;
 		Track		t = rs->inflight[j];
 
 		if (!mms_queue_collect(slot, copy_result, r))
@@ -585,7 +609,9 @@ collect(MmsRequestSet *rs)
 		r->slot = -2;
 		r->res.done = true;
 		rs->n_open--;
-		account(rs, r, queued, started);
+		mms_progress_done(r->res.err == NULL,
+						  r->res.err == NULL && r->kind == MMS_REQ_GENERATE ? r->res.n_ids : 0);
+		account(rs, r, queued, started, first, n_gen);
 	}
 	MemoryContextSwitchTo(old);
 }
@@ -677,6 +703,7 @@ mms_requests_cancel(MmsRequestSet *rs, int i)
 	rs->n_open--;
 	rs->counts.calls++;
 	rs->counts.cancels++;
+	mms_progress_done(false, 0);
 }
 
 static void
@@ -689,7 +716,7 @@ flush_stats(MmsRequestSet *rs)
 	k.dboid = MyDatabaseId;
 	k.roleid = rs->roleid;
 	k.model_id = rs->model.id;
-	if (rs->counts.calls > 0)
+	if (rs->counts.calls > 0 || rs->counts.rejections > 0)
 		mms_stats_add(&k, rs->model.name, rs->model.version, rs->model.sha256, &rs->counts);
 	mms_usage_add(k.dboid, k.roleid, &rs->model, &rs->counts);
 	memset(&rs->counts, 0, sizeof(rs->counts));

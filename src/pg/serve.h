@@ -10,10 +10,14 @@
  *              under its own lock (queue_locks[served])
  *   workers.c  the worker table: inference workers and loaders (workers_lock)
  *   stats.c    statistics, a shared hash keyed by (database, role, model)
+ *   histograms.c  latency and batch-size histograms, a shared hash keyed by
+ *              (database, model version) (its own lock, "mms histograms")
  *   quota.c    token buckets of the role quotas, a shared hash (quota_lock)
  *   usage.c    usage metering per hour, role, database and model version,
  *              a shared hash flushed into mms.usage (usage_lock)
  *   events.c   the ring of serving decisions behind mms.events
+ *   progress.c one entry per backend: what its statement asked and got
+ *              back, behind mms.progress (single writer, no lock)
  *   shmem.c    sizes and creates all of the above
  *
  * Processes: calling backends (request.c submits, dispatch.c the SQL
@@ -24,7 +28,7 @@
  * mms_worker.so, the only library that links OpenBLAS.
  *
  * Lock order, when two are held: dir_lock, workers_lock, a queue lock,
- * stats_lock, events_lock, quota_lock, usage_lock. Most verbs take one and
+ * stats_lock, the histograms' lock, events_lock, quota_lock, usage_lock. Most verbs take one and
  * release it.
  *
  * Weights live in DSM segments (one per served model): the GGUF bytes, then
@@ -72,6 +76,8 @@ extern double mms_backend_request_share;	/* mms.backend_request_share */
 extern bool mms_fair_queueing;	/* mms.fair_queueing */
 extern int	mms_usage_flush_interval_ms;	/* mms.usage_flush_interval */
 extern int	mms_max_usage_entries;	/* mms.max_usage_entries */
+extern int	mms_alert_interval_ms;	/* mms.alert_interval */
+extern bool mms_track_latency;	/* mms.track_latency: histograms record */
 /* mms.worker_memory in bytes, the automatic value worked out */
 extern Size mms_worker_memory_bytes(void);
 
@@ -281,8 +287,12 @@ typedef enum MmsWorkerKind
 	MMS_WK_INFERENCE = 0,
 	MMS_WK_LOADER,
 	MMS_WK_SCAN,				/* reads pinned models of one database at start */
-	MMS_WK_USAGE				/* writes one database's usage into mms.usage */
+	MMS_WK_USAGE				/* maintenance of one database: usage, alerts (MMS_MAINT_*) */
 } MmsWorkerKind;
+
+/* What a maintenance process does, in its bgw_extra after the generation. */
+#define MMS_MAINT_USAGE 0x01	/* writes the database's usage into mms.usage */
+#define MMS_MAINT_ALERTS 0x02	/* evaluates its alert rules (alerts.c) */
 
 typedef struct MmsWorker
 {
@@ -352,7 +362,7 @@ typedef struct MmsStatCounts
 	double		total_ms;
 	double		queue_ms;
 	double		compute_ms;		/* from taken by a worker to finished */
-	uint64		rejections;		/* refused by a quota (usage only) */
+	uint64		rejections;		/* refused by a quota */
 } MmsStatCounts;
 
 typedef struct MmsStatEntry
@@ -397,6 +407,40 @@ typedef struct MmsHistogram
 	uint64		count;
 	double		sum;
 } MmsHistogram;
+
+typedef struct MmsHistKey
+{
+	Oid			dboid;
+	int64		model_id;
+} MmsHistKey;
+
+typedef struct MmsHistEntry
+{
+	MmsHistKey	key;			/* hash key: first */
+	char		name[NAMEDATALEN];
+	int32		version;
+	MmsHistogram h[MMS_H_N];
+} MmsHistEntry;
+
+extern void mms_hist_shmem_request(void);
+extern void mms_hist_shmem_init(void);
+/*
+ * Adds the observations obs[metric] (seconds, or rows for MMS_H_BATCH; < 0 =
+ * none) to (database, model version): one lock, no allocation; nothing while
+ * mms.track_latency is off.
+ */
+extern void mms_hist_record(Oid dboid, int64 model_id, const char *name, int32 version,
+							const double obs[MMS_H_N]);
+/* Copies of every entry (palloc'd). */
+extern MmsHistEntry *mms_hist_snapshot(int *n);
+extern uint64 mms_hist_evicted(void);
+extern void mms_hist_reset(void);
+extern void mms_hist_forget(Oid dboid, int64 model_id);
+/* Finite upper bounds of a metric's buckets (n of them; counts[MMS_HIST_BUCKETS] is +Inf). */
+extern const double *mms_hist_bounds(MmsHistMetric m, int *n);
+extern const char *mms_hist_metric_name(MmsHistMetric m);
+/* histogram_quantile(): linear inside the bucket; NaN when empty. */
+extern double mms_hist_quantile(const MmsHistogram *h, MmsHistMetric m, double q);
 
 /* ================= usage.c: usage metering ================= */
 
@@ -461,6 +505,20 @@ extern void mms_usage_file_write(int code, Datum arg);
 extern void mms_usage_file_read(void);
 /* usage_flush.c: the flush process (connected to one database) */
 extern PGDLLEXPORT void mms_usage_flush_main(Datum arg);
+
+/* ================= alerts.c: alert rules evaluated in the database ================= */
+
+/* Shared state: rule states, call counters per (database, model), databases with rules. */
+extern Size mms_alerts_shmem_size(void);
+extern void mms_alerts_shmem_request(void);	/* space and its own lock, in the request hook */
+extern void mms_alerts_shmem_init(void);
+/* Adds to the counters of (database, model name) that error and rejection rates read; never ERRORs. */
+extern void mms_alerts_count(Oid dboid, const char *model, uint64 calls, uint64 errors,
+							 uint64 rejections);
+/* Databases with alert rules (the launcher visits them every mms.alert_interval). */
+extern List *mms_alerts_databases(void);
+/* Maintenance process, in a transaction: evaluates this database's rules, reports transitions. */
+extern void mms_alerts_pass(void);
 
 /* ================= quota.c: token buckets; quota_rules.c: which quota applies ================= */
 
@@ -527,6 +585,18 @@ extern void mms_quota_key(const MmsQuotaLimits *l, Oid roleid, MmsQuotaKey *out)
 /* After writing mms.role_quotas: backends drop their cached limits at commit. */
 extern void mms_quota_rows_changed(void);
 
+/* ================= progress.c: each backend's statement, behind mms.progress ================= */
+
+extern Size mms_progress_shmem_size(void);
+extern void mms_progress_shmem_init(void);
+/* request.c, as a request set begins: a new top-level statement starts from zero. */
+extern void mms_progress_begin(const MmsModel *m, Oid roleid);
+/* A request added; one finished (ok) or failed, with the output tokens it produced. */
+extern void mms_progress_added(void);
+extern void mms_progress_done(bool ok, int32 n_tokens);
+/* The set ends; n_undone of its requests never finished (they count as failed). */
+extern void mms_progress_end(int n_undone);
+
 /* ================= events.c ================= */
 
 #define MMS_MAX_EVENTS 256
@@ -541,9 +611,15 @@ typedef struct MmsEvent
 	char		detail[MMS_EVENT_DETAIL];
 } MmsEvent;
 
+/* The kinds, in the order of the counters mms_events_counts returns. */
+#define MMS_EVENT_KINDS 6
+extern const char *const mms_event_kinds[MMS_EVENT_KINDS];
+
 /* Records a serving decision (and writes it to the server log). */
 extern void mms_event(const char *kind, const MmsServed *s, const char *fmt,...) pg_attribute_printf(3, 4);
 extern int	mms_events_snapshot(MmsEvent *out);
+/* Events of each kind since the server started (mms_event_kinds order). */
+extern void mms_events_counts(uint64 *out);
 
 /* ================= shmem.c ================= */
 
@@ -580,6 +656,7 @@ typedef struct MmsShared
 	/* events.c */
 	int			event_next;
 	uint64		event_count;
+	uint64		event_kind_counts[MMS_EVENT_KINDS];
 	MmsEvent	events[MMS_MAX_EVENTS];
 } MmsShared;
 

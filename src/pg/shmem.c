@@ -52,6 +52,9 @@ mms_shmem_request(void)
 	RequestAddinShmemSpace(mms_stats_shmem_size());
 	RequestAddinShmemSpace(mms_quota_shmem_size());
 	RequestAddinShmemSpace(mms_usage_shmem_size());
+	mms_alerts_shmem_request();
+	mms_hist_shmem_request();
+	RequestAddinShmemSpace(mms_progress_shmem_size());
 	RequestNamedLWLockTranche("mms", MMS_FIXED_LOCKS + MMS_MAX_SERVED);
 }
 
@@ -97,6 +100,9 @@ mms_shmem_startup(void)
 	mms_stats_shmem_init();
 	mms_quota_shmem_init();
 	mms_usage_shmem_init();
+	mms_alerts_shmem_init();
+	mms_hist_shmem_init();
+	mms_progress_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -114,6 +114,7 @@ mms_stats_add(const MmsStatKey *k, const char *name, int32 version, const char *
 	e->c.cancels += add->cancels;
 	e->c.total_ms += add->total_ms;
 	e->c.queue_ms += add->queue_ms;
+	e->c.rejections += add->rejections;
 	LWLockRelease(mms_shared->stats_lock);
 }
 

@@ -218,6 +218,8 @@ mms_usage_add(Oid dboid, Oid roleid, const MmsModel *m, const MmsStatCounts *add
 	else
 		usage_header->dropped++;
 	LWLockRelease(mms_shared->usage_lock);
+	/* usage rows lose what a flush wrote: the alerts keep totals of their own */
+	mms_alerts_count(dboid, m->name, c.calls, c.errors, c.rejections);
 	if (wake)
 		mms_wake_launcher();
 }

@@ -1,8 +1,9 @@
 /*
- * usage_flush.c — usage from shared memory (usage.c) to SQL: the flush
+ * usage_flush.c — usage from shared memory (usage.c) to SQL: the maintenance
  * process the launcher starts for one database (in mms.so: it needs no
- * engine), mms_usage_flush() that waits for one, and the unwritten rows
- * behind mms.usage_summary. Which database to flush and when is the
+ * engine), which writes its usage and evaluates its alert rules (alerts.c),
+ * mms_usage_flush() that waits for a flush, and the unwritten rows behind
+ * mms.usage_summary. Which database to visit, when and for what is the
  * launcher's decision.
  *
  * A flush writes its database's rows in one transaction and subtracts them
@@ -116,17 +117,22 @@ mms_usage_flush_main(Datum arg)
 	MmsUsageEntry *rows = NULL;
 	uint64		seq = 0;
 	int			n = 0;
+	uint32		flags;
 
 	my_index = DatumGetInt32(arg);
 	memcpy(&my_generation, MyBgworkerEntry->bgw_extra, sizeof(my_generation));
+	memcpy(&flags, MyBgworkerEntry->bgw_extra + sizeof(my_generation), sizeof(flags));
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	if (mms_shared == NULL || !mms_workers_begin(my_index, my_generation, &me))
 		proc_exit(0);
 	before_shmem_exit(flush_exit, 0);
 	/* until this flush commits, the rows wait longer after each failure */
-	mms_usage_defer(me.dboid);
+	if (flags & MMS_MAINT_USAGE)
+		mms_usage_defer(me.dboid);
 	BackgroundWorkerInitializeConnectionByOid(me.dboid, InvalidOid, 0);
+	if (!(flags & MMS_MAINT_USAGE))
+		goto alerts;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -147,6 +153,19 @@ mms_usage_flush_main(Datum arg)
 	if (n > 0)
 		mms_usage_written(rows, n, seq);
 	RESUME_INTERRUPTS();
+
+alerts:
+	/* its own transaction: a failure here takes nothing of the flush back */
+	if (flags & MMS_MAINT_ALERTS)
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, "evaluating alert rules");
+		mms_alerts_pass();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	proc_exit(0);
 }

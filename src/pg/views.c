@@ -1,9 +1,9 @@
 /*
  * views.c — what operators see and do with the serving machinery: the
  * set-returning functions behind mms.cache, mms.pools, mms.workers,
- * mms.events, mms.stat_models and mms.stat_info, mms_stat_reset(), and
- * mms_load / mms_unload. Each reads a snapshot through its owner's verbs,
- * then builds rows.
+ * mms.events, mms.stat_models, mms.stat_latency and mms.stat_info,
+ * mms_stat_reset(), and mms_load / mms_unload. Each reads a snapshot through
+ * its owner's verbs, then builds rows.
  */
 #include "postgres.h"
 
@@ -379,6 +379,52 @@ mms_stat_info(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), v, n)));
 }
 
+PG_FUNCTION_INFO_V1(mms_stat_latency);
+
+/*
+ * mms_stat_latency(): per (database, model version) and metric, quantiles
+ * estimated from the histogram buckets, the count and the sum; the same
+ * visibility as mms_stat_models.
+ */
+Datum
+mms_stat_latency(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MmsHistEntry *hs;
+	int			n_hs;
+	bool		all = sees_everything();
+	static const double qs[3] = {0.5, 0.9, 0.99};
+
+	require_layout();
+	InitMaterializedSRF(fcinfo, 0);
+	hs = mms_hist_snapshot(&n_hs);
+	for (int j = 0; j < n_hs; j++)
+	{
+		MmsHistEntry *e = &hs[j];
+
+		if (!all && e->key.dboid != MyDatabaseId)
+			continue;
+		for (int m = 0; m < MMS_H_N; m++)
+		{
+			const MmsHistogram *h = &e->h[m];
+			Datum		v[8];
+			bool		n[8] = {0};
+
+			if (h->count == 0)
+				continue;
+			v[0] = db_name(e->key.dboid);
+			v[1] = CStringGetTextDatum(psprintf("%s:%d", e->name, e->version));
+			v[2] = CStringGetTextDatum(mms_hist_metric_name((MmsHistMetric) m));
+			for (int k = 0; k < 3; k++)
+				v[3 + k] = Float8GetDatum(mms_hist_quantile(h, (MmsHistMetric) m, qs[k]));
+			v[6] = Int64GetDatum((int64) h->count);
+			v[7] = Float8GetDatum(h->sum);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+		}
+	}
+	return (Datum) 0;
+}
+
 PG_FUNCTION_INFO_V1(mms_stat_reset);
 
 Datum
@@ -388,6 +434,7 @@ mms_stat_reset(PG_FUNCTION_ARGS)
 	mms_require_admin("reset mms statistics");
 	mms_stats_reset();
 	mms_served_reset_stats();
+	mms_hist_reset();
 	PG_RETURN_VOID();
 }
 

@@ -38,6 +38,12 @@ static int	my_served = -1;
 static bool attached = false;
 static bool serving = false;	/* reached READY */
 
+/*
+ * Decoder batch sizes are recorded under the registration the weights were
+ * loaded for (the served model's first user), like every other histogram.
+ */
+static MmsModelRef hist_ref;
+
 /* engine request of each slot this worker runs; NULL when none */
 static MmsGenRequest **by_slot = NULL;
 static bool *cancelled = NULL;
@@ -232,6 +238,18 @@ finish_request(MmsGenRequest *r)
 	mms_gen_request_free(r);
 }
 
+/*
+ * After a decoder step: each held request's tokens so far into its slot (the
+ * first sets its first-token time), before finished ones are collected.
+ */
+static void
+publish_progress(void)
+{
+	for (int i = 0; i < mms_shared->n_slots; i++)
+		if (by_slot[i] != NULL && !cancelled[i])
+			mms_queue_progress(i, mms_gen_request_generated(by_slot[i]));
+}
+
 /* Cancels held requests whose callers left. */
 static void
 cancel_abandoned(MmsSched *sched)
@@ -354,6 +372,13 @@ mms_worker_main(Datum arg)
 	if (!mms_worker_attach(me.served, me.served_gen, &loaded, &attached))
 		proc_exit(0);			/* evicted or unregistered meanwhile: the launcher decides again */
 
+	{
+		MmsServed	s;
+
+		if (mms_served_get(me.served, me.served_gen, &s) && s.n_users > 0)
+			hist_ref = s.users[0];
+	}
+
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.max_running = mms_max_batch;
 	cfg.threads = mms_threads_per_worker;
@@ -449,6 +474,7 @@ mms_worker_main(Datum arg)
 			ereport(ERROR,
 					(errcode(mms_engine_sqlstate(err.code)),
 					 errmsg("inference step failed: %s", err.msg)));
+		publish_progress();
 		while ((r = mms_sched_collect(sched)) != NULL)
 		{
 			finish_request(r);
@@ -457,6 +483,15 @@ mms_worker_main(Datum arg)
 		mms_sched_stats(sched, &ss);
 		mms_workers_report(my_index, my_generation, n_held, ss.last_batch, finished, true);
 		mms_served_add_steps(my_served, ss.steps - seen_steps, ss.rows - seen_rows, ss.last_batch);
+		if (ss.steps > seen_steps && mms_track_latency)
+		{
+			double		obs[MMS_H_N] = {-1, -1, -1, -1, -1};
+
+			/* one step per call; were there more, their mean */
+			obs[MMS_H_BATCH] = (double) (ss.rows - seen_rows) / (ss.steps - seen_steps);
+			if (hist_ref.model_id != 0)
+				mms_hist_record(hist_ref.dboid, hist_ref.model_id, hist_ref.name, hist_ref.version, obs);
+		}
 		seen_steps = ss.steps;
 		seen_rows = ss.rows;
 	}
