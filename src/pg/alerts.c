@@ -1,12 +1,12 @@
 /*
- * alerts.c — alerts inside the database: the SQL functions over
- * mms.alert_rules (mms_set_alert, mms_drop_alert), the evaluation pass that
- * the per-database maintenance process runs (usage_flush.c) every
- * mms.alert_interval, and the shared table behind mms.alerts. When a
- * database's maintenance process runs is the launcher's decision.
+ * alerts.c — alerts inside the database: the evaluation pass that the
+ * per-database maintenance process runs (usage_flush.c) every
+ * mms.alert_interval, and the shared state behind mms.alerts. The functions
+ * that write the rules are alert_rules.c's; when a database's maintenance
+ * process runs is the launcher's decision.
  *
- * Shared state (alerts_lock, its own tranche, after every lock of serve.h in
- * the lock order; held briefly, nothing waits or ERRORs while holding it):
+ * Shared state (its own lock, tranche "mms alerts", the last in the lock
+ * order; held briefly, nothing waits or ERRORs while holding it):
  *  - rule states, keyed by (database, rule name): ok, pending or firing, since
  *    when, the last value, and the totals of the previous evaluation, from
  *    which the rates of the next window are differences. Written by the
@@ -28,7 +28,6 @@
 
 #include <math.h>
 
-#include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
@@ -40,7 +39,6 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
-#include "utils/datetime.h"
 #include "utils/json.h"
 #include "utils/timestamp.h"
 
@@ -121,16 +119,10 @@ static AlertsShared *alerts = NULL;
 
 /* ---- shared memory ---------------------------------------------------------- */
 
-Size
-mms_alerts_shmem_size(void)
-{
-	return MAXALIGN(sizeof(AlertsShared));
-}
-
 void
 mms_alerts_shmem_request(void)
 {
-	RequestAddinShmemSpace(mms_alerts_shmem_size());
+	RequestAddinShmemSpace(MAXALIGN(sizeof(AlertsShared)));
 	RequestNamedLWLockTranche("mms alerts", 1);
 }
 
@@ -183,13 +175,14 @@ mms_alerts_count(Oid dboid, const char *model, uint64 calls, uint64 errors, uint
 	LWLockRelease(alerts->lock);
 }
 
-/* Marks a database as having rules (or not); false when the table of databases is full. */
-static bool
-set_database(Oid dboid, bool has_rules)
+bool
+mms_alerts_set_database(Oid dboid, bool has_rules)
 {
 	int			free_at = -1;
 	bool		ok = true;
 
+	if (alerts == NULL)
+		return true;			/* not preloaded: nothing is evaluated anyway */
 	LWLockAcquire(alerts->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < MAX_ALERT_DBS; i++)
 	{
@@ -212,6 +205,24 @@ set_database(Oid dboid, bool has_rules)
 	}
 	LWLockRelease(alerts->lock);
 	return ok;
+}
+
+void
+mms_alerts_forget_database(Oid dboid)
+{
+	if (alerts == NULL)
+		return;
+	LWLockAcquire(alerts->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < MAX_ALERT_DBS; i++)
+		if (alerts->dbs[i] == dboid)
+			alerts->dbs[i] = InvalidOid;
+	for (int i = 0; i < MAX_RULE_STATES; i++)
+		if (alerts->rules[i].dboid == dboid)
+			memset(&alerts->rules[i], 0, sizeof(RuleState));
+	for (int i = 0; i < MAX_COUNTERS; i++)
+		if (alerts->counters[i].dboid == dboid)
+			memset(&alerts->counters[i], 0, sizeof(Counter));
+	LWLockRelease(alerts->lock);
 }
 
 List *
@@ -270,6 +281,12 @@ metric_of(const char *name)
 		if (strcmp(name, metric_names[m]) == 0)
 			return (AlertMetric) m;
 	return M_N;
+}
+
+bool
+mms_alert_metric_exists(const char *name)
+{
+	return metric_of(name) != M_N;
 }
 
 /* Does served entry s serve the rule's model (or any model) of this database? */
@@ -656,12 +673,12 @@ mms_alerts_pass(void)
 		return;
 	if (!mms_catalog_is_current())
 	{
-		(void) set_database(MyDatabaseId, false);
+		(void) mms_alerts_set_database(MyDatabaseId, false);
 		return;
 	}
 	mms_catalog_enter(&s);
 	n = read_rules(&rules);
-	if (!set_database(MyDatabaseId, n > 0))
+	if (!mms_alerts_set_database(MyDatabaseId, n > 0))
 		ereport(WARNING,
 				(errmsg("mms: alert rules of database \"%s\" are not evaluated: more than %d databases have rules",
 						get_database_name(MyDatabaseId), MAX_ALERT_DBS)));
@@ -707,7 +724,7 @@ mms_alerts_pass(void)
 	mms_catalog_leave(&s);
 }
 
-/* ---- SQL functions ---------------------------------------------------------------- */
+/* ---- mms.alerts ------------------------------------------------------------------ */
 
 PG_FUNCTION_INFO_V1(mms_alert_states);
 
@@ -745,151 +762,4 @@ mms_alert_states(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
 	}
 	return (Datum) 0;
-}
-
-/* The rule name argument: not null, a valid name. */
-static char *
-alert_name_arg(FunctionCallInfo fcinfo)
-{
-	char	   *name;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("alert name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	mms_check_name(name, "alert name");
-	return name;
-}
-
-static void
-require_not_null(FunctionCallInfo fcinfo, int arg, const char *what)
-{
-	if (PG_ARGISNULL(arg))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", what)));
-}
-
-PG_FUNCTION_INFO_V1(mms_set_alert);
-
-/*
- * mms_set_alert(name, metric, threshold, for_interval, model) RETURNS
- * mms.alert_rules: creates the rule or sets it to exactly these values. A
- * rule whose metric or model changes starts again from ok.
- */
-Datum
-mms_set_alert(PG_FUNCTION_ARGS)
-{
-	char	   *name;
-	char	   *metric;
-	double		threshold;
-	Interval   *for_iv;
-	double		for_us;
-	char	   *model = NULL;
-	MmsCatalogSession s;
-	Oid			t[5] = {TEXTOID, TEXTOID, FLOAT8OID, INTERVALOID, TEXTOID};
-	Datum		v[5];
-	char		nulls[6] = "     ";
-	Datum		result;
-
-	mms_require_admin("set alerts");
-	name = alert_name_arg(fcinfo);
-	require_not_null(fcinfo, 1, "metric");
-	metric = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	if (metric_of(metric) == M_N)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown alert metric \"%s\"", metric),
-				 errhint("The metrics are p99_latency_ms, error_ratio, queue_wait_ms, requests_waiting, quota_rejections_per_minute and cache_used_fraction.")));
-	require_not_null(fcinfo, 2, "threshold");
-	threshold = PG_GETARG_FLOAT8(2);
-	if (isnan(threshold) || isinf(threshold))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("threshold must be a finite number")));
-	require_not_null(fcinfo, 3, "for_interval");
-	for_iv = PG_GETARG_INTERVAL_P(3);
-	for_us = (double) for_iv->time +
-		((double) for_iv->day + (double) for_iv->month * DAYS_PER_MONTH) * USECS_PER_DAY;
-	if (for_us < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("for_interval must not be negative"),
-				 errhint("0 fires at the first evaluation above the threshold.")));
-	if (!PG_ARGISNULL(4))
-	{
-		model = text_to_cstring(PG_GETARG_TEXT_PP(4));
-		if (strpbrk(model, ":@") != NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("alerts apply to a model name, not to \"%s\"", model),
-					 errdetail("An alert on a model covers every version of it.")));
-		if (!mms_model_exists(model))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("model \"%s\" does not exist", model)));
-	}
-	mms_require_current_catalog();
-
-	v[0] = CStringGetTextDatum(name);
-	v[1] = CStringGetTextDatum(metric);
-	v[2] = Float8GetDatum(threshold);
-	v[3] = IntervalPGetDatum(for_iv);
-	v[4] = model ? CStringGetTextDatum(model) : (Datum) 0;
-	nulls[4] = model ? ' ' : 'n';
-	mms_catalog_enter(&s);
-	mms_spi_exec("INSERT INTO mms.alert_rules AS a (name, metric, threshold, for_interval, model)"
-				 " VALUES ($1, $2, $3, $4, $5)"
-				 " ON CONFLICT (name) DO UPDATE SET metric = $2, threshold = $3,"
-				 " for_interval = $4, model = $5, set_at = pg_catalog.now()"
-				 " RETURNING a.*",
-				 5, t, v, nulls, SPI_OK_INSERT_RETURNING);
-	result = PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc));
-	{
-		MmsAuditField d[] = {
-			{"name", TEXTOID, v[0], false},
-			{"metric", TEXTOID, v[1], false},
-			{"threshold", FLOAT8OID, v[2], false},
-			{"for_seconds", FLOAT8OID, Float8GetDatum(for_us / 1e6), false},
-		};
-
-		mms_audit(&s, "set_alert", model, d, lengthof(d));
-	}
-	mms_catalog_leave(&s);
-	/* the launcher visits the database from the next round (a rollback: the pass clears it) */
-	if (alerts != NULL)
-		(void) set_database(MyDatabaseId, true);
-	PG_RETURN_DATUM(result);
-}
-
-PG_FUNCTION_INFO_V1(mms_drop_alert);
-
-/* mms_drop_alert(name) RETURNS boolean: false if there was no such rule. */
-Datum
-mms_drop_alert(PG_FUNCTION_ARGS)
-{
-	char	   *name;
-	MmsCatalogSession s;
-	Oid			t[1] = {TEXTOID};
-	Datum		v[1];
-	uint64		n;
-
-	mms_require_admin("drop alerts");
-	name = alert_name_arg(fcinfo);
-	mms_require_current_catalog();
-	v[0] = CStringGetTextDatum(name);
-	mms_catalog_enter(&s);
-	n = mms_spi_exec("DELETE FROM mms.alert_rules a WHERE a.name OPERATOR(pg_catalog.=) $1"
-					 " RETURNING a.model",
-					 1, t, v, NULL, SPI_OK_DELETE_RETURNING);
-	if (n > 0)
-	{
-		char	   *model = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		MmsAuditField d[] = {{"name", TEXTOID, v[0], false}};
-
-		mms_audit(&s, "drop_alert", model, d, lengthof(d));
-	}
-	mms_catalog_leave(&s);
-	PG_RETURN_BOOL(n > 0);
 }

@@ -652,5 +652,8 @@ mms_forget_models(Oid dboid, int64 model_id)
 	mms_hist_forget(dboid, model_id);
 	/* the whole database or its registry is gone, and its mms.usage with it */
 	if (model_id == 0)
+	{
 		mms_usage_forget_database(dboid);
+		mms_alerts_forget_database(dboid);
+	}
 }

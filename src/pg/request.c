@@ -554,7 +554,7 @@ account(MmsRequestSet *rs, Req *r, TimestampTz queued, TimestampTz started,
 
 	if (mms_track_latency)
 	{
-		obs[MMS_H_QUEUE_WAIT] = started > queued ? (double) (started - queued) / 1e6 : -1;
+		obs[MMS_H_QUEUE_WAIT] = started > 0 && started >= queued ? (double) (started - queued) / 1e6 : -1;
 		obs[MMS_H_TTFT] = first > 0 ? (double) Max(first - rs->t0, 0) / 1e6 : -1;
 		obs[MMS_H_TOTAL] = (double) Max(now - rs->t0, 0) / 1e6;
 		obs[MMS_H_TPOT] = first > 0 && n_gen >= 2 && r->res.err == NULL ?

@@ -18,18 +18,21 @@
  *   events.c   the ring of serving decisions behind mms.events
  *   progress.c one entry per backend: what its statement asked and got
  *              back, behind mms.progress (single writer, no lock)
+ *   alerts.c   alert rule states, call counters per (database, model name)
+ *              and the databases with rules (its own lock, "mms alerts")
  *   shmem.c    sizes and creates all of the above
  *
  * Processes: calling backends (request.c submits, dispatch.c the SQL
  * functions), the launcher (launcher.c: loads, scales and replaces), loaders
- * (worker_loader.c: stream a large object into a segment, then exit) and
+ * (worker_loader.c: stream a large object into a segment, then exit),
+ * per-database maintenance (usage_flush.c: usage, alerts; then exit) and
  * inference workers (worker.c: no database connection; attach a segment and
  * run requests from their model's queue). Workers and loaders are in
  * mms_worker.so, the only library that links OpenBLAS.
  *
  * Lock order, when two are held: dir_lock, workers_lock, a queue lock,
- * stats_lock, the histograms' lock, events_lock, quota_lock, usage_lock. Most verbs take one and
- * release it.
+ * stats_lock, the histograms' lock, events_lock, quota_lock, usage_lock, the
+ * alerts' lock. Most verbs take one and release it.
  *
  * Weights live in DSM segments (one per served model): the GGUF bytes, then
  * the dequantization arena at arena_off. Offsets only; every process maps the
@@ -506,10 +509,9 @@ extern void mms_usage_file_read(void);
 /* usage_flush.c: the flush process (connected to one database) */
 extern PGDLLEXPORT void mms_usage_flush_main(Datum arg);
 
-/* ================= alerts.c: alert rules evaluated in the database ================= */
+/* ================= alerts.c: alert rules evaluated in the database (alert_rules.c writes them) ================= */
 
 /* Shared state: rule states, call counters per (database, model), databases with rules. */
-extern Size mms_alerts_shmem_size(void);
 extern void mms_alerts_shmem_request(void);	/* space and its own lock, in the request hook */
 extern void mms_alerts_shmem_init(void);
 /* Adds to the counters of (database, model name) that error and rejection rates read; never ERRORs. */
@@ -517,6 +519,12 @@ extern void mms_alerts_count(Oid dboid, const char *model, uint64 calls, uint64 
 							 uint64 rejections);
 /* Databases with alert rules (the launcher visits them every mms.alert_interval). */
 extern List *mms_alerts_databases(void);
+/* A database has rules (or not): the launcher visits it; false when the list is full. */
+extern bool mms_alerts_set_database(Oid dboid, bool has_rules);
+/* Is name one of the metrics a rule may watch? */
+extern bool mms_alert_metric_exists(const char *name);
+/* The database or its registry is gone: its rules' states, counters and place in the list. */
+extern void mms_alerts_forget_database(Oid dboid);
 /* Maintenance process, in a transaction: evaluates this database's rules, reports transitions. */
 extern void mms_alerts_pass(void);
 

@@ -5,9 +5,14 @@
 #       fires a requests_waiting rule and a queue_wait_ms rule: a LISTEN
 #       session receives NOTIFY mms_alerts with the JSON payload, mms.alerts
 #       shows them firing; after the flood, both resolve;
+#       A p99_latency_ms rule above 0 fires with the flood's calls and
+#       resolves when no call finishes in a window; a cache_used_fraction
+#       rule fires once flan's weights are loaded, its value a fraction;
 #   (b) calls on a model whose weights hold NaN (they fail in the worker)
 #       fire an error_ratio rule on that model, which resolves once the
-#       failing calls stop (a window without calls has no ratio);
+#       failing calls stop (a window without calls has no ratio); calls of
+#       a role over its requests_per_minute quota fire a
+#       quota_rejections_per_minute rule;
 #   (c) mms.alert_events holds one firing and one resolved row per rule, in
 #       that order, and the server log the WARNING lines;
 #   (d) a streaming replica of a primary of its own (made by pg_basebackup
@@ -52,7 +57,10 @@ admin -c "ALTER SYSTEM SET mms.alert_interval = '1s'" -c "ALTER SYSTEM SET mms.m
 	-c "SELECT pg_reload_conf()" >/dev/null
 sql -c "SELECT mms_set_alert('backlog', 'requests_waiting', 4, '0')" \
 	-c "SELECT mms_set_alert('waiting', 'queue_wait_ms', 200, '1 s', 'flan')" \
-	-c "SELECT mms_set_alert('failing', 'error_ratio', 0.5, '0', 'nan')" >/dev/null ||
+	-c "SELECT mms_set_alert('failing', 'error_ratio', 0.5, '0', 'nan')" \
+	-c "SELECT mms_set_alert('latency', 'p99_latency_ms', 0, '0', 'flan')" \
+	-c "SELECT mms_set_alert('cache', 'cache_used_fraction', 0, '0', 'flan')" \
+	-c "SELECT mms_set_alert('refused', 'quota_rejections_per_minute', 0, '0')" >/dev/null ||
 	{ bad "mms_set_alert"; exit 0; }
 
 # the listener: one session, a query now and then so that psql prints what arrived
@@ -64,11 +72,12 @@ pids+=($!)
 
 # rules are evaluated while nothing happens: ok, with values
 for _ in $(seq 100); do
-	[ "$(sql -c "SELECT count(*) FROM mms.alerts WHERE last_evaluated IS NOT NULL AND name <> 'failing'")" = 2 ] && break
+	[ "$(sql -c "SELECT count(*) FROM mms.alerts WHERE last_evaluated IS NOT NULL")" = 6 ] && break
 	sleep 0.1
 done
 st=$(sql -c "SELECT string_agg(name || '=' || state || ':' || coalesce(last_value::text, 'null'), ' ' ORDER BY name) FROM mms.alerts")
-[ "$st" = "backlog=ok:0 failing=ok:null waiting=ok:0" ] && ok "idle rules are evaluated and ok ($st)" ||
+[ "$st" = "backlog=ok:0 cache=ok:0 failing=ok:null latency=ok:null refused=ok:null waiting=ok:0" ] ||
+	[ "$st" = "backlog=ok:0 cache=ok:0 failing=ok:null latency=ok:null refused=ok:0 waiting=ok:0" ] && ok "idle rules are evaluated and ok ($st)" ||
 	bad "idle rules: $st"
 
 # (a) the flood: 6 sessions, each an array of 4 long generations, 2 rows decoded at a time
@@ -84,7 +93,7 @@ wait_notify '"rule": "backlog".*"state": "firing"' && ok "requests_waiting fires
 	bad "no firing notification for backlog: $(cat "$work/listen.out")"
 wait_notify '"rule": "waiting".*"state": "firing"' && ok "queue_wait_ms fires after its for_interval: NOTIFY received" ||
 	bad "no firing notification for waiting: $(cat "$work/listen.out")"
-st=$(sql -c "SELECT string_agg(name || '=' || state, ' ' ORDER BY name) FROM mms.alerts WHERE name <> 'failing'")
+st=$(sql -c "SELECT string_agg(name || '=' || state, ' ' ORDER BY name) FROM mms.alerts WHERE name IN ('backlog', 'waiting')")
 payload=$(grep -m1 '"rule": "backlog".*"state": "firing"' "$work/listen.out")
 echo "$payload" | grep -q '"metric": "requests_waiting", "model": null, "state": "firing", "value": [0-9.e+]*, "threshold": 4, "at": "' &&
 	ok "the payload names rule, metric, model, state, value, threshold and time" || bad "payload: $payload"
@@ -93,6 +102,12 @@ case "$st" in
 *"backlog=ok"*) ok "mms.alerts: the flood already drained ($st)" ;;
 *) bad "mms.alerts during the flood: $st" ;;
 esac
+wait_notify '"rule": "latency".*"state": "firing"' && ok "p99_latency_ms fires with the flood's calls" ||
+	bad "no firing notification for latency: $(cat "$work/listen.out")"
+wait_notify '"rule": "cache".*"state": "firing"' && ok "cache_used_fraction fires once the weights are loaded" ||
+	bad "no firing notification for cache"
+v=$(sql -c "SELECT state, last_value > 0 AND last_value <= 1 FROM mms.alerts WHERE name = 'cache'")
+[ "$v" = "firing|t" ] && ok "cache_used_fraction is a fraction" || bad "cache: $v"
 for p in "${flood[@]}"; do wait "$p"; done
 bad_flood=$(grep -L '^4$' "$work"/flood*.out | wc -l)
 [ "$bad_flood" = 0 ] && ok "every flood call completed" || bad "flood calls: $(cat "$work"/flood*.out)"
@@ -111,10 +126,25 @@ wait_notify '"rule": "failing".*"state": "firing"' && ok "error_ratio of a model
 	bad "no firing notification for failing: $(cat "$work/listen.out")"
 wait_notify '"rule": "failing".*"state": "resolved"' && ok "error_ratio resolves once the failures stop" ||
 	bad "no resolved notification for failing"
+wait_notify '"rule": "latency".*"state": "resolved"' && ok "p99_latency_ms resolves when no call finishes" ||
+	bad "no resolved notification for latency"
+admin -c "SET client_min_messages = warning" -c "DROP ROLE IF EXISTS regress_alert_user" \
+	-c "CREATE ROLE regress_alert_user LOGIN" >/dev/null
+sql -c "SELECT mms_grant('flan', 'regress_alert_user')" \
+	-c "SELECT mms_set_quota('regress_alert_user', 'flan', requests_per_minute => 1)" >/dev/null
+for _ in $(seq 30); do
+	sql -U regress_alert_user -c "SELECT mms_generate('flan', 'hi', '{\"max_new_tokens\": 2}')" >/dev/null 2>&1
+	grep -q '"rule": "refused".*"state": "firing"' "$work/listen.out" && break
+	sleep 0.2
+done
+wait_notify '"rule": "refused".*"state": "firing"' && ok "quota rejections fire quota_rejections_per_minute" ||
+	bad "no firing notification for refused: $(cat "$work/listen.out")"
+wait_notify '"rule": "refused".*"state": "resolved"' && ok "quota_rejections_per_minute resolves once the calls stop" ||
+	bad "no resolved notification for refused"
 
 # (c) events and log
 ev=$(sql -c "SELECT string_agg(rule || ':' || state, ' ' ORDER BY id) FROM mms.alert_events")
-for r in backlog waiting failing; do
+for r in backlog waiting failing latency refused; do
 	seq_r=$(sql -c "SELECT string_agg(state, ',' ORDER BY id) FROM mms.alert_events WHERE rule = '$r'")
 	case "$seq_r" in
 	firing,resolved | firing,resolved,*) ok "mms.alert_events: $r fired, then resolved" ;;
@@ -122,14 +152,16 @@ for r in backlog waiting failing; do
 	esac
 done
 st=$(sql -c "SELECT string_agg(name || '=' || state, ' ' ORDER BY name) FROM mms.alerts")
-[ "$st" = "backlog=ok failing=ok waiting=ok" ] && ok "every rule is ok again" || bad "states at the end: $st"
+[ "$st" = "backlog=ok cache=firing failing=ok latency=ok refused=ok waiting=ok" ] && ok "every rule is ok again" || bad "states at the end: $st"
 grep -q 'WARNING:  mms alert "backlog" is firing' "$TMPDIR_PG/server.log" &&
 	grep -q 'WARNING:  mms alert "failing" resolved' "$TMPDIR_PG/server.log" &&
 	ok "transitions are WARNING lines in the server log" || bad "no WARNING lines in the server log"
 
 # a dropped rule leaves mms.alerts; the database is visited no more once it has none
-sql -c "SELECT mms_drop_alert('backlog'), mms_drop_alert('waiting'), mms_drop_alert('failing')" >/dev/null
+sql -c "SELECT mms_drop_alert(name) FROM mms.alert_rules" >/dev/null
 [ "$(sql -c "SELECT count(*) FROM mms.alerts")" = 0 ] && ok "dropped rules leave mms.alerts" || bad "mms.alerts after drop"
+sql -c "DROP OWNED BY regress_alert_user" >/dev/null
+admin -c "DROP ROLE regress_alert_user" >/dev/null
 
 # (d) a hot standby: clusters of its own
 rep=$work/replica-set
