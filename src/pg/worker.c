@@ -42,7 +42,9 @@ static bool serving = false;	/* reached READY */
  * Decoder batch sizes are recorded under the registration the weights were
  * loaded for (the served model's first user), like every other histogram.
  */
-static MmsModelRef hist_ref;
+/* names of the registrations whose requests this worker ran (batch histograms) */
+static MmsModelRef hist_refs[MMS_MAX_USERS];
+static int	n_hist_refs = 0;
 
 /* engine request of each slot this worker runs; NULL when none */
 static MmsGenRequest **by_slot = NULL;
@@ -250,6 +252,61 @@ publish_progress(void)
 			mms_queue_progress(i, mms_gen_request_generated(by_slot[i]));
 }
 
+/* The name and version of registration (dboid, model_id) among the served model's users; false if unknown. */
+static bool
+hist_label(Oid dboid, int64 model_id, MmsModelRef *out)
+{
+	MmsServed	s;
+
+	for (int pass = 0; pass < 2; pass++)
+	{
+		for (int k = 0; k < n_hist_refs; k++)
+			if (hist_refs[k].dboid == dboid && hist_refs[k].model_id == model_id)
+			{
+				*out = hist_refs[k];
+				return true;
+			}
+		/* not seen yet: the served model lists the registrations that use it */
+		if (pass > 0 || !mms_served_get(my_served, 0, &s))
+			break;
+		n_hist_refs = Min(s.n_users, MMS_MAX_USERS);
+		memcpy(hist_refs, s.users, sizeof(MmsModelRef) * n_hist_refs);
+	}
+	return false;
+}
+
+/*
+ * The rows of a decoder step go to the batch-size histogram of every
+ * registration with a request in it: weights shared by several databases or
+ * names are decoded together, and each sees the batches its requests got.
+ * Called after the step and before finished requests are collected.
+ */
+static void
+record_batch(double rows)
+{
+	MmsModelRef seen[MMS_MAX_USERS];
+	int			n_seen = 0;
+	double		obs[MMS_H_N] = {-1, -1, -1, -1, -1};
+
+	obs[MMS_H_BATCH] = rows;
+	for (int i = 0; i < mms_shared->n_slots && n_seen < MMS_MAX_USERS; i++)
+	{
+		MmsSlot    *sl;
+		int			j;
+
+		if (by_slot[i] == NULL)
+			continue;
+		sl = mms_slot(i);
+		for (j = 0; j < n_seen; j++)
+			if (seen[j].dboid == sl->dboid && seen[j].model_id == sl->model_id)
+				break;
+		if (j == n_seen && hist_label(sl->dboid, sl->model_id, &seen[n_seen]))
+			n_seen++;
+	}
+	for (int j = 0; j < n_seen; j++)
+		mms_hist_record(seen[j].dboid, seen[j].model_id, seen[j].name, seen[j].version, obs);
+}
+
 /* Cancels held requests whose callers left. */
 static void
 cancel_abandoned(MmsSched *sched)
@@ -372,13 +429,6 @@ mms_worker_main(Datum arg)
 	if (!mms_worker_attach(me.served, me.served_gen, &loaded, &attached))
 		proc_exit(0);			/* evicted or unregistered meanwhile: the launcher decides again */
 
-	{
-		MmsServed	s;
-
-		if (mms_served_get(me.served, me.served_gen, &s) && s.n_users > 0)
-			hist_ref = s.users[0];
-	}
-
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.max_running = mms_max_batch;
 	cfg.threads = mms_threads_per_worker;
@@ -475,6 +525,10 @@ mms_worker_main(Datum arg)
 					(errcode(mms_engine_sqlstate(err.code)),
 					 errmsg("inference step failed: %s", err.msg)));
 		publish_progress();
+		mms_sched_stats(sched, &ss);
+		if (ss.steps > seen_steps && mms_track_latency)
+			/* one step per call; were there more, their mean */
+			record_batch((double) (ss.rows - seen_rows) / (ss.steps - seen_steps));
 		while ((r = mms_sched_collect(sched)) != NULL)
 		{
 			finish_request(r);
@@ -483,15 +537,6 @@ mms_worker_main(Datum arg)
 		mms_sched_stats(sched, &ss);
 		mms_workers_report(my_index, my_generation, n_held, ss.last_batch, finished, true);
 		mms_served_add_steps(my_served, ss.steps - seen_steps, ss.rows - seen_rows, ss.last_batch);
-		if (ss.steps > seen_steps && mms_track_latency)
-		{
-			double		obs[MMS_H_N] = {-1, -1, -1, -1, -1};
-
-			/* one step per call; were there more, their mean */
-			obs[MMS_H_BATCH] = (double) (ss.rows - seen_rows) / (ss.steps - seen_steps);
-			if (hist_ref.model_id != 0)
-				mms_hist_record(hist_ref.dboid, hist_ref.model_id, hist_ref.name, hist_ref.version, obs);
-		}
 		seen_steps = ss.steps;
 		seen_rows = ss.rows;
 	}
