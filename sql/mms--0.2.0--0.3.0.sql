@@ -303,10 +303,11 @@ CREATE FUNCTION mms.alert_states(OUT name text, OUT metric text, OUT state text,
     AS 'MODULE_PATHNAME', 'mms_alert_states'
     LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 
--- A rule not evaluated yet (or redefined with another metric) is ok.
+-- A rule not evaluated yet (or redefined with another metric, or beyond the
+-- states the server keeps) says so: it is not known to be ok.
 CREATE VIEW mms.alerts AS
 SELECT r.name, r.metric, r.model, r.threshold, r.for_interval,
-       coalesce(s.state, 'ok') AS state,
+       coalesce(s.state, 'not evaluated') AS state,
        s.since,
        s.value AS last_value,
        s.evaluated_at AS last_evaluated

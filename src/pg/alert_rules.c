@@ -126,7 +126,11 @@ mms_set_alert(PG_FUNCTION_ARGS)
 	}
 	mms_catalog_leave(&s);
 	/* the launcher visits the database from the next round (a rollback: the pass clears it) */
-	(void) mms_alerts_set_database(MyDatabaseId, true);
+	if (!mms_alerts_set_database(MyDatabaseId, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("too many databases have alert rules"),
+				 errdetail("The server evaluates the rules of at most 64 databases; drop the rules of another one.")));
 	PG_RETURN_DATUM(result);
 }
 

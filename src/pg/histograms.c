@@ -12,9 +12,8 @@
  * Who records: the calling backend, when it collects a finished request
  * (request.c), records queue wait, time to first token, total time and time
  * per output token in one call; an inference worker records the rows of each
- * decoder step under the registration its weights were loaded for (the first
- * user of its served model), so every row of mms.stat_latency names one
- * registration. Each record takes the lock once and allocates nothing; when
+ * decoder step under every registration with a request in it, so every row
+ * of mms.stat_latency names one registration. Each record takes the lock once and allocates nothing; when
  * the table is full the entry with the fewest observations is evicted (a
  * scan, no allocation), as stats.c does with its least used entries.
  */

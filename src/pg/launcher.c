@@ -39,7 +39,7 @@
 
 /* a pool's only worker is not drained for another model before it served this long */
 #define MIN_SLICE_MS 1000
-/* a hot standby looks for databases with alert rules (they come through the WAL) this often */
+/* every database is visited for alert rules this often (rules may come by restore, copy or WAL) */
 #define ALERT_DISCOVERY_MS (300 * 1000)
 
 static BackgroundWorkerHandle *handles[MMS_WORKER_SLOTS];
@@ -235,6 +235,33 @@ list_databases(bool templates)
 	return dbs;
 }
 
+/*
+ * Keeps the databases of dbs (TopMemoryContext) that still exist and accept
+ * connections: a process started for one that does not would fail at every
+ * interval (a database dropped on the primary of a standby, or closed with
+ * ALLOW_CONNECTIONS false). Alert states of databases that are gone go too.
+ */
+static List *
+connectable_only(List *dbs)
+{
+	List	   *ok = list_databases(false);
+	List	   *out = NIL;
+	ListCell   *lc;
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	foreach(lc, dbs)
+	{
+		if (list_member_oid(ok, lfirst_oid(lc)))
+			out = lappend_oid(out, lfirst_oid(lc));
+		else
+			mms_alerts_forget_database(lfirst_oid(lc));
+	}
+	MemoryContextSwitchTo(old);
+	list_free(dbs);
+	list_free(ok);
+	return out;
+}
+
 /* One scan at a time, until every database was read. */
 static void
 scan_next(const MmsWorker *ws)
@@ -262,8 +289,10 @@ scan_next(const MmsWorker *ws)
  *  - alerts: a round every mms.alert_interval evaluates the rules of every
  *    database that has some (alerts.c keeps the list). The first round after
  *    the launcher starts visits every database that is not a template, to
- *    find them; a hot standby does so again every ALERT_DISCOVERY_MS, since
- *    rules reach it through the WAL.
+ *    find them, and so does one every ALERT_DISCOVERY_MS: rules can arrive
+ *    without mms_set_alert (CREATE DATABASE ... TEMPLATE, a restore, the WAL
+ *    on a standby). Every visit evaluates the database's rules, whatever it
+ *    came for. Databases gone or closed to connections are left out.
  * A database due for both gets one process that does both.
  */
 static void
@@ -298,8 +327,7 @@ maintenance_next(const MmsWorker *ws)
 		usage_round_at = now;
 	}
 	if (alert_todo == NIL &&
-		(alert_discovery_at == 0 ||
-		 (RecoveryInProgress() && now - alert_discovery_at >= (int64) ALERT_DISCOVERY_MS * 1000)))
+		(alert_discovery_at == 0 || now - alert_discovery_at >= (int64) ALERT_DISCOVERY_MS * 1000))
 	{
 		alert_todo = list_databases(false);
 		alert_discovery_at = alert_round_at = now;
@@ -311,7 +339,10 @@ maintenance_next(const MmsWorker *ws)
 		alert_todo = mms_alerts_databases();
 		MemoryContextSwitchTo(old);
 		alert_round_at = now;
+		alert_todo = connectable_only(alert_todo);
 	}
+	if (usage_todo != NIL && usage_round_at == now)
+		usage_todo = connectable_only(usage_todo);
 	if (usage_todo == NIL && alert_todo == NIL)
 		return;
 	dboid = usage_todo != NIL ? linitial_oid(usage_todo) : linitial_oid(alert_todo);
@@ -319,8 +350,8 @@ maintenance_next(const MmsWorker *ws)
 		return;
 	if (list_member_oid(usage_todo, dboid))
 		flags |= MMS_MAINT_USAGE;
-	if (list_member_oid(alert_todo, dboid))
-		flags |= MMS_MAINT_ALERTS;
+	/* a visit evaluates the database's rules too: rules that came by restore or copy are found */
+	flags |= MMS_MAINT_ALERTS;
 	usage_todo = list_delete_oid(usage_todo, dboid);
 	alert_todo = list_delete_oid(alert_todo, dboid);
 	(void) launch(i, &w, "database", false, flags);

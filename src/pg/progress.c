@@ -269,7 +269,8 @@ mms_progress_rows(PG_FUNCTION_ARGS)
 		MmsSlotState st = s->state;
 		int			procno = s->owner_procno;
 		int			pid = s->owner_pid;
-		int32		n_gen = s->n_generated;
+		/* scoring counts target tokens as it goes: not generated, and never added at the end */
+		int32		n_gen = s->kind == MMS_REQ_GENERATE ? s->n_generated : 0;
 
 		if (procno < 0 || procno >= MaxBackends || pid == 0 || rows[procno].pid != pid)
 			continue;

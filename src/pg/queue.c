@@ -175,6 +175,7 @@ mms_queue_submit(int slot, int served, uint32 served_gen)
 	s->t_started = 0;
 	s->t_first = 0;
 	s->n_generated = 0;
+	s->t_done = 0;
 	LWLockAcquire(qlock(served), LW_EXCLUSIVE);
 	s->t_queued = GetCurrentTimestamp();
 	link_after(served, fair_position(served, s), slot);
@@ -349,6 +350,7 @@ end_locked(MmsSlot *s, const int32 *ids, int n_ids, double logprob, const MmsSlo
 		s->err.sqlstate = 0;
 	}
 	s->runner = -1;
+	s->t_done = GetCurrentTimestamp();
 	s->state = MMS_SLOT_DONE;
 	mms_wake_procno(s->owner_procno);
 	return false;
@@ -379,6 +381,7 @@ mms_queue_fail_all(int served, const MmsSlotError *err)
 		unlink_slot(served, i);
 		s->err = *err;
 		s->n_output = 0;
+		s->t_done = GetCurrentTimestamp();
 		s->state = MMS_SLOT_DONE;
 		mms_wake_procno(s->owner_procno);
 	}

@@ -44,6 +44,12 @@ typedef struct Req
 	int			slot;			/* -1 waiting for a slot; -2 finished */
 	int32		charge;			/* output tokens charged up front (refunded as unused) */
 	MmsResult	res;
+	/* its times and progress, copied from the slot once it is DONE */
+	TimestampTz t_queued;
+	TimestampTz t_started;
+	TimestampTz t_first;
+	TimestampTz t_done;
+	int32		n_generated;
 } Req;
 
 /*
@@ -525,6 +531,12 @@ copy_result(const MmsSlot *s, void *arg)
 {
 	Req		   *r = arg;
 
+	/* read now that it is DONE: the worker wrote its last progress before */
+	r->t_queued = s->t_queued;
+	r->t_started = s->t_started;
+	r->t_first = s->t_first;
+	r->t_done = s->t_done;
+	r->n_generated = s->n_generated;
 	if (s->err.sqlstate != 0)
 	{
 		r->res.err = palloc(sizeof(MmsSlotError));
@@ -541,24 +553,28 @@ copy_result(const MmsSlot *s, void *arg)
 
 /*
  * Counts a collected request; its latency goes into the model's histograms
- * (one lock): queue wait, time to first token and total from the set's start,
- * and per output token after the first (n_gen >= 2).
+ * (one lock), measured per request from when it was queued: queue wait,
+ * total (to when its worker ended it), and for generation the time to the
+ * first token and per output token after the first (n >= 2).
  */
 static void
-account(MmsRequestSet *rs, Req *r, TimestampTz queued, TimestampTz started,
-		TimestampTz first, int32 n_gen)
+account(MmsRequestSet *rs, Req *r)
 {
 	MmsStatCounts *c = &rs->counts;
 	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz queued = r->t_queued;
+	TimestampTz started = r->t_started;
+	TimestampTz first = r->kind == MMS_REQ_GENERATE ? r->t_first : 0;
+	TimestampTz done = r->t_done > 0 ? r->t_done : now;
 	double		obs[MMS_H_N];
 
 	if (mms_track_latency)
 	{
 		obs[MMS_H_QUEUE_WAIT] = started > 0 && started >= queued ? (double) (started - queued) / 1e6 : -1;
-		obs[MMS_H_TTFT] = first > 0 ? (double) Max(first - rs->t0, 0) / 1e6 : -1;
-		obs[MMS_H_TOTAL] = (double) Max(now - rs->t0, 0) / 1e6;
-		obs[MMS_H_TPOT] = first > 0 && n_gen >= 2 && r->res.err == NULL ?
-			(double) Max(now - first, 0) / 1e6 / (n_gen - 1) : -1;
+		obs[MMS_H_TTFT] = first > 0 ? (double) Max(first - queued, 0) / 1e6 : -1;
+		obs[MMS_H_TOTAL] = (double) Max(done - queued, 0) / 1e6;
+		obs[MMS_H_TPOT] = first > 0 && r->n_generated >= 2 && r->res.err == NULL ?
+			(double) Max(done - first, 0) / 1e6 / (r->n_generated - 1) : -1;
 		obs[MMS_H_BATCH] = -1;
 		mms_hist_record(MyDatabaseId, rs->model.id, rs->model.name, rs->model.version, obs);
 	}
@@ -591,11 +607,6 @@ collect(MmsRequestSet *rs)
 	{
 		Req		   *r = &rs->reqs[rs->inflight[j].req];
 		int			slot = rs->inflight[j].slot;
-		MmsSlot    *s = mms_slot(slot);
-		TimestampTz queued = s->t_queued;
-		TimestampTz started = s->t_started;
-		TimestampTz first = s->t_first;
-		int32		n_gen = s->n_generated;
 		Track		t = rs->inflight[j];
 
 		if (!mms_queue_collect(slot, copy_result, r))
@@ -611,7 +622,7 @@ collect(MmsRequestSet *rs)
 		rs->n_open--;
 		mms_progress_done(r->res.err == NULL,
 						  r->res.err == NULL && r->kind == MMS_REQ_GENERATE ? r->res.n_ids : 0);
-		account(rs, r, queued, started, first, n_gen);
+		account(rs, r);
 	}
 	MemoryContextSwitchTo(old);
 }

@@ -236,6 +236,7 @@ typedef struct MmsSlot
 	/* progress, written by the running worker alone (mms_queue_progress); 0 until then */
 	TimestampTz t_first;		/* its first output token */
 	int32		n_generated;	/* output tokens so far */
+	TimestampTz t_done;			/* when it ended (DONE) */
 	int32		tokens[FLEXIBLE_ARRAY_MEMBER];	/* slot_tokens entries */
 } MmsSlot;
 

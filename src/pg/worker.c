@@ -38,10 +38,6 @@ static int	my_served = -1;
 static bool attached = false;
 static bool serving = false;	/* reached READY */
 
-/*
- * Decoder batch sizes are recorded under the registration the weights were
- * loaded for (the served model's first user), like every other histogram.
- */
 /* names of the registrations whose requests this worker ran (batch histograms) */
 static MmsModelRef hist_refs[MMS_MAX_USERS];
 static int	n_hist_refs = 0;
