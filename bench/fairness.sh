@@ -21,25 +21,12 @@ threads=${THREADS:-$(nproc)}
 secs=${SECS:-15}
 rounds=${ROUNDS:-3}
 flood=${FLOOD:-8}
-[ -f "$model" ] || { echo "no model $model" >&2; exit 1; }
-[ "$(id -u)" = 0 ] && make -s install >/dev/null
-. tools/pg-cluster.sh
-cp "$model" "$tmp/model.gguf"
-chmod a+r "$tmp/model.gguf"
-cluster_start "mms.threads_per_worker=$threads" max_connections=64 || exit 1
-sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+. bench/lib.sh
+bench_inputs 6400 >/dev/null
 sql <<SQL >/dev/null
-CREATE EXTENSION mms;
-SELECT mms_import('m', '$tmp/model.gguf');
 SELECT mms_grant('m', 'public');
 CREATE ROLE bench_a LOGIN;
 CREATE ROLE bench_b LOGIN;
-CREATE TABLE raw AS
-SELECT i AS id, 'normalize date: ' || CASE i % 4 WHEN 0 THEN to_char(d, 'FMMonth FMDDth, YYYY')
-       WHEN 1 THEN to_char(d, 'FMMM/FMDD/YYYY') WHEN 2 THEN to_char(d, 'FMDD FMMonth YYYY')
-       ELSE to_char(d, 'YYYY.MM.DD') END AS raw
-FROM (SELECT i, date '1950-01-01' + (i * 7919 % 30000) AS d FROM generate_series(1, 6400) i) s;
-GRANT SELECT ON raw TO PUBLIC;
 SELECT mms_load('m');
 SQL
 opts='{"max_new_tokens": 12}'
@@ -86,7 +73,6 @@ for r in $(seq "$rounds"); do
 done > "$tmp/results.txt"
 cat "$tmp/results.txt" >&2
 
-med() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 col() { awk -v s="$1" -v c="$2" '$1 == s {print $c}' "$tmp/results.txt" | med; }
 echo "model $(basename "$model"), $threads threads, $flood flooding sessions of 64-element arrays, $secs s per scenario, median of $rounds rounds"
 printf "%-8s %10s %10s %12s %14s\n" scenario "b p50 ms" "b p99 ms" "b calls/s" "a rows/s"

@@ -12,28 +12,13 @@ threads=${THREADS:-$(nproc)}
 secs=${SECS:-15}
 rounds=${ROUNDS:-3}
 rows=10000
-[ -f "$model" ] || { echo "no model $model" >&2; exit 1; }
-[ "$(id -u)" = 0 ] && make -s install >/dev/null
-. tools/pg-cluster.sh
-cp "$model" "$tmp/model.gguf"
-chmod a+r "$tmp/model.gguf"
-cluster_start "mms.threads_per_worker=$threads" max_connections=64 || exit 1
-sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
-sql <<SQL >/dev/null
-CREATE EXTENSION mms;
-SELECT mms_import('m', '$tmp/model.gguf');
-CREATE TABLE raw AS
-SELECT i AS id, 'normalize date: ' || CASE i % 4 WHEN 0 THEN to_char(d, 'FMMonth FMDDth, YYYY')
-       WHEN 1 THEN to_char(d, 'FMMM/FMDD/YYYY') WHEN 2 THEN to_char(d, 'FMDD FMMonth YYYY')
-       ELSE to_char(d, 'YYYY.MM.DD') END AS raw
-FROM (SELECT i, date '1950-01-01' + (i * 7919 % 30000) AS d FROM generate_series(1, $rows) i) s;
-SELECT mms_load('m');
-SQL
+. bench/lib.sh
+bench_inputs "$rows" >/dev/null
+sql -c "SELECT mms_load('m')" >/dev/null
 cat > "$tmp/mix.sql" <<SQL
 \set id random(1, $rows)
 SELECT mms_generate('m', raw, '{"max_new_tokens": 12}') FROM raw WHERE id = :id;
 SQL
-med() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 run() {
 	sql -c "ALTER SYSTEM SET mms.track_latency = $1" -c "SELECT pg_reload_conf()" >/dev/null
 	sleep 1	# workers read the setting at their next loop

@@ -24,13 +24,6 @@ model=${MODEL:-models/datefix.gguf}
 threads=${THREADS:-$(nproc)}
 rows=${ROWS:-10000}
 calls=${CALLS:-200}
-[ -f "$model" ] || { echo "no model $model" >&2; exit 1; }
-[ "$(id -u)" = 0 ] && make -s install >/dev/null
-. tools/pg-cluster.sh
-cp "$model" "$tmp/model.gguf"
-chmod a+r "$tmp/model.gguf"
-cluster_start "mms.threads_per_worker=$threads" max_connections=64 || exit 1
-sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 pss_total() {
 	local sum=0 k
 	for pid in $(pgrep -u "$server_user" postgres); do
@@ -39,10 +32,9 @@ pss_total() {
 	done
 	echo $((sum / 1024))
 }
-sql -c "CREATE EXTENSION mms" -c "SELECT mms_import('m', '$tmp/model.gguf')" >/dev/null
+. bench/lib.sh
 pss_base=$(pss_total)
 msize=$(stat -L -c %s "$model")
-med() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 # --- 0. cold load -----------------------------------------------------------------
 # mms_load returns once the loader has published the weights; the loader writes its
@@ -68,13 +60,7 @@ awk -v n="$(wc -l < "$tmp/loads.txt")" -v f="$msize" -v w="$lw" -v l="$ll" -v r=
 		n, f / 1048576, seg / 1048576, w, f / 1048576 / (w / 1000), runs, l, r, p / 1024, (seg + p * 1024) / seg }'
 
 # The inputs: messy dates (the demo model's task; noise for other models, same work).
-sql <<SQL
-CREATE TABLE raw AS
-SELECT i AS id, 'normalize date: ' || CASE i % 4 WHEN 0 THEN to_char(d, 'FMMonth FMDDth, YYYY')
-       WHEN 1 THEN to_char(d, 'FMMM/FMDD/YYYY') WHEN 2 THEN to_char(d, 'FMDD FMMonth YYYY')
-       ELSE to_char(d, 'YYYY.MM.DD') END AS raw
-FROM (SELECT i, date '1950-01-01' + (i * 7919 % 30000) AS d FROM generate_series(1, $rows) i) s;
-SQL
+bench_inputs "$rows"
 sql -c "COPY (SELECT raw FROM raw ORDER BY id) TO STDOUT" > "$tmp/inputs.txt"
 opts='{"max_new_tokens": 12}'
 

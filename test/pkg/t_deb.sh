@@ -72,14 +72,16 @@ deb=$(ls "$work"/${pkg}_*.deb 2>/dev/null | head -n 1)
 # --- contents --------------------------------------------------------------------
 files=$(dpkg-deb -c "$deb" | awk '{print $NF}' | sed 's,^\./,/,')
 missing=""
-# every install and upgrade script of sql/, the default version's among them
+# every install and upgrade script of sql/, and one that reaches the default
+# version (its install script, or an update to it from an older one)
 scripts=$(cd "$src/sql" && ls mms--*.sql | sed 's,^,/usr/share/postgresql/15/extension/,')
 for f in /usr/lib/postgresql/15/lib/mms.so /usr/lib/postgresql/15/lib/mms_worker.so \
-	/usr/share/postgresql/15/extension/mms.control \
-	"/usr/share/postgresql/15/extension/mms--$ctl_version.sql" $scripts \
+	/usr/share/postgresql/15/extension/mms.control $scripts \
 	/usr/share/doc/$pkg/copyright /usr/share/doc/$pkg/README.md.gz; do
 	grep -qxF "$f" <<<"$files" || missing+=" $f"
 done
+grep -qE "^/usr/share/postgresql/15/extension/mms--([0-9.]+--)?${ctl_version//./\\.}\.sql$" <<<"$files" ||
+	missing+=" (a script reaching version $ctl_version)"
 [ -z "$missing" ] && ok "package holds the libraries, control file, install and upgrade scripts, README and copyright" ||
 	bad "package lacks:$missing"
 extra=$(grep -E '/(build|test)/|mms-run|mms-bench|test_[a-z]+$|\.(a|o|bc)$' <<<"$files")
