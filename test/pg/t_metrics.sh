@@ -33,7 +33,10 @@ out=$(cd "$root/contrib/prometheus" && promtool test rules alerts_test.yml 2>&1)
 # --- traffic ---------------------------------------------------------------------
 dropdb --if-exists $db 2>/dev/null
 createdb $db || { bad "createdb $db"; exit 0; }
+# flan_c: the same file under another name (one pool), for the cancelled batch, whose
+# requests may or may not finish before the timeout: its counts stay apart
 sql -c "CREATE EXTENSION mms" -c "SELECT mms_import('flan', '$MMS_TEST_DATA/flan_gated.gguf')" \
+	-c "SELECT mms_import('flan_c', '$MMS_TEST_DATA/flan_gated.gguf')" \
 	-c "SELECT mms_grant('flan', 'public')" -c "SELECT mms_stat_reset()" >/dev/null || { bad "setup"; exit 0; }
 psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP ROLE IF EXISTS regress_metrics_q" -c "CREATE ROLE regress_metrics_q" >/dev/null
 
@@ -52,7 +55,7 @@ prompt=$(sql -c "SELECT sum(cardinality(mms_tokenize('flan', t)))
 # by statement_timeout; those in flight then count as cancelled, the rest never ran
 L='{"max_new_tokens": 4096, "min_new_tokens": 4096}'
 out=$(sql -c "SET statement_timeout = '1s'" \
-	-c "SELECT mms_generate_batch('flan', array_fill('long'::text, ARRAY[64]), '$L')" 2>&1 | head -c 300)
+	-c "SELECT mms_generate_batch('flan_c', array_fill('long'::text, ARRAY[64]), '$L')" 2>&1 | head -c 300)
 grep -q "statement timeout" <<<"$out" && ok "a long batch is cancelled by statement_timeout" || bad "timeout: $out"
 
 # error: a request that can never fit mms.worker_memory fails in its worker
@@ -80,7 +83,7 @@ L_M='database="mms_metrics",model="flan:1"'
 got="$(metric "mms_requests_total{$L_P,outcome=\"ok\"}") $(metric "mms_requests_total{$L_P,outcome=\"error\"}")"
 [ "$got" = "$ok_calls 1" ] && ok "requests by outcome: ok $ok_calls, error 1" ||
 	bad "requests ok/error: $got, want $ok_calls 1"
-got=$(metric "mms_requests_total{$L_P,outcome=\"cancelled\"}")
+got=$(metric "mms_requests_total{database=\"mms_metrics\",model=\"flan_c:1\",role=\"postgres\",outcome=\"cancelled\"}")
 [ "${got:-0}" -ge 1 ] && ok "requests cancelled: $got" || bad "cancelled: '$got'"
 got="$(metric "mms_requests_total{$L_Q,outcome=\"ok\"}") $(metric "mms_requests_total{$L_Q,outcome=\"rejected\"}") $(metric "mms_quota_rejections_total{$L_Q}")"
 [ "$got" = "1 1 1" ] && ok "a quota rejection is counted for its role" || bad "role over quota ok/rejected/rejections: $got"
@@ -106,24 +109,24 @@ grep -q '^mms_workers{.*state="ready"}' "$work/metrics.txt" && grep -q '^mms_cac
 	ok "workers and cache gauges are there" || bad "workers or cache gauges missing"
 
 # --- mms.stat_latency --------------------------------------------------------------
-got=$(sql -c "SELECT string_agg(metric, ',' ORDER BY metric) FROM mms.stat_latency WHERE database = '$db'")
+got=$(sql -c "SELECT string_agg(metric, ',' ORDER BY metric) FROM mms.stat_latency WHERE database = '$db' AND model = 'flan:1'")
 [ "$got" = "batch_size,queue_wait,total,tpot,ttft" ] && ok "mms.stat_latency has every metric" || bad "metrics: $got"
 got=$(sql -c "SELECT count(*) FROM mms.stat_latency WHERE database = '$db' AND NOT (p50 <= p90 AND p90 <= p99)")
 [ "$got" = 0 ] && ok "p50 <= p90 <= p99" || bad "$got rows with quantiles out of order"
 
 # --- mms.track_latency -------------------------------------------------------------
-before=$(sql -c "SELECT count FROM mms.stat_latency WHERE database = '$db' AND metric = 'total'")
+before=$(sql -c "SELECT count FROM mms.stat_latency WHERE database = '$db' AND model = 'flan:1' AND metric = 'total'")
 reload "SET mms.track_latency = off"
 sql -c "SELECT mms_generate('flan', 'untracked', '$G')" >/dev/null
-after=$(sql -c "SELECT count FROM mms.stat_latency WHERE database = '$db' AND metric = 'total'")
+after=$(sql -c "SELECT count FROM mms.stat_latency WHERE database = '$db' AND model = 'flan:1' AND metric = 'total'")
 reload "RESET mms.track_latency"
 sql -c "SELECT mms_generate('flan', 'tracked', '$G')" >/dev/null
-again=$(sql -c "SELECT count FROM mms.stat_latency WHERE database = '$db' AND metric = 'total'")
+again=$(sql -c "SELECT count FROM mms.stat_latency WHERE database = '$db' AND model = 'flan:1' AND metric = 'total'")
 [ "$before" = "$after" ] && [ "$again" = $((after + 1)) ] && ok "mms.track_latency = off records nothing" ||
 	bad "track_latency: $before -> $after (off) -> $again (on)"
 
 sql -c "SELECT mms_stat_reset()" >/dev/null
-got=$(sql -c "SELECT count(*) FROM mms.stat_latency WHERE database = '$db'")
+got=$(sql -c "SELECT count(*) FROM mms.stat_latency WHERE database = '$db' AND model = 'flan:1'")
 [ "$got" = 0 ] && ok "mms_stat_reset() empties mms.stat_latency" || bad "after reset: $got rows"
 
 dropdb $db
