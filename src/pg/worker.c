@@ -236,18 +236,6 @@ finish_request(MmsGenRequest *r)
 	mms_gen_request_free(r);
 }
 
-/*
- * After a decoder step: each held request's tokens so far into its slot (the
- * first sets its first-token time), before finished ones are collected.
- */
-static void
-publish_progress(void)
-{
-	for (int i = 0; i < mms_shared->n_slots; i++)
-		if (by_slot[i] != NULL && !cancelled[i])
-			mms_queue_progress(i, mms_gen_request_generated(by_slot[i]));
-}
-
 /* The name and version of registration (dboid, model_id) among the served model's users; false if unknown. */
 static bool
 hist_label(Oid dboid, int64 model_id, MmsModelRef *out)
@@ -272,25 +260,30 @@ hist_label(Oid dboid, int64 model_id, MmsModelRef *out)
 }
 
 /*
- * The rows of a decoder step go to the batch-size histogram of every
- * registration with a request in it: weights shared by several databases or
- * names are decoded together, and each sees the batches its requests got.
- * Called after the step and before finished requests are collected.
+ * After a decoder step, before finished requests are collected, one pass over
+ * the held requests: each one's tokens so far into its slot (the first sets
+ * its first-token time), and, with rows > 0, the step's rows into the
+ * batch-size histogram of every registration with a request in it: weights
+ * shared by several databases or names are decoded together, and each sees
+ * the batches its requests got.
  */
 static void
-record_batch(double rows)
+after_step(double rows)
 {
 	MmsModelRef seen[MMS_MAX_USERS];
 	int			n_seen = 0;
 	double		obs[MMS_H_N] = {-1, -1, -1, -1, -1};
 
-	obs[MMS_H_BATCH] = rows;
-	for (int i = 0; i < mms_shared->n_slots && n_seen < MMS_MAX_USERS; i++)
+	for (int i = 0; i < mms_shared->n_slots; i++)
 	{
 		MmsSlot    *sl;
 		int			j;
 
 		if (by_slot[i] == NULL)
+			continue;
+		if (!cancelled[i])
+			mms_queue_progress(i, mms_gen_request_generated(by_slot[i]));
+		if (rows <= 0 || n_seen == MMS_MAX_USERS)
 			continue;
 		sl = mms_slot(i);
 		for (j = 0; j < n_seen; j++)
@@ -299,6 +292,7 @@ record_batch(double rows)
 		if (j == n_seen && hist_label(sl->dboid, sl->model_id, &seen[n_seen]))
 			n_seen++;
 	}
+	obs[MMS_H_BATCH] = rows;
 	for (int j = 0; j < n_seen; j++)
 		mms_hist_record(seen[j].dboid, seen[j].model_id, seen[j].name, seen[j].version, obs);
 }
@@ -520,11 +514,10 @@ mms_worker_main(Datum arg)
 			ereport(ERROR,
 					(errcode(mms_engine_sqlstate(err.code)),
 					 errmsg("inference step failed: %s", err.msg)));
-		publish_progress();
 		mms_sched_stats(sched, &ss);
-		if (ss.steps > seen_steps && mms_track_latency)
-			/* one step per call; were there more, their mean */
-			record_batch((double) (ss.rows - seen_rows) / (ss.steps - seen_steps));
+		/* one step per call; were there more, their mean */
+		after_step(ss.steps > seen_steps && mms_track_latency ?
+				   (double) (ss.rows - seen_rows) / (ss.steps - seen_steps) : 0);
 		while ((r = mms_sched_collect(sched)) != NULL)
 		{
 			finish_request(r);
