@@ -188,6 +188,13 @@ reap(MmsWorker *ws, const MmsServed *dir)
 		}
 		if (w->state != MMS_W_EXITED)
 			continue;
+		/*
+		 * Its entry, and its place in mms.max_workers, go with the process
+		 * (and its background worker slot), not when it said it leaves; the
+		 * postmaster wakes us when it is gone.
+		 */
+		if (alive(w, i))
+			continue;
 		if (!w->clean_exit && w->kind == MMS_WK_INFERENCE)
 			mms_event("worker_exit", &dir[w->served], "worker exited unexpectedly; see the server log");
 		if (handles[i])
@@ -379,8 +386,15 @@ count_pools(const MmsWorker *ws, Pool *pools, int *total, int *loaders)
 	{
 		const MmsWorker *w = &ws[i];
 
-		if (w->state == MMS_W_FREE || w->state == MMS_W_EXITED || w->served < 0)
+		if (w->state == MMS_W_FREE || w->served < 0)
 			continue;
+		if (w->state == MMS_W_EXITED)
+		{
+			/* left its pool, but its process (reap keeps the entry until it is gone) still counts */
+			if (w->kind == MMS_WK_INFERENCE)
+				(*total)++;
+			continue;
+		}
 		if (w->kind == MMS_WK_LOADER)
 		{
 			pools[w->served].loading = true;
@@ -443,7 +457,8 @@ make_worker_room(const MmsWorker *ws, const MmsServed *dir, const Pool *pools, i
 	TimestampTz now = GetCurrentTimestamp();
 
 	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
-		if (ws[i].kind == MMS_WK_INFERENCE && ws[i].state == MMS_W_DRAINING)
+		if (ws[i].kind == MMS_WK_INFERENCE &&
+			(ws[i].state == MMS_W_DRAINING || ws[i].state == MMS_W_EXITED))
 			return;				/* one is on its way out already */
 	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
 	{

@@ -221,8 +221,8 @@ mms_workers_can_grow(int served, int max_workers)
 
 	LWLockAcquire(mms_shared->workers_lock, LW_SHARED);
 	for (int i = 0; i < MMS_WORKER_SLOTS; i++)
-		if (W(i)->kind == MMS_WK_INFERENCE && W(i)->state != MMS_W_FREE && W(i)->state != MMS_W_EXITED)
-			total++;
+		if (W(i)->kind == MMS_WK_INFERENCE && W(i)->state != MMS_W_FREE)
+			total++;			/* an EXITED one's process is still leaving (the launcher frees it after) */
 	n = pool_size(served, 0, &ready);
 	/* a worker on its way counts as growth: what waits is for it */
 	r = (total < mms_max_workers && n < max_workers) || ready < n;
