@@ -294,6 +294,61 @@ test_generated_progress(void **state)
 	mms_gen_request_free(r);
 }
 
+/*
+ * Streaming: while a greedy or sampling request runs, its prefix grows by the
+ * token each step chose and is always a prefix of the final result; beam
+ * search and scoring have none (their output is only known at the end).
+ */
+static void
+test_prefix_streams(void **state)
+{
+	for (int k = 0; k < 5; k++)
+	{
+		MmsSched   *s;
+		MmsGenRequest *r = make_req(k);
+		MmsError	err;
+		int			held = 0;
+		int32_t		seen[600];
+		int32_t		n_seen = 0;
+		const MmsGenResult *res;
+
+		assert_int_equal(mms_sched_create(model, NULL, &s, &err), MMS_OK);
+		assert_int_equal(mms_sched_submit(s, r, &err), MMS_OK);
+		do
+		{
+			const int32_t *ids = NULL;
+			int32_t		n;
+
+			assert_int_equal(mms_sched_step(s, &held, &err), MMS_OK);
+			n = mms_gen_request_prefix(r, &ids);
+			if (k % 5 == 1 || k % 5 == 4)
+			{
+				assert_int_equal(n, 0);
+				continue;
+			}
+			if (mms_gen_request_done(r))
+				continue;		/* the prefix is the running state only */
+			assert_true(n == n_seen || n == n_seen + 1);
+			assert_true(n <= 600);
+			for (int32_t j = 0; j < n_seen; j++)
+				assert_int_equal(ids[j], seen[j]);
+			memcpy(seen, ids, sizeof(int32_t) * n);
+			n_seen = n;
+		} while (held > 0);
+		res = mms_gen_request_result(r);
+		assert_non_null(res);
+		if (k % 5 != 1 && k % 5 != 4)
+		{
+			assert_true(n_seen <= res->n_ids);
+			for (int32_t j = 0; j < n_seen; j++)
+				assert_int_equal(res->ids[j], seen[j]);
+			assert_true(res->n_ids <= 1 || n_seen >= 1);
+		}
+		mms_sched_free(s);
+		mms_gen_request_free(r);
+	}
+}
+
 int
 main(void)
 {
@@ -304,6 +359,7 @@ main(void)
 		cmocka_unit_test(test_cancel_middle),
 		cmocka_unit_test(test_flood_refused),
 		cmocka_unit_test(test_generated_progress),
+		cmocka_unit_test(test_prefix_streams),
 	};
 
 	return cmocka_run_group_tests_name("scheduler", tests, setup, teardown);

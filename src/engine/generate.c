@@ -697,6 +697,15 @@ mms_gen_request_generated(const MmsGenRequest *r)
 	return r->phase == PHASE_PENDING ? 0 : r->t;
 }
 
+int32_t
+mms_gen_request_prefix(const MmsGenRequest *r, const int32_t **ids)
+{
+	if ((r->kind != REQ_GREEDY && r->kind != REQ_SAMPLE) || r->phase != PHASE_RUNNING)
+		return 0;
+	*ids = hist_of(r, r->hist, 0) + 1;
+	return r->t;
+}
+
 void
 mms_gen_request_fail(MmsGenRequest *r, const MmsError *e)
 {

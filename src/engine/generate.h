@@ -94,5 +94,11 @@ void		mms_gen_request_fail(MmsGenRequest *r, const MmsError *e);
 int			mms_gen_request_pending(const MmsGenRequest *r);
 /* Decoder steps done: tokens generated (per beam), or target ids scored, so far. */
 int32_t		mms_gen_request_generated(const MmsGenRequest *r);
+/*
+ * Greedy and sampling while running: the tokens chosen so far (decoder start
+ * excluded) in *ids, and their count; 0 for beam search (the best beam is only
+ * known at the end) and scoring.
+ */
+int32_t		mms_gen_request_prefix(const MmsGenRequest *r, const int32_t **ids);
 
 #endif

@@ -16,8 +16,8 @@
 
 #include "serve.h"
 
-static void
-raise_call_error(const MmsModel *m, const MmsSlotError *e)
+void
+mms_raise_call_error(const MmsModel *m, const MmsSlotError *e)
 {
 	if (e == NULL)
 		return;
@@ -28,8 +28,8 @@ raise_call_error(const MmsModel *m, const MmsSlotError *e)
 			 e->hint[0] ? errhint("%s", e->hint) : 0));
 }
 
-static const MmsTokenBound *
-input_bound(void)
+const MmsTokenBound *
+mms_input_bound(void)
 {
 	static MmsTokenBound b = {0, "input", "mms.max_input_tokens"};
 
@@ -47,8 +47,8 @@ target_bound(void)
 }
 
 /* Refused in the backend: a worker would load the weights only to say so. */
-static void
-require_decoder(const MmsModel *m)
+void
+mms_require_decoder(const MmsModel *m)
 {
 	if (strcmp(m->arch, "t5encoder") == 0)
 		ereport(ERROR,
@@ -74,7 +74,7 @@ begin_generate(FunctionCallInfo fcinfo, const MmsModel **m, MmsGenOptions *opts)
 
 	mms_require_serving();
 	tok = mms_tokenizer_for_call(fcinfo, model_arg(fcinfo), m);
-	require_decoder(*m);
+	mms_require_decoder(*m);
 	mms_parse_options(PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), opts);
 	return tok;
 }
@@ -103,13 +103,13 @@ mms_generate(PG_FUNCTION_ARGS)
 	tok = begin_generate(fcinfo, &m, &opts);
 	if (PG_ARGISNULL(1))
 		PG_RETURN_NULL();
-	ids = mms_encode_text(tok, PG_GETARG_TEXT_PP(1), input_bound(), &n);
+	ids = mms_encode_text(tok, PG_GETARG_TEXT_PP(1), mms_input_bound(), &n);
 	rs = mms_requests_begin(m);
 	(void) mms_requests_add(rs, MMS_REQ_GENERATE, &opts, ids, n, NULL, 0);
 	mms_requests_wait(rs, -1);
 	res = mms_requests_result(rs, 0);
 	mms_requests_end(rs);
-	raise_call_error(m, res->err);
+	mms_raise_call_error(m, res->err);
 	PG_RETURN_TEXT_P(mms_decode_ids(tok, res->ids, res->n_ids));
 }
 
@@ -149,7 +149,7 @@ mms_generate_array(PG_FUNCTION_ARGS)
 		req_of[i] = -1;
 		if (nulls[i])
 			continue;
-		ids = mms_encode_text(tok, DatumGetTextPP(elems[i]), input_bound(), &n_ids);
+		ids = mms_encode_text(tok, DatumGetTextPP(elems[i]), mms_input_bound(), &n_ids);
 		req_of[i] = mms_requests_add(rs, MMS_REQ_GENERATE, &opts, ids, n_ids, NULL, 0);
 		/* the first requests start while the rest are tokenized */
 		if ((i & 63) == 63)
@@ -158,7 +158,7 @@ mms_generate_array(PG_FUNCTION_ARGS)
 	mms_requests_wait(rs, -1);
 	for (int i = 0; i < n; i++)
 		if (req_of[i] >= 0)
-			raise_call_error(m, mms_requests_result(rs, req_of[i])->err);
+			mms_raise_call_error(m, mms_requests_result(rs, req_of[i])->err);
 
 	out = palloc(sizeof(Datum) * Max(n, 1));
 	for (int i = 0; i < n; i++)
@@ -183,7 +183,7 @@ begin_score(FunctionCallInfo fcinfo, const MmsModel **m, MmsGenOptions *opts)
 
 	mms_require_serving();
 	tok = mms_tokenizer_for_call(fcinfo, model_arg(fcinfo), m);
-	require_decoder(*m);
+	mms_require_decoder(*m);
 	mms_gen_options_default(opts);	/* scoring has no options */
 	return tok;
 }
@@ -208,14 +208,14 @@ mms_score(PG_FUNCTION_ARGS)
 	const MmsResult *res;
 
 	tok = begin_score(fcinfo, &m, &opts);
-	in = mms_encode_text(tok, PG_GETARG_TEXT_PP(1), input_bound(), &n_in);
+	in = mms_encode_text(tok, PG_GETARG_TEXT_PP(1), mms_input_bound(), &n_in);
 	tgt = mms_encode_text(tok, PG_GETARG_TEXT_PP(2), target_bound(), &n_tgt);
 	rs = mms_requests_begin(m);
 	(void) mms_requests_add(rs, MMS_REQ_SCORE, &opts, in, n_in, tgt, n_tgt);
 	mms_requests_wait(rs, -1);
 	res = mms_requests_result(rs, 0);
 	mms_requests_end(rs);
-	raise_call_error(m, res->err);
+	mms_raise_call_error(m, res->err);
 	PG_RETURN_FLOAT8(res->logprob);
 }
 
@@ -266,7 +266,7 @@ mms_score_array(PG_FUNCTION_ARGS)
 		nulls[i] = in_n[i] || tg_n[i];
 		if (nulls[i])
 			continue;
-		in = mms_encode_text(tok, DatumGetTextPP(in_e[i]), input_bound(), &n_in);
+		in = mms_encode_text(tok, DatumGetTextPP(in_e[i]), mms_input_bound(), &n_in);
 		tgt = mms_encode_text(tok, DatumGetTextPP(tg_e[i]), target_bound(), &n_tgt);
 		req_of[i] = mms_requests_add(rs, MMS_REQ_SCORE, &opts, in, n_in, tgt, n_tgt);
 		if ((i & 63) == 63)
@@ -281,7 +281,7 @@ mms_score_array(PG_FUNCTION_ARGS)
 		if (nulls[i])
 			continue;
 		res = mms_requests_result(rs, req_of[i]);
-		raise_call_error(m, res->err);
+		mms_raise_call_error(m, res->err);
 		out[i] = Float8GetDatum(res->logprob);
 	}
 	mms_requests_end(rs);

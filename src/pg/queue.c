@@ -303,13 +303,24 @@ mms_queue_return(int served, const int *slots, int n)
 }
 
 void
-mms_queue_progress(int slot, int32 n_generated)
+mms_queue_progress(int slot, int32 n_generated, const int32 *ids)
 {
 	MmsSlot    *s = mms_slot(slot);
+	int32		had = s->n_generated;
 
 	/* one writer (the worker running it); readers take what they see */
 	if (s->t_first == 0 && n_generated > 0)
 		s->t_first = GetCurrentTimestamp();
+	if (s->stream && ids != NULL && n_generated > had &&
+		s->n_input + n_generated <= mms_shared->slot_tokens)
+	{
+		/* the ids before the count, so that a reader never sees unwritten ones */
+		memcpy(s->tokens + s->n_input + had, ids + had, sizeof(int32) * (n_generated - had));
+		pg_write_barrier();
+		s->n_generated = n_generated;
+		mms_wake_procno(s->owner_procno);
+		return;
+	}
 	s->n_generated = n_generated;
 }
 

@@ -43,6 +43,8 @@ typedef struct Req
 	int32		n_target;
 	int			slot;			/* -1 waiting for a slot; -2 finished */
 	int32		charge;			/* output tokens charged up front (refunded as unused) */
+	bool		stream;			/* its worker publishes tokens as they come */
+	int32	   *partial;		/* streaming: the tokens read so far (max_new_tokens) */
 	MmsResult	res;
 	/* its times and progress, copied from the slot once it is DONE */
 	TimestampTz t_queued;
@@ -489,6 +491,7 @@ submit(MmsRequestSet *rs, bool admit_new)
 		s->weight = rs->limits.weight;
 		s->kind = r->kind;
 		s->opts = *r->opts;
+		s->stream = r->stream;
 		s->n_input = r->n_input;
 		memcpy(s->tokens, r->input, sizeof(int32) * r->n_input);
 		s->n_target = r->n_target;
@@ -676,6 +679,59 @@ mms_requests_wait(MmsRequestSet *rs, int i)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+}
+
+void
+mms_requests_stream(MmsRequestSet *rs, int i)
+{
+	Req		   *r = &rs->reqs[i];
+
+	Assert(r->slot == -1 && r->kind == MMS_REQ_GENERATE);
+	r->partial = MemoryContextAlloc(rs->cxt, sizeof(int32) * Max(1, r->opts->max_new_tokens));
+	r->stream = true;
+}
+
+int32
+mms_requests_partial(MmsRequestSet *rs, int i, const int32 **ids)
+{
+	Req		   *r = &rs->reqs[i];
+	MmsSlot    *s;
+	int32		n;
+
+	if (r->res.done)
+	{
+		*ids = r->res.ids;
+		return r->res.err ? 0 : r->res.n_ids;
+	}
+	*ids = r->partial;
+	if (r->slot < 0 || !r->stream)
+		return 0;
+
+	/*
+	 * The slot stays ours until collected: its worker writes the ids, then
+	 * the count (mms_queue_progress). A request given back to the queue counts
+	 * from 0 again and republishes the same ids.
+	 */
+	s = mms_slot(r->slot);
+	n = Min(s->n_generated, r->opts->max_new_tokens);
+	pg_read_barrier();
+	if (n > 0)
+		memcpy(r->partial, s->tokens + r->n_input, sizeof(int32) * n);
+	return Max(n, 0);
+}
+
+void
+mms_requests_wait_any(MmsRequestSet *rs)
+{
+	collect_all();
+	(void) submit(rs, true);
+	if (rs->n_open == 0)
+		return;
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 rs->next_unsubmitted < rs->n ? 20L : 1000L, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	collect_all();
 }
 
 const MmsResult *

@@ -229,13 +229,15 @@ typedef struct MmsSlot
 	int32		n_input;		/* tokens[0 .. n_input) */
 	int32		n_target;		/* score: tokens[n_input .. +n_target) */
 	int32		n_output;		/* result ids, written over tokens[0 ..) */
+	bool		stream;			/* greedy/sampling: publish tokens as they come (below) */
 	double		logprob;
 	MmsSlotError err;
 	TimestampTz t_queued;
 	TimestampTz t_started;
 	/* progress, written by the running worker alone (mms_queue_progress); 0 until then */
 	TimestampTz t_first;		/* its first output token */
-	int32		n_generated;	/* output tokens so far */
+	int32		n_generated;	/* output tokens so far; when stream, they are
+								 * tokens[n_input .. n_input + n_generated) */
 	TimestampTz t_done;			/* when it ended (DONE) */
 	int32		tokens[FLEXIBLE_ARRAY_MEMBER];	/* slot_tokens entries */
 } MmsSlot;
@@ -260,8 +262,12 @@ extern MmsSlotState mms_queue_abandon(int slot);
 extern int	mms_queue_take(int served, int worker, int max, int *out);
 /* Worker: puts taken requests back, each at its place in the fair order (memory wait, preemption). */
 extern void mms_queue_return(int served, const int *slots, int n);
-/* Worker: a running request's progress after a decoder step (first token time set once). */
-extern void mms_queue_progress(int slot, int32 n_generated);
+/*
+ * Worker: a running request's progress after a decoder step (first token time
+ * set once). A streamed request also gets ids, the tokens so far (n_generated
+ * of them; NULL when its generation cannot stream), and its owner is woken.
+ */
+extern void mms_queue_progress(int slot, int32 n_generated, const int32 *ids);
 /* Worker: true when the caller abandoned this running request. */
 extern bool mms_queue_is_abandoned(int slot);
 /* Worker: ends a request with a result (ids, logprob) or an error (err). */
@@ -720,8 +726,25 @@ extern int	mms_requests_add(MmsRequestSet *rs, MmsReqKind kind, const MmsGenOpti
 extern int	mms_requests_poll(MmsRequestSet *rs);
 /* Waits until request i (or, with -1, every request) has finished. */
 extern void mms_requests_wait(MmsRequestSet *rs, int i);
+/*
+ * Submits what it can (admitted whole, as a wait does), then sleeps until a
+ * request of the backend finishes or publishes tokens, or a short while
+ * passes, and collects. For callers that act on partial results.
+ */
+extern void mms_requests_wait_any(MmsRequestSet *rs);
 extern const MmsResult *mms_requests_result(MmsRequestSet *rs, int i);
 extern void mms_requests_cancel(MmsRequestSet *rs, int i);
+/*
+ * Streaming: request i (added, not yet submitted) has its tokens published as
+ * its worker chooses them (greedy and sampling; beam search only at the end).
+ */
+extern void mms_requests_stream(MmsRequestSet *rs, int i);
+/*
+ * Streaming: the tokens of request i so far in *ids (palloc'd in the set;
+ * valid until the next call), the whole result once it is done; their count.
+ * A request its worker gave back starts again with the same tokens (seeded).
+ */
+extern int32 mms_requests_partial(MmsRequestSet *rs, int i, const int32 **ids);
 extern void mms_requests_end(MmsRequestSet *rs);
 
 /* ---- tokenize.c ---- */
@@ -751,6 +774,16 @@ typedef struct MmsTokenBound
 extern int32 *mms_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n);
 /* Text of ids (interruptible, refused beyond 1 GB); ERROR on failure. */
 extern text *mms_decode_ids(MmsTokenizer *tok, const int32 *ids, int32 n);
+/* The tokenizer of a resolved model (cached by the backend; valid until it loads another). */
+extern MmsTokenizer *mms_tokenizer_of(const MmsModel *m);
+
+/* ---- dispatch.c: shared by the inference functions (stream.c) ---- */
+/* mms.max_input_tokens as a bound for mms_encode_text */
+extern const MmsTokenBound *mms_input_bound(void);
+/* ERROR for an encoder-only model, which cannot generate */
+extern void mms_require_decoder(const MmsModel *m);
+/* ERROR carrying a failed request's SQLSTATE and message; nothing when e is NULL */
+extern void mms_raise_call_error(const MmsModel *m, const MmsSlotError *e);
 
 /* ---- options.c: the options jsonb, resolved over the engine's defaults and validated ---- */
 extern void mms_parse_options(Jsonb *opts, MmsGenOptions *out);

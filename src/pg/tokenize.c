@@ -172,6 +172,13 @@ mms_tokenizer_for_call(FunctionCallInfo fcinfo, text *ref_text, const MmsModel *
 	return load_tokenizer(&qc->model);
 }
 
+/* The tokenizer of a resolved model (the backend's cache; valid until another load). */
+MmsTokenizer *
+mms_tokenizer_of(const MmsModel *m)
+{
+	return load_tokenizer(m);
+}
+
 /*
  * The engine polls this in its loops over input: true when the backend has an
  * interrupt to act on (cancel, statement_timeout, termination). The engine

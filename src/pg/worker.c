@@ -282,7 +282,15 @@ after_step(double rows)
 		if (by_slot[i] == NULL)
 			continue;
 		if (!cancelled[i])
-			mms_queue_progress(i, mms_gen_request_generated(by_slot[i]));
+		{
+			const int32_t *ids = NULL;
+			int32_t		n = mms_gen_request_prefix(by_slot[i], &ids);
+
+			if (ids != NULL)
+				mms_queue_progress(i, n, ids);
+			else
+				mms_queue_progress(i, mms_gen_request_generated(by_slot[i]), NULL);
+		}
 		if (rows <= 0 || n_seen == MMS_MAX_USERS)
 			continue;
 		sl = mms_slot(i);
