@@ -740,8 +740,13 @@ mms_requests_result(MmsRequestSet *rs, int i)
 	return &rs->reqs[i].res;
 }
 
-void
-mms_requests_cancel(MmsRequestSet *rs, int i)
+/*
+ * Takes request i out of flight: cancelled (used < 0: counted as a cancel, a
+ * running request keeps its charge), or stopped by its caller after used
+ * output tokens (counted as a call that produced them; the rest is refunded).
+ */
+static void
+drop(MmsRequestSet *rs, int i, int32 used)
 {
 	Req		   *r = &rs->reqs[i];
 
@@ -757,20 +762,47 @@ mms_requests_cancel(MmsRequestSet *rs, int i)
 		if (rs->inflight[j].req == i)
 		{
 			Track		t = rs->inflight[j];
+			MmsSlotState found;
 
 			rs->inflight[j] = rs->inflight[rs->n_inflight - 1];
 			rs->n_inflight--;
-			(void) abandon(rs, &t);
+			if (used < 0)
+				(void) abandon(rs, &t);
+			else
+			{
+				found = mms_queue_abandon(t.slot);
+				untrack(rs, &t, found == MMS_SLOT_RUNNING || found == MMS_SLOT_DONE ? used : 0);
+			}
 			break;
 		}
 	r->slot = -2;
 	r->res.done = true;
-	r->res.err = MemoryContextAllocZero(rs->cxt, sizeof(MmsSlotError));
-	mms_set_error(r->res.err, ERRCODE_QUERY_CANCELED, "request cancelled", NULL);
 	rs->n_open--;
 	rs->counts.calls++;
+	if (used >= 0)
+	{
+		/* its result is what the caller took: no ids here */
+		rs->counts.input_tokens += r->n_input;
+		rs->counts.output_tokens += used;
+		mms_progress_done(true, used);
+		return;
+	}
+	r->res.err = MemoryContextAllocZero(rs->cxt, sizeof(MmsSlotError));
+	mms_set_error(r->res.err, ERRCODE_QUERY_CANCELED, "request cancelled", NULL);
 	rs->counts.cancels++;
 	mms_progress_done(false, 0);
+}
+
+void
+mms_requests_cancel(MmsRequestSet *rs, int i)
+{
+	drop(rs, i, -1);
+}
+
+void
+mms_requests_stop(MmsRequestSet *rs, int i, int32 used)
+{
+	drop(rs, i, Max(used, 0));
 }
 
 static void

@@ -735,6 +735,11 @@ extern void mms_requests_wait_any(MmsRequestSet *rs);
 extern const MmsResult *mms_requests_result(MmsRequestSet *rs, int i);
 extern void mms_requests_cancel(MmsRequestSet *rs, int i);
 /*
+ * The caller has what it wanted of request i after used output tokens (a stop
+ * sequence): it ends as a call that produced them, charged for them alone.
+ */
+extern void mms_requests_stop(MmsRequestSet *rs, int i, int32 used);
+/*
  * Streaming: request i (added, not yet submitted) has its tokens published as
  * its worker chooses them (greedy and sampling; beam search only at the end).
  */

@@ -14,7 +14,8 @@
  * Text is emitted only once it is final: the decoding of the tokens so far,
  * less an incomplete UTF-8 sequence at its end (a byte-fallback piece) and,
  * when stop sequences are asked for, less the tail that could still become
- * one. A stop sequence ends the request there (the rest is cancelled).
+ * one. A stop sequence ends the request there: the rest is not generated,
+ * and the call is counted and charged for the tokens it had.
  */
 #include "postgres.h"
 
@@ -314,7 +315,7 @@ advance(StreamCall *c, MmsTokenizer *tok, int i)
 		done = true;
 		s->finish = "stop";
 		if (!res->done)
-			mms_requests_cancel(c->rs, s->req);
+			mms_requests_stop(c->rs, s->req, n);
 	}
 	else if (!done && c->n_stops > 0)
 		upto = Max(s->sent, upto - (c->max_stop - 1));	/* may yet become a stop */
