@@ -22,6 +22,7 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "libpq/libpq.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "tcop/dest.h"
 #include "tcop/tcopprot.h"
@@ -84,7 +85,10 @@ end_call(Datum arg)
 	c->rs = NULL;
 }
 
-/* Bytes of s that form complete UTF-8 (a trailing byte-fallback piece may be partial). */
+/*
+ * Bytes of s (UTF-8) that are final: a trailing byte-fallback piece may be a
+ * partial character, which a later token completes.
+ */
 static int
 complete_prefix(const char *s, int len)
 {
@@ -116,6 +120,8 @@ find_stop(const StreamCall *c, const char *s, int len, int from)
 {
 	int			best = -1;
 
+	if (from >= len)
+		return -1;
 	for (int k = 0; k < c->n_stops; k++)
 	{
 		const char *p;
@@ -307,7 +313,7 @@ advance(StreamCall *c, MmsTokenizer *tok, int i)
 	t = mms_decode_ids(tok, ids, n_text);
 	str = VARDATA_ANY(t);
 	len = VARSIZE_ANY_EXHDR(t);
-	upto = done ? len : complete_prefix(str, len);
+	upto = done || GetDatabaseEncoding() != PG_UTF8 ? len : complete_prefix(str, len);
 	stop = c->n_stops > 0 ? find_stop(c, str, upto, Max(0, s->sent - c->max_stop + 1)) : -1;
 	if (stop >= 0)
 	{
