@@ -61,7 +61,7 @@ PG_CPPFLAGS = -Isrc/engine
 SHLIB_LINK  = -lm
 EXTENSION   = mms
 DATA        = sql/mms--0.1.0.sql sql/mms--0.2.0.sql sql/mms--0.1.0--0.2.0.sql \
-              sql/mms--0.2.0--0.3.0.sql
+              sql/mms--0.2.0--0.3.0.sql sql/mms--0.3.0--0.4.0.sql
 PGFILEDESC  = "mms - T5 model registry and serving"
 
 # sql/ holds the install and upgrade scripts (mms--*) and the regression tests

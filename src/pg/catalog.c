@@ -63,14 +63,14 @@ mms_registry_owner(void)
  * only. After a package upgrade, until ALTER EXTENSION mms UPDATE runs in a
  * database, its registry lacks what the library's queries name; this says so
  * instead of failing a query. The marker is a relation the newest version
- * added (0.3.0: the alert rules): a syscache lookup, no catalog scan.
+ * added (0.4.0: the API keys): a syscache lookup, no catalog scan.
  */
 bool
 mms_catalog_is_current(void)
 {
 	Oid			nsp = get_namespace_oid("mms", true);
 
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid("alert_rules", nsp));
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("api_key_rows", nsp));
 }
 
 void

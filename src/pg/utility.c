@@ -1,9 +1,10 @@
 /*
  * utility.c — DDL that concerns the registry, seen through ProcessUtility:
- * roles named by models and grants (DROP ROLE, DROP OWNED, REASSIGN OWNED,
- * ALTER ROLE ... RENAME), DROP EXTENSION mms with models registered, and
- * DROP DATABASE (its workers and cached weights). What the rows mean stays
- * with manage.c and register.c; this file only keeps them consistent.
+ * roles named by models, grants, quotas and API keys (DROP ROLE, DROP OWNED,
+ * REASSIGN OWNED, ALTER ROLE ... RENAME), DROP EXTENSION mms with models
+ * registered, and DROP DATABASE (its workers and cached weights). What the
+ * rows mean stays with manage.c, register.c, quota_rules.c and api_keys.c;
+ * this file only keeps them consistent.
  *
  * Roles are handled as PostgreSQL handles the roles of objects in a database:
  * DROP ROLE is refused while a model or grant of the current database names
@@ -13,9 +14,15 @@
  * current database only: a registry in another database is checked when the
  * statement runs there. A grant whose role was dropped from another database
  * binds nobody (roles are bound by oid) and can be removed with mms_revoke().
+ *
+ * API keys are a role's credentials rather than objects it owns: a live key
+ * (neither revoked nor expired) blocks DROP ROLE, and the role's dead keys go
+ * with it; DROP OWNED removes all its keys; REASSIGN OWNED leaves them (a key
+ * must not start acting as another role).
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -26,6 +33,7 @@
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 #include "serve.h"
 
@@ -41,9 +49,30 @@ registry_here(void)
 	return OidIsValid(get_extension_oid("mms", true));
 }
 
-/* What of the current database's registry names the role; NULL if nothing. */
+/*
+ * Does this database's registry have the table? A registry one version behind
+ * the library still gets its roles kept consistent: 0.2.0 has no quotas,
+ * 0.3.0 no API keys.
+ */
+static bool
+registry_has(const char *relname)
+{
+	Oid			nsp = get_namespace_oid("mms", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid(relname, nsp));
+}
+
+/* A key that still works: what makes DROP ROLE wait (with $1 its role). */
+#define LIVE_KEYS_OF_ROLE \
+	" FROM mms.api_key_rows k WHERE k.role OPERATOR(pg_catalog.=) $1 AND k.revoked IS NULL" \
+	" AND (k.expires IS NULL OR k.expires OPERATOR(pg_catalog.>) pg_catalog.now())"
+
+/*
+ * What of the current database's registry names the role; NULL if nothing.
+ * *live_keys: whether that includes API keys.
+ */
 static char *
-role_references(Oid roleid)
+role_references(Oid roleid, bool *live_keys)
 {
 	MmsCatalogSession s;
 	Oid			t[1] = {OIDOID};
@@ -51,11 +80,12 @@ role_references(Oid roleid)
 	uint64		n;
 	StringInfoData buf;
 	char	   *result = NULL;
-	bool		quotas = mms_catalog_is_current();	/* 0.2.0 has none */
+	bool		quotas = registry_has("role_quotas");
+	bool		keys = registry_has("api_key_rows");
 
 	mms_catalog_enter(&s);
 	/* constant parts only: nothing of the caller's goes into the statement */
-	n = mms_spi_exec(psprintf("%s%s ORDER BY 1",
+	n = mms_spi_exec(psprintf("%s%s%s ORDER BY 1",
 							  "SELECT 'owner of model \"' || m.name || ':' || m.version || '\"'"
 							  " FROM mms.model_versions m WHERE m.owner OPERATOR(pg_catalog.=) $1"
 							  " UNION ALL SELECT 'use of model \"' || g.name || '\" granted to it'"
@@ -64,7 +94,10 @@ role_references(Oid roleid)
 							  " FROM mms.model_grants g WHERE g.grantor OPERATOR(pg_catalog.=) $1",
 							  quotas ?
 							  " UNION ALL SELECT 'quota on ' || coalesce('model \"' || q.model || '\"', 'every model')"
-							  " FROM mms.role_quotas q WHERE q.role OPERATOR(pg_catalog.=) $1" : ""),
+							  " FROM mms.role_quotas q WHERE q.role OPERATOR(pg_catalog.=) $1" : "",
+							  keys ?
+							  " UNION ALL SELECT 'API key ' || k.id || ' (' || k.prefix || '...)'"
+							  LIVE_KEYS_OF_ROLE : ""),
 					 1, t, v, NULL, SPI_OK_SELECT);
 	if (n > 0)
 	{
@@ -79,34 +112,65 @@ role_references(Oid roleid)
 		result = buf.data;
 		MemoryContextSwitchTo(old);
 	}
+	*live_keys = n > 0 && keys &&
+		mms_spi_exec("SELECT 1" LIVE_KEYS_OF_ROLE, 1, t, v, NULL, SPI_OK_SELECT) > 0;
 	mms_catalog_leave(&s);
 	return result;
 }
 
-static void
+/* The roles a DROP ROLE names that exist, after checking that nothing here needs them. */
+static List *
 check_drop_role(DropRoleStmt *stmt)
 {
 	ListCell   *lc;
+	List	   *dropped = NIL;
 
 	foreach(lc, stmt->roles)
 	{
 		RoleSpec   *spec = lfirst(lc);
 		Oid			roleid;
 		char	   *refs;
+		bool		live_keys;
 
 		/* core reports missing roles (or skips them with IF EXISTS) */
 		if (spec->roletype != ROLESPEC_CSTRING ||
 			!OidIsValid(roleid = get_role_oid(spec->rolename, true)))
 			continue;
-		if ((refs = role_references(roleid)) != NULL)
+		if ((refs = role_references(roleid, &live_keys)) != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
 					 errmsg("role \"%s\" cannot be dropped because some objects depend on it",
 							spec->rolename),
 					 errdetail("%s", refs),
+					 live_keys ?
+					 errhint("Drop them with DROP OWNED BY, or use mms_revoke_api_key() for the keys "
+							 "and mms_revoke(), mms_drop_quota() and mms_unregister() for the rest.") :
 					 errhint("Move them with REASSIGN OWNED BY or drop them with DROP OWNED BY, "
 							 "or use mms_revoke(), mms_drop_quota() and mms_unregister().")));
+		dropped = lappend_oid(dropped, roleid);
 	}
+	return dropped;
+}
+
+/* After DROP ROLE: the keys left were dead (revoked or expired); they go with their role. */
+static void
+drop_dead_keys(List *dropped)
+{
+	MmsCatalogSession s;
+	ListCell   *lc;
+	Oid			t[1] = {OIDOID};
+	Datum		v[1];
+
+	if (dropped == NIL || !registry_has("api_key_rows"))
+		return;
+	mms_catalog_enter(&s);
+	foreach(lc, dropped)
+	{
+		v[0] = ObjectIdGetDatum(lfirst_oid(lc));
+		mms_spi_exec("DELETE FROM mms.api_key_rows k WHERE k.role OPERATOR(pg_catalog.=) $1",
+					 1, t, v, NULL, SPI_OK_DELETE);
+	}
+	mms_catalog_leave(&s);
 }
 
 /* The role oids a statement's role list names (all exist: core checked). */
@@ -166,6 +230,27 @@ audit_removed(MmsCatalogSession *s, const char *action, const char *key, Oid rol
 	}
 }
 
+/* Audit rows for the n keys SPI just returned (id, prefix, live) that worked until now. */
+static void
+audit_removed_keys(MmsCatalogSession *s, Oid roleid, uint64 n)
+{
+	SPITupleTable *rows = SPI_tuptable;
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		MmsAuditField d[] = {
+			{"id", INT8OID, SPI_getbinval(rows->vals[i], rows->tupdesc, 1, &isnull)},
+			{"prefix", TEXTOID, SPI_getbinval(rows->vals[i], rows->tupdesc, 2, &isnull)},
+			{"role", TEXTOID, CStringGetTextDatum(GetUserNameFromId(roleid, false))},
+			{"by", TEXTOID, CStringGetTextDatum("drop owned")},
+		};
+
+		if (DatumGetBool(SPI_getbinval(rows->vals[i], rows->tupdesc, 3, &isnull)))
+			mms_audit(s, "revoke_api_key", NULL, d, lengthof(d));
+	}
+}
+
 /*
  * After DROP OWNED BY: the roles' models are unregistered (core drops what
  * they own), grants to them are removed, and grants they made pass to the
@@ -176,7 +261,8 @@ drop_owned(DropOwnedStmt *stmt)
 {
 	List	   *old = role_oids(stmt->roles);
 	Oid			registry_owner = mms_registry_owner();
-	bool		quotas = mms_catalog_is_current();	/* 0.2.0 has none */
+	bool		quotas = registry_has("role_quotas");
+	bool		keys = registry_has("api_key_rows");
 	MmsCatalogSession s;
 	ListCell   *lc;
 
@@ -221,6 +307,15 @@ drop_owned(DropOwnedStmt *stmt)
 			if (n > 0)
 				mms_quota_rows_changed();
 		}
+		if (keys)
+		{
+			/* a key that still worked is logged as revoked by the caller */
+			n = mms_spi_exec("DELETE FROM mms.api_key_rows k WHERE k.role OPERATOR(pg_catalog.=) $1"
+							 " RETURNING k.id, k.prefix, k.revoked IS NULL"
+							 " AND (k.expires IS NULL OR k.expires OPERATOR(pg_catalog.>) pg_catalog.now())",
+							 1, t, v, NULL, SPI_OK_DELETE_RETURNING);
+			audit_removed_keys(&s, lfirst_oid(lc), n);
+		}
 		v[1] = ObjectIdGetDatum(registry_owner);
 		v[2] = mms_role_name_datum(registry_owner);
 		mms_spi_exec("UPDATE mms.model_grants g SET grantor = $2, grantor_name = $3"
@@ -249,8 +344,11 @@ rename_role(RenameStmt *stmt)
 				 2, t, v, NULL, SPI_OK_UPDATE);
 	mms_spi_exec("UPDATE mms.model_grants g SET grantor_name = $2 WHERE g.grantor OPERATOR(pg_catalog.=) $1",
 				 2, t, v, NULL, SPI_OK_UPDATE);
-	if (mms_catalog_is_current())
+	if (registry_has("role_quotas"))
 		mms_spi_exec("UPDATE mms.role_quotas q SET role_name = $2 WHERE q.role OPERATOR(pg_catalog.=) $1",
+					 2, t, v, NULL, SPI_OK_UPDATE);
+	if (registry_has("api_key_rows"))
+		mms_spi_exec("UPDATE mms.api_key_rows k SET role_name = $2 WHERE k.role OPERATOR(pg_catalog.=) $1",
 					 2, t, v, NULL, SPI_OK_UPDATE);
 	mms_catalog_leave(&s);
 }
@@ -309,6 +407,7 @@ mms_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 {
 	Node	   *stmt = pstmt->utilityStmt;
 	Oid			dropped_db = InvalidOid;
+	List	   *dropped_roles = NIL;
 	bool		here = false;
 
 	/*
@@ -328,7 +427,7 @@ mms_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 		mms_release_database(dropped_db);
 	}
 	else if (here && IsA(stmt, DropRoleStmt))
-		check_drop_role((DropRoleStmt *) stmt);
+		dropped_roles = check_drop_role((DropRoleStmt *) stmt);
 	else if (here && IsA(stmt, DropStmt) && drops_mms_extension((DropStmt *) stmt))
 		drop_extension((DropStmt *) stmt);
 
@@ -348,6 +447,8 @@ mms_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 		drop_owned((DropOwnedStmt *) stmt);
 	else if (here && IsA(stmt, RenameStmt) && ((RenameStmt *) stmt)->renameType == OBJECT_ROLE)
 		rename_role((RenameStmt *) stmt);
+	else if (here && IsA(stmt, DropRoleStmt))
+		drop_dead_keys(dropped_roles);
 }
 
 void

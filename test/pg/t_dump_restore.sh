@@ -1,9 +1,10 @@
 #!/bin/bash
 # t_dump_restore.sh — pg_dump / pg_restore carry the registry: every model,
-# version, alias, grant, pool setting and audit log row arrives in a new
-# database with the same sha256 (of the catalog and of the stored bytes), the
-# same tokenization and the weights still unreadable to ordinary roles;
-# registration continues afterwards (and is logged after the restored rows).
+# version, alias, grant, pool setting, audit log row and API key arrives in a
+# new database with the same sha256 (of the catalog and of the stored bytes),
+# the same tokenization and the weights still unreadable to ordinary roles;
+# registration continues afterwards (and is logged after the restored rows),
+# and so do the keys (a restored key works, a revoked one does not).
 # Run by test/pg/run.sh (PGHOST/PGPORT/PGUSER point at its cluster).
 set -u
 data=$MMS_TEST_DATA
@@ -43,6 +44,12 @@ SELECT lo_unlink(:LASTOID);
 SQL
 )
 if sql -d $src >/dev/null <<<"$setup"; then ok "registry filled in $src"; else bad "registry setup in $src"; exit 0; fi
+key_sql() { sql -d $src -c "SET client_min_messages = warning" -c "$1"; }
+key=$(key_sql "SELECT mms_create_api_key('regress_mms_dump_reader', 'dump', now() + interval '1 year')")
+revoked_key=$(key_sql "SELECT mms_create_api_key('regress_mms_dump_reader', 'revoked')")
+key_sql "SELECT mms_revoke_api_key(id) FROM mms.api_keys WHERE label = 'revoked'" >/dev/null
+key_sql "SELECT count(*) FROM mms.api_authenticate('$key')" >/dev/null   # sets last_used
+[ "${#key}" = 68 ] && [ "${#revoked_key}" = 68 ] && ok "API keys created in $src" || bad "API keys in $src: '$key' '$revoked_key'"
 
 # What must survive, as text.
 snapshot() {
@@ -65,6 +72,11 @@ SELECT model, grantee, grantor, granted_at FROM mms.grants ORDER BY model, grant
 SQL
 	sql -d "$db" >"$work/$db.audit" <<'SQL'
 SELECT id, at, role, action, model, detail FROM mms.audit_log ORDER BY id;
+SQL
+	sql -d "$db" >"$work/$db.keys" <<'SQL'
+SELECT id, prefix, secret_sha256, role, role_name, label, created, expires, last_used, revoked
+FROM mms.api_key_rows ORDER BY id;
+SELECT * FROM mms.api_keys ORDER BY id;
 SQL
 	sql -d "$db" >"$work/$db.tokens" <<'SQL'
 SELECT r, s, mms_tokenize(r, s)
@@ -99,8 +111,8 @@ snapshot $dst || bad "snapshot of $dst"
 n_models=$(sql -d $dst -c "SELECT count(*) FROM mms.models")
 [ "$n_models" = 11 ] && ok "11 model versions restored" || bad "$n_models model versions restored, expected 11"
 n_audit=$(sql -d $dst -c "SELECT count(*) FROM mms.audit_log")
-[ "$n_audit" = 18 ] && ok "18 audit log rows restored" || bad "$n_audit audit log rows restored, expected 18"
-for what in models stored grants pool audit tokens reader; do
+[ "$n_audit" = 21 ] && ok "21 audit log rows restored" || bad "$n_audit audit log rows restored, expected 21"
+for what in models stored grants pool audit tokens reader keys; do
 	if cmp -s "$work/$src.$what" "$work/$dst.$what" && [ -s "$work/$dst.$what" ]; then
 		ok "identical $what after restore ($(wc -l <"$work/$dst.$what") lines)"
 	else
@@ -120,6 +132,14 @@ out=$(sql -d $dst -c "SELECT string_agg(action || ':' || model, ',' ORDER BY id)
 	WHERE id > (SELECT max(id) FROM mms.audit_log WHERE model = 'from_client' AND action = 'register')")
 [ "$out" = "import:flan_gated,unregister:from_client" ] &&
 	ok "the audit log continues after the restored rows" || bad "audit rows after restore: $out"
+# the keys work where they were restored (the role the same), the revoked
+# one does not, and new keys continue the ids
+out=$(sql -d $dst -c "SELECT role FROM mms.api_authenticate('$key')" -c "SELECT count(*) FROM mms.api_authenticate('$revoked_key')")
+[ "$out" = "regress_mms_dump_reader"$'\n'0 ] && ok "a restored API key works, a restored revoked one does not" ||
+	bad "restored keys authenticate: $out"
+out=$(sql -d $dst -c "SET client_min_messages = warning" -c "SELECT mms_create_api_key('regress_mms_dump_reader', 'new') IS NOT NULL" \
+	-c "SELECT max(id) = (SELECT id FROM mms.api_keys WHERE label = 'new') AND count(*) = 3 FROM mms.api_keys")
+[ "$out" = "t"$'\n't ] && ok "API keys created after restore continue the ids" || bad "a key after restore: $out"
 
 
 # Roles missing where a dump is restored: every model survives (owned by the
@@ -138,6 +158,8 @@ SELECT mms_register('owned', :lo);
 SELECT lo_unlink(:lo);
 SELECT mms_grant('owned', 'regress_mms_dump_gone');
 RESET ROLE;
+SET client_min_messages = warning;
+SELECT mms_create_api_key('regress_mms_dump_gone', 'gone');
 SQL
 pg_dump -Fc -f "$work/roles.dump" $src || bad "pg_dump with roles"
 sql -d $src -c "REASSIGN OWNED BY regress_mms_dump_owner TO CURRENT_USER" -c "DROP OWNED BY regress_mms_dump_gone" \
@@ -157,7 +179,8 @@ grants=$(sql -d $dst2 -c "SELECT string_agg(model || '>' || grantee, ',' ORDER B
 [ "$grants" = "flan_gated>regress_mms_dump_reader,inner_48>public" ] &&
 	grep -q 'grant of model "owned" to role "regress_mms_dump_gone" not restored' "$work/roles.err" &&
 	grep -q 'owner "regress_mms_dump_owner" of model "owned:1" does not exist' "$work/roles.err" &&
-	ok "the grant to a missing role is skipped, and reported" ||
+	grep -q 'API key mms-[0-9a-f]\{8\}... of role "regress_mms_dump_gone" not restored' "$work/roles.err" &&
+	ok "the grant and the API key of a missing role are skipped, and reported" ||
 	bad "grants after restore: $grants; messages: $(cat "$work/roles.err")"
 out=$(sql -d $dst2 -c "SELECT string_agg(action, ',' ORDER BY id) FROM mms.audit_log WHERE role = 'regress_mms_dump_owner'")
 [ "$out" = register,grant ] && ok "audit rows of a role missing at restore keep its name" ||

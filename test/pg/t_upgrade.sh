@@ -1,12 +1,13 @@
 #!/bin/bash
 # t_upgrade.sh — ALTER EXTENSION mms UPDATE keeps the registry: a 0.1.0
 # database with models, an alias and a grant is updated to the current
-# version (0.3.0, through 0.2.0); the models keep their ids, weights, aliases
-# and grants, config holds the hyperparameters the 0.1.0 columns held, and
-# they serve what mms-run prints. The updated catalog equals a fresh install
-# (so does one updated from 0.2.0), it survives pg_dump / pg_restore (pool
-# settings and audit log included), and a 0.1.0 dump restored into a database
-# created at 0.1.0 can be updated the same way. The comparison is of whatever
+# version (0.4.0, through 0.2.0 and 0.3.0); the models keep their ids,
+# weights, aliases and grants, config holds the hyperparameters the 0.1.0
+# columns held, and they serve what mms-run prints. The updated catalog equals
+# a fresh install (so do ones updated from 0.2.0 and from 0.3.0), it survives
+# pg_dump / pg_restore (pool settings, audit log and API keys included), and a
+# 0.1.0 dump restored into a database created at 0.1.0 can be updated the same
+# way. The comparison is of whatever
 # both scripts create, not of a list of objects.
 # Run by test/pg/run.sh (PGHOST/PGPORT/PGUSER point at its cluster).
 set -u
@@ -19,13 +20,14 @@ bad() { echo "FAILED: $*"; }
 sql() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 run_cli() { "$root/build/mms-run" --model "$data/$1.gguf" "${@:2}"; }
 
-current=0.3.0           # mms.control's default_version
+current=0.4.0           # mms.control's default_version
 fresh=mms_up_fresh      # CREATE EXTENSION mms: $current
 old=mms_up_old          # CREATE EXTENSION mms VERSION '0.1.0', then UPDATE
 mid=mms_up_mid          # CREATE EXTENSION mms VERSION '0.2.0', then UPDATE
+v3=mms_up_v3            # CREATE EXTENSION mms VERSION '0.3.0', then UPDATE
 restored=mms_up_restored
 old_dump=mms_up_old_dump
-for db in $fresh $old $mid $restored $old_dump; do dropdb --if-exists $db 2>/dev/null; done
+for db in $fresh $old $mid $v3 $restored $old_dump; do dropdb --if-exists $db 2>/dev/null; done
 createdb $fresh && createdb $old || { bad "createdb"; exit 0; }
 reader=regress_mms_up_reader
 sql -d postgres -c "SET client_min_messages = warning" -c "DROP ROLE IF EXISTS $reader" -c "CREATE ROLE $reader" >/dev/null
@@ -48,7 +50,7 @@ SQL
 [ "$(sql -d $old -c "CREATE EXTENSION mms VERSION '0.1.0'" -c "SELECT extversion FROM pg_extension WHERE extname = 'mms'")" = 0.1.0 ] &&
 	ok "CREATE EXTENSION mms VERSION '0.1.0'" || { bad "CREATE EXTENSION mms VERSION '0.1.0'"; exit 0; }
 out=$(sql -d $old -c "SELECT path FROM pg_extension_update_paths('mms') WHERE source = '0.1.0' AND target = '$current'")
-[ "$out" = "0.1.0--0.2.0--$current" ] && ok "the update path from 0.1.0 is $out" || bad "update path from 0.1.0: '$out'"
+[ "$out" = "0.1.0--0.2.0--0.3.0--$current" ] && ok "the update path from 0.1.0 is $out" || bad "update path from 0.1.0: '$out'"
 
 register_010() {  # name fixture d_model d_ff n_enc n_dec n_heads d_kv vocab context ffn_kind tied
 	cat <<SQL
@@ -145,6 +147,31 @@ out=$(sql -d $mid -c "ALTER EXTENSION mms UPDATE" -c "SELECT extversion FROM pg_
 [ "$out" = "$current"$'\n'1 ] && ok "ALTER EXTENSION mms UPDATE: 0.2.0 -> $current, then registration works" ||
 	bad "update from 0.2.0: $out"
 
+# --- a 0.3.0 registry with a quota: refused too, then updated -----------------------------
+# (0.3.0's library wrote rows the way the current one does: a quota row
+# written by hand stands for them)
+if createdb $v3 &&
+	[ "$(sql -d $v3 -c "CREATE EXTENSION mms VERSION '0.3.0'" -c "SELECT extversion FROM pg_extension WHERE extname = 'mms'")" = 0.3.0 ]; then
+	ok "CREATE EXTENSION mms VERSION '0.3.0'"
+else
+	bad "CREATE EXTENSION mms VERSION '0.3.0'"
+fi
+out=$(sql -d $v3 -c "SELECT mms_import('flan', '$data/flan_gated.gguf')" 2>&1)
+grep -q 'older than the installed mms library' <<<"$out" && ok "a 0.3.0 catalog is refused with the same hint" ||
+	bad "a call on a 0.3.0 catalog: $out"
+sql -d $v3 -c "INSERT INTO mms.role_quotas (role, role_name, requests_per_minute) VALUES ('$reader'::regrole, '$reader', 10)" >/dev/null ||
+	bad "a 0.3.0 quota row"
+# the library keeps an old registry's roles consistent: DROP ROLE waits for its quota
+out=$(sql -d $v3 -c "DROP ROLE $reader" 2>&1)
+grep -q 'quota on every model' <<<"$out" && ok "DROP ROLE sees the quota of a 0.3.0 registry" || bad "DROP ROLE in a 0.3.0 registry: $out"
+out=$(sql -d $v3 -c "SET client_min_messages = warning" -c "ALTER EXTENSION mms UPDATE" \
+	-c "SELECT extversion FROM pg_extension WHERE extname = 'mms'" \
+	-c "SELECT requests_per_minute FROM mms.quotas WHERE role = '$reader'" \
+	-c "SELECT mms_create_api_key('$reader') ~ '^mms-' AS key" 2>&1)
+[ "$out" = "$current"$'\n'10$'\n't ] && ok "ALTER EXTENSION mms UPDATE: 0.3.0 -> $current keeps quotas, and API keys work" ||
+	bad "update from 0.3.0: $out"
+sql -d $v3 -c "DROP OWNED BY $reader" >/dev/null
+
 # --- the updated catalog is the one a fresh install creates -------------------------------
 # Every member object's definition, columns (their privileges and comments too),
 # constraints, indexes, triggers, policies, sequences, types, comments,
@@ -204,7 +231,7 @@ ORDER BY c::regclass::text;
 SQL
 }
 catalog $fresh >"$work/fresh.catalog" || bad "catalog query in $fresh"
-for db in $old $mid; do
+for db in $old $mid $v3; do
 	catalog $db >"$work/$db.catalog" || bad "catalog query in $db"
 	if cmp -s "$work/fresh.catalog" "$work/$db.catalog" && [ -s "$work/$db.catalog" ]; then
 		ok "the catalog of $db equals a fresh $current install ($(wc -l <"$work/$db.catalog") lines)"
@@ -218,10 +245,13 @@ sql -d $old >/dev/null <<'SQL' || bad "mms_configure after the update"
 SELECT mms_configure('flan', min_workers => 1, max_workers => 2, pinned => true, priority => 10);
 SELECT mms_configure('relu', priority => -5);
 SQL
+sql -d $old -c "SET client_min_messages = warning" -c "SELECT mms_create_api_key('$reader', 'upgrade')" >/dev/null ||
+	bad "mms_create_api_key after the update"
 snapshot() {
 	sql -d "$1" -c "SELECT id, name, version, aliases, owner, config, sha256, weights, metadata FROM mms.models ORDER BY name" \
 		-c "SELECT * FROM mms.model_config ORDER BY model" -c "SELECT model, grantee FROM mms.grants ORDER BY 1, 2" \
-		-c "SELECT id, at, role, action, model, detail FROM mms.audit_log ORDER BY id"
+		-c "SELECT id, at, role, action, model, detail FROM mms.audit_log ORDER BY id" \
+		-c "SELECT id, prefix, secret_sha256, role_name, label, created, expires, revoked FROM mms.api_key_rows ORDER BY id"
 }
 snapshot $old >"$work/old.snap"
 if pg_dump -Fc -f "$work/updated.dump" $old && createdb $restored &&
@@ -232,8 +262,8 @@ else
 fi
 snapshot $restored >"$work/restored.snap"
 if cmp -s "$work/old.snap" "$work/restored.snap" && grep -q '^flan|1|2|t|10$' "$work/restored.snap" &&
-	[ "$(grep -c '|configure|' "$work/restored.snap")" = 2 ]; then
-	ok "models, pool settings, grants and audit log identical after restore"
+	[ "$(grep -c '|configure|' "$work/restored.snap")" = 2 ] && grep -q "|$reader|upgrade|" "$work/restored.snap"; then
+	ok "models, pool settings, grants, audit log and API keys identical after restore"
 else
 	bad "restore differs"; diff "$work/old.snap" "$work/restored.snap" | head -20
 fi
@@ -251,5 +281,5 @@ got=$(sql -d $old_dump -c "SELECT name, id, weights, sha256, aliases, owner FROM
 	ok "a 0.1.0 dump restored at 0.1.0 and updated keeps its models" ||
 	bad "0.1.0 dump: $got $(cat "$work/old_dump.err")"
 
-for db in $fresh $old $mid $restored $old_dump; do dropdb $db; done
+for db in $fresh $old $mid $v3 $restored $old_dump; do dropdb $db; done
 sql -d postgres -c "DROP ROLE $reader" >/dev/null
