@@ -105,6 +105,44 @@ install-worker: mms_worker$(DLSUFFIX) installdirs
 
 .PHONY: install-worker
 
+# --- the HTTP gateway (src/gateway) --------------------------------------------
+
+# mms-gateway: a libpq client with libmicrohttpd, no PostgreSQL server headers.
+# openapi.json is compiled in as a byte array.
+GW_DEPS_CFLAGS := $(shell pkg-config --cflags libmicrohttpd) -I$(shell $(PG_CONFIG) --includedir)
+GW_LIBS   := $(shell pkg-config --libs libmicrohttpd) -L$(shell $(PG_CONFIG) --libdir) -lpq -lpthread
+GW_CFLAGS  = $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra $(GW_DEPS_CFLAGS)
+GW_SRCS   = $(wildcard src/gateway/*.c)
+GW_OBJS   = $(patsubst src/gateway/%.c,$(BUILD)/gateway/%.o,$(GW_SRCS)) $(BUILD)/gateway/openapi_json.o
+
+$(BUILD)/gateway/%.o: src/gateway/%.c src/gateway/gateway.h
+	@mkdir -p $(dir $@)
+	$(CC) $(GW_CFLAGS) -c -o $@ $<
+
+$(BUILD)/gateway/openapi_json.c: src/gateway/openapi.json
+	@mkdir -p $(dir $@)
+	{ echo '#include <stddef.h>'; echo 'const unsigned char gw_openapi_json[] = {'; \
+	  od -An -v -tx1 $< | sed 's/\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0x00};'; \
+	  echo 'const size_t gw_openapi_json_len = sizeof(gw_openapi_json) - 1;'; } >$@
+
+$(BUILD)/gateway/openapi_json.o: $(BUILD)/gateway/openapi_json.c
+	$(CC) $(GW_CFLAGS) -c -o $@ $<
+
+$(BUILD)/mms-gateway: $(GW_OBJS)
+	$(CC) $(GW_CFLAGS) -o $@ $^ $(GW_LIBS)
+
+gateway: $(BUILD)/mms-gateway
+
+all: gateway
+
+install: install-gateway
+
+install-gateway: $(BUILD)/mms-gateway
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) $(BUILD)/mms-gateway '$(DESTDIR)$(bindir)/'
+
+.PHONY: gateway install-gateway
+
 # --- tests -----------------------------------------------------------------
 
 deps:

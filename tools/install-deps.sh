@@ -5,7 +5,10 @@ set -eu
 pkgs=(build-essential libopenblas-dev libcmocka-dev clang libclang-rt-14-dev valgrind
       postgresql-15 postgresql-server-dev-15 pkg-config
       sqlsmith python3-psycopg debhelper postgresql-server-dev-all
-      prometheus)  # promtool: checks mms_metrics() output and contrib/prometheus rules
+      prometheus   # promtool: checks mms_metrics() output and contrib/prometheus rules
+      libmicrohttpd-dev libpq-dev  # mms-gateway
+      libkrb5-dev  # gssapi.h, which libpq/libpq.h includes (src/pg/stream.c flushes rows)
+      wrk openssl)  # the gateway's benchmark, and certificates for its TLS tests
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

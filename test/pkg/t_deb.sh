@@ -76,6 +76,7 @@ missing=""
 # version (its install script, or an update to it from an older one)
 scripts=$(cd "$src/sql" && ls mms--*.sql | sed 's,^,/usr/share/postgresql/15/extension/,')
 for f in /usr/lib/postgresql/15/lib/mms.so /usr/lib/postgresql/15/lib/mms_worker.so \
+	/usr/lib/postgresql/15/bin/mms-gateway \
 	/usr/share/postgresql/15/extension/mms.control $scripts \
 	/usr/share/doc/$pkg/copyright /usr/share/doc/$pkg/README.md.gz; do
 	grep -qxF "$f" <<<"$files" || missing+=" $f"
@@ -87,10 +88,11 @@ grep -qE "^/usr/share/postgresql/15/extension/mms--([0-9.]+--)?${ctl_version//./
 extra=$(grep -E '/(build|test)/|mms-run|mms-bench|test_[a-z]+$|\.(a|o|bc)$' <<<"$files")
 [ -z "$extra" ] && ok "package holds no build outputs or test binaries" || bad "package holds: $extra"
 depends=$(dpkg-deb -f "$deb" Depends)
-if grep -q 'postgresql-15' <<<"$depends" && grep -q 'libopenblas0' <<<"$depends"; then
+if grep -q 'postgresql-15' <<<"$depends" && grep -q 'libopenblas0' <<<"$depends" &&
+	grep -q 'libmicrohttpd12' <<<"$depends" && grep -q 'libpq5' <<<"$depends"; then
 	ok "Depends: $depends"
 else
-	bad "Depends lacks postgresql-15 or libopenblas0: $depends"
+	bad "Depends lacks postgresql-15, libopenblas0, libmicrohttpd12 or libpq5: $depends"
 fi
 
 # --- install ---------------------------------------------------------------------
@@ -108,6 +110,11 @@ if ldd /usr/lib/postgresql/15/lib/mms_worker.so | grep -q 'libopenblas.so.0 => /
 	ok "mms_worker.so finds libopenblas.so.0"
 else
 	bad "mms_worker.so does not resolve libopenblas.so.0"
+fi
+if v=$(/usr/lib/postgresql/15/bin/mms-gateway --version 2>&1); then
+	ok "the installed mms-gateway runs: $v"
+else
+	bad "the installed mms-gateway does not run: $v"
 fi
 
 # --- smoke test against a throwaway cluster -------------------------------------
