@@ -184,6 +184,13 @@ build-fuzz/%: test/fuzz/%.c $(FUZZ_CORE) $(ENGINE_HDRS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) -o $@ $< $(FUZZ_CORE) -lm
 
+# The gateway's JSON lookup reads every client's body: its own target.
+build-fuzz/fuzz_gateway_json: test/fuzz/fuzz_gateway_json.c src/gateway/json.c src/gateway/gateway.h
+	@mkdir -p $(dir $@)
+	clang -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Isrc/gateway \
+		$(shell pkg-config --cflags libmicrohttpd) -I$(shell $(PG_CONFIG) --includedir) \
+		-o $@ $< src/gateway/json.c
+
 fuzz: $(FUZZ_BINS)
 
 # SQLsmith against a throwaway cluster with models registered and granted
