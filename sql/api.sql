@@ -10,6 +10,7 @@
 \set inner :data '/inner_48.gguf'
 \set flan :data '/flan_gated.gguf'
 \set relu :data '/t5_relu_tied.gguf'
+\set enc :data '/t5encoder.gguf'
 \set SHOW_CONTEXT never
 CREATE ROLE regress_mms_api_admin IN ROLE mms_admin;
 CREATE ROLE regress_mms_api_user;
@@ -174,6 +175,30 @@ FROM mms_api_completions('{"model": "api_inner", "prompt": "hello", "max_tokens"
 -- errors of the plan reach the caller as they are
 SELECT pg_temp.try($$SELECT mms_api_completions('{"model": "api_inner", "prompt": "x", "n": 3}')$$);
 SELECT pg_temp.try($$SELECT mms_api_chat_completions('{"model": "api_nosuch", "messages": []}')$$);
+-- an encoder-only model cannot complete, generate or score: a bad request
+-- (22023, HTTP 400) rather than a feature the server lacks (0A000, a 500)
+SELECT mms_import('api_enc', :'enc');
+SELECT s, pg_temp.try(s) FROM (VALUES
+    ($$SELECT mms_api_completions('{"model": "api_enc", "prompt": "x"}')$$),
+    ($$SELECT mms_api_chat_completions('{"model": "api_enc", "messages": [{"role": "user", "content": "x"}]}')$$),
+    ($$SELECT mms_api_generate('api_enc', '{"input": "x"}')$$),
+    ($$SELECT mms_api_score('api_enc', '{"input": "x", "target": "y"}')$$)
+) t(s);
+SELECT mms_api_tokenize('api_enc', '{"input": "x"}')->'count' AS encoder_tokenizes;
+SELECT mms_unregister('api_enc');
+-- many messages are checked in one pass (growing arrays in a loop was
+-- quadratic: minutes of CPU for a 10 MB body); the first bad one is named
+SELECT cardinality(p.inputs) AS inputs, length(p.inputs[1]) AS chars,
+       p.inputs[1] LIKE E'user: m1\nassistant: m2\n%\nuser: m4999' AS joined
+FROM mms.api_plan('chat', jsonb_build_object('model', 'api_inner', 'messages',
+    (SELECT jsonb_agg(jsonb_build_object('role', CASE WHEN i % 2 = 1 THEN 'user' ELSE 'assistant' END,
+                                         'content', 'm' || i) ORDER BY i)
+     FROM generate_series(1, 4999) i))) p;
+SELECT pg_temp.try(format('SELECT mms.api_plan(%L, %L)', 'chat', jsonb_build_object('model', 'api_inner', 'messages',
+    (SELECT jsonb_agg(CASE WHEN i = 3000 THEN jsonb_build_object('role', 'user', 'content', 1)
+                           WHEN i = 4000 THEN '"x"'::jsonb
+                           ELSE jsonb_build_object('role', 'user', 'content', 'm') END ORDER BY i)
+     FROM generate_series(1, 5000) i))));
 
 -- ==== models: only those the caller may use exist ============================
 SELECT mms_set_alias('api_inner', 'prod', 1);

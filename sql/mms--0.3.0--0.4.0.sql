@@ -184,6 +184,25 @@ CREATE FUNCTION mms.api_may_use(id bigint) RETURNS boolean
 COMMENT ON FUNCTION mms.api_may_use(bigint) IS
     'whether the caller may use the model version (mms.models.id)';
 
+-- mms.api_resolve for generating and scoring: an encoder-only model cannot,
+-- which the API calls a bad request (22023, HTTP 400), as OpenAI does for a
+-- model that does not serve the endpoint.
+CREATE FUNCTION mms.api_resolve_decoder(ref text) RETURNS bigint
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    vid bigint := mms.api_resolve(ref);
+BEGIN
+    IF (SELECT m.arch FROM mms.models m WHERE m.id = vid) = 't5encoder' THEN
+        RAISE EXCEPTION 'model "%" is encoder-only and cannot generate or score', ref
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use a model with a decoder (arch t5 in mms.models).';
+    END IF;
+    RETURN vid;
+END
+$$;
+COMMENT ON FUNCTION mms.api_resolve_decoder(text) IS
+    'mms.api_resolve, and "invalid parameter" (22023) for an encoder-only model';
+
 -- A request's parameter, of the JSON type the API wants, or 22023 naming it
 -- (called by the API functions as their caller: everyone may execute them).
 CREATE FUNCTION mms.api_invalid(param text, must text) RETURNS void
@@ -309,8 +328,6 @@ DECLARE
     v jsonb;
     m jsonb;
     i integer;
-    roles text[] := '{}';
-    contents text[] := '{}';
     cap integer;
     max_param text := 'max_tokens';
     param text;
@@ -340,7 +357,7 @@ BEGIN
 
     -- the model first: the limits below are the library's, loaded by now
     p.model := mms.api_text('model', request->'model');
-    PERFORM mms.api_resolve(p.model);
+    PERFORM mms.api_resolve_decoder(p.model);
     cap := coalesce(current_setting('mms.max_new_tokens', true)::integer, 4096);
 
     IF NOT chat THEN
@@ -363,25 +380,37 @@ BEGIN
         ELSIF (CASE WHEN jsonb_typeof(v) = 'array' THEN jsonb_array_length(v) = 0 ELSE true END) THEN
             PERFORM mms.api_invalid('messages', 'a non-empty array');
         END IF;
-        FOR m, i IN SELECT e, o - 1 FROM jsonb_array_elements(v) WITH ORDINALITY t(e, o) ORDER BY o LOOP
+        -- one pass over the messages, however many a body holds (a loop that
+        -- grows arrays is quadratic); the first bad one is checked alone for
+        -- its error
+        SELECT o - 1 INTO i FROM jsonb_array_elements(v) WITH ORDINALITY t(e, o)
+        WHERE CASE WHEN jsonb_typeof(e) <> 'object' THEN true
+                   ELSE EXISTS (SELECT 1 FROM jsonb_object_keys(e) k(k)
+                                WHERE k.k NOT IN ('role', 'content', 'name'))
+                        OR jsonb_typeof(e->'role') IS DISTINCT FROM 'string'
+                        OR e->>'role' NOT IN ('system', 'user', 'assistant')
+                        OR jsonb_typeof(e->'content') IS DISTINCT FROM 'string'
+                        OR jsonb_typeof(e->'name') NOT IN ('string', 'null') END
+        ORDER BY o LIMIT 1;
+        IF FOUND THEN
+            m := v->i;
             IF jsonb_typeof(m) <> 'object' THEN
                 PERFORM mms.api_invalid(format('messages[%s]', i), 'an object');
             END IF;
             PERFORM mms.api_known_keys(m, ARRAY['role', 'content', 'name'], format('messages[%s].', i));
-            roles := roles || mms.api_text(format('messages[%s].role', i), m->'role');
-            IF roles[i + 1] NOT IN ('system', 'user', 'assistant') THEN
+            IF mms.api_text(format('messages[%s].role', i), m->'role') NOT IN ('system', 'user', 'assistant') THEN
                 PERFORM mms.api_invalid(format('messages[%s].role', i), '"system", "user" or "assistant"');
             END IF;
-            contents := contents || mms.api_text(format('messages[%s].content', i), m->'content');
+            PERFORM mms.api_text(format('messages[%s].content', i), m->'content');
             IF nullif(m->'name', 'null') IS NOT NULL THEN
                 PERFORM mms.api_text(format('messages[%s].name', i), m->'name');
             END IF;
-        END LOOP;
-        IF cardinality(roles) = 1 AND roles[1] = 'user' THEN
-            p.inputs := contents;
+        END IF;
+        IF jsonb_array_length(v) = 1 AND v->0->>'role' = 'user' THEN
+            p.inputs := ARRAY[v->0->>'content'];
         ELSE
-            p.inputs := ARRAY[array_to_string(ARRAY(
-                SELECT roles[j] || ': ' || contents[j] FROM generate_subscripts(roles, 1) j ORDER BY j), E'\n')];
+            p.inputs := ARRAY[(SELECT string_agg((e->>'role') || ': ' || (e->>'content'), E'\n' ORDER BY o)
+                               FROM jsonb_array_elements(v) WITH ORDINALITY t(e, o))];
         END IF;
         IF nullif(request->'max_completion_tokens', 'null') IS NOT NULL THEN
             IF nullif(request->'max_tokens', 'null') IS NOT NULL THEN
@@ -594,7 +623,7 @@ BEGIN
     IF options IS NOT NULL AND jsonb_typeof(options) <> 'object' THEN
         PERFORM mms.api_invalid('options', 'an object');
     END IF;
-    PERFORM mms.api_resolve(ref);
+    PERFORM mms.api_resolve_decoder(ref);
     RETURN jsonb_build_object('model', ref, 'outputs',
         to_jsonb(@extschema@.mms_generate_batch(ref, inputs, coalesce(options, '{}'))));
 END
@@ -629,7 +658,7 @@ BEGIN
         RAISE EXCEPTION 'inputs and targets must have the same number of elements (% and %)',
             cardinality(inputs), cardinality(targets) USING ERRCODE = 'array_subscript_error';
     END IF;
-    PERFORM mms.api_resolve(ref);
+    PERFORM mms.api_resolve_decoder(ref);
     RETURN jsonb_build_object('model', ref, 'scores',
         to_jsonb(@extschema@.mms_score_batch(ref, inputs, targets)));
 END

@@ -95,6 +95,78 @@ RESET search_path;
 RESET ROLE;
 SELECT mms_unregister('shared');
 
+-- the HTTP API's functions and API keys, the same way: the gateway runs each
+-- request as the key's role with that role's search_path. mallory adds the
+-- jsonb and text operators the API's functions use.
+SET ROLE regress_mms_mallory;
+CREATE FUNCTION regress_evil.jsonb_get(a jsonb, b text) RETURNS jsonb LANGUAGE sql AS
+$$ SELECT CASE WHEN regress_evil.trap() THEN a OPERATOR(pg_catalog.->) b END $$;
+CREATE OPERATOR regress_evil.-> (LEFTARG = jsonb, RIGHTARG = text, FUNCTION = regress_evil.jsonb_get);
+CREATE FUNCTION regress_evil.jsonb_get_text(a jsonb, b text) RETURNS text LANGUAGE sql AS
+$$ SELECT CASE WHEN regress_evil.trap() THEN a OPERATOR(pg_catalog.->>) b END $$;
+CREATE OPERATOR regress_evil.->> (LEFTARG = jsonb, RIGHTARG = text, FUNCTION = regress_evil.jsonb_get_text);
+CREATE FUNCTION regress_evil.textcat(a text, b text) RETURNS text LANGUAGE sql AS
+$$ SELECT CASE WHEN regress_evil.trap() THEN a OPERATOR(pg_catalog.||) b END $$;
+CREATE OPERATOR regress_evil.|| (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_evil.textcat);
+CREATE FUNCTION regress_evil.textne(a text, b text) RETURNS boolean LANGUAGE sql AS
+$$ SELECT regress_evil.trap() AND a OPERATOR(pg_catalog.<>) b $$;
+CREATE OPERATOR regress_evil.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = regress_evil.textne);
+CREATE FUNCTION regress_evil.jsonbeq(a jsonb, b jsonb) RETURNS boolean LANGUAGE sql AS
+$$ SELECT regress_evil.trap() AND a OPERATOR(pg_catalog.=) b $$;
+CREATE OPERATOR regress_evil.= (LEFTARG = jsonb, RIGHTARG = jsonb, FUNCTION = regress_evil.jsonbeq);
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA regress_evil TO PUBLIC;
+SET search_path = regress_evil, pg_catalog, public;
+SELECT '{"a": 1}'::jsonb -> 'a' AS armed;
+RESET search_path;
+RESET ROLE;
+DELETE FROM regress_evil.hijacks;
+SELECT mms_import('api_victim', :'flan');
+SELECT mms_grant('api_victim', 'public');
+GRANT regress_mms_mallory TO regress_mms_alice;
+
+-- an administrator (a key's role) through every endpoint's function
+SET ROLE regress_mms_alice;
+SET search_path = regress_evil, pg_catalog, public;
+SELECT mms_api_completions('{"model": "api_victim", "prompt": ["x", "y"], "max_tokens": 2,
+                             "stop": ["q"], "temperature": 0.5, "seed": 1}') IS NOT NULL AS completion;
+SELECT count(*) > 0 AS chat_stream
+FROM mms_api_chat_completions('{"model": "api_victim", "max_tokens": 2, "stream": true,
+    "stream_options": {"include_usage": true},
+    "messages": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]}');
+SELECT mms_api_models() IS NOT NULL AS models, mms_api_model('api_victim:1') IS NOT NULL AS model;
+SELECT mms_api_generate('api_victim', '{"inputs": ["x"], "options": {"max_new_tokens": 2}}') IS NOT NULL AS generate,
+       mms_api_score('api_victim', '{"input": "x", "target": "y"}') IS NOT NULL AS score,
+       mms_api_tokenize('api_victim', '{"input": "x"}') IS NOT NULL AS tokenize;
+SELECT mms_api_set_alias('api_victim', 'prod', '{"version": 1}') IS NOT NULL AS set_alias,
+       mms_api_drop_alias('api_victim', 'prod') IS NOT NULL AS drop_alias;
+\lo_import :flan
+SELECT mms_api_register('api_victim', :LASTOID) IS NOT NULL AS registered;
+SELECT mms_api_unregister('api_victim:2') IS NOT NULL AS unregistered;
+SELECT mms_create_api_key('regress_mms_mallory', 'mallory') IS NOT NULL AS key;
+SELECT count(*) AS keys FROM mms.api_keys;
+RESET search_path;
+RESET ROLE;
+-- the gateway checking a key, and its health check
+SELECT mms_create_api_key('regress_mms_mallory', 'checked') AS mallory_key \gset
+SET ROLE mms_gateway;
+SET search_path = regress_evil, pg_catalog, public;
+SELECT role, is_admin FROM mms.api_authenticate(:'mallory_key');
+SELECT count(*) AS no_key FROM mms.api_authenticate(pg_catalog.concat('mms-', repeat('0', 64)));
+SELECT mms.api_node_status() IS NOT NULL AS node_status;
+RESET search_path;
+RESET ROLE;
+-- and mallory herself, with the model granted to PUBLIC
+SET ROLE regress_mms_mallory;
+SET search_path = regress_evil, pg_catalog, public;
+SELECT count(*) > 0 AS completion_stream
+FROM mms_api_completions('{"model": "api_victim", "prompt": "x", "max_tokens": 2, "stream": true}');
+SELECT mms_api_tokenize('api_victim', '{"input": "x"}') IS NOT NULL AS tokenize;
+SELECT count(*) AS own_keys FROM mms.api_keys;
+RESET search_path;
+RESET ROLE;
+SELECT mms_revoke_api_key(id) FROM mms.api_keys WHERE role OPERATOR(pg_catalog.=) 'regress_mms_mallory';
+SELECT mms_unregister('api_victim');
+
 -- nothing ran; mallory is no superuser
 SELECT * FROM regress_evil.hijacks;
 SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_mms_mallory';

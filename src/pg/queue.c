@@ -311,15 +311,26 @@ mms_queue_progress(int slot, int32 n_generated, const int32 *ids)
 	/* one writer (the worker running it); readers take what they see */
 	if (s->t_first == 0 && n_generated > 0)
 		s->t_first = GetCurrentTimestamp();
-	if (s->stream && ids != NULL && n_generated > had &&
-		s->n_input + n_generated <= mms_shared->slot_tokens)
+	if (s->stream && n_generated > had)
 	{
-		/* the ids before the count, so that a reader never sees unwritten ones */
-		memcpy(s->tokens + s->n_input + had, ids + had, sizeof(int32) * (n_generated - had));
+		if (ids != NULL && s->n_input + n_generated <= mms_shared->slot_tokens)
+		{
+			/* the ids before the count, so that a reader never sees unwritten ones */
+			memcpy(s->tokens + s->n_input + had, ids + had, sizeof(int32) * (n_generated - had));
+			pg_write_barrier();
+			s->n_generated = n_generated;
+			mms_wake_procno(s->owner_procno);
+			return;
+		}
+
+		/*
+		 * No ids (the generation ended in this step): publishing stops before
+		 * the count moves past the ids written, or the owner would read
+		 * tokens left in the slot by an earlier request. The result comes
+		 * with the end.
+		 */
+		s->stream = false;
 		pg_write_barrier();
-		s->n_generated = n_generated;
-		mms_wake_procno(s->owner_procno);
-		return;
 	}
 	s->n_generated = n_generated;
 }
@@ -355,6 +366,16 @@ end_locked(MmsSlot *s, const int32 *ids, int n_ids, double logprob, const MmsSlo
 	}
 	else
 	{
+		/*
+		 * The result goes over the tokens a streamed request published, which
+		 * its owner may be copying (mms_requests_partial, without the lock):
+		 * publishing stops first, and the owner discards a copy it finds ended.
+		 */
+		if (s->stream)
+		{
+			s->stream = false;
+			pg_write_barrier();
+		}
 		memcpy(s->tokens, ids, sizeof(int32) * n_ids);
 		s->n_output = n_ids;
 		s->logprob = logprob;

@@ -44,7 +44,9 @@ typedef struct Req
 	int			slot;			/* -1 waiting for a slot; -2 finished */
 	int32		charge;			/* output tokens charged up front (refunded as unused) */
 	bool		stream;			/* its worker publishes tokens as they come */
-	int32	   *partial;		/* streaming: the tokens read so far (max_new_tokens) */
+	int32	   *partial;		/* streaming: the tokens read so far (NULL until some come) */
+	int32		n_partial;		/* ... how many */
+	int32		partial_cap;	/* ... room in partial, grown as they come */
 	MmsResult	res;
 	/* its times and progress, copied from the slot once it is DONE */
 	TimestampTz t_queued;
@@ -681,13 +683,23 @@ mms_requests_wait(MmsRequestSet *rs, int i)
 	}
 }
 
+/* A streamed request ended: its result (or the caller's stop) replaces what was read. */
+static void
+forget_partial(Req *r)
+{
+	if (r->partial != NULL)
+		pfree(r->partial);
+	r->partial = NULL;
+	r->partial_cap = 0;
+}
+
 void
 mms_requests_stream(MmsRequestSet *rs, int i)
 {
 	Req		   *r = &rs->reqs[i];
 
 	Assert(r->slot == -1 && r->kind == MMS_REQ_GENERATE);
-	r->partial = MemoryContextAlloc(rs->cxt, sizeof(int32) * Max(1, r->opts->max_new_tokens));
+	/* no room yet: a call may stream many inputs, most of them waiting */
 	r->stream = true;
 }
 
@@ -700,24 +712,50 @@ mms_requests_partial(MmsRequestSet *rs, int i, const int32 **ids)
 
 	if (r->res.done)
 	{
+		forget_partial(r);
 		*ids = r->res.ids;
 		return r->res.err ? 0 : r->res.n_ids;
 	}
 	*ids = r->partial;
 	if (r->slot < 0 || !r->stream)
-		return 0;
+		return r->n_partial;
 
 	/*
-	 * The slot stays ours until collected: its worker writes the ids, then
-	 * the count (mms_queue_progress). A request given back to the queue counts
-	 * from 0 again and republishes the same ids.
+	 * The slot stays ours until collected. Its worker writes the ids, then
+	 * the count (mms_queue_progress); when the request ends, it clears
+	 * stream before writing the result over the ids (end_locked): a copy
+	 * that finds stream cleared after it may be torn, and is dropped, the
+	 * result coming with the collection. A request given back to the queue
+	 * counts from 0 again and republishes the same ids: those copied stay.
 	 */
 	s = mms_slot(r->slot);
-	n = Min(s->n_generated, r->opts->max_new_tokens);
+	if (!s->stream)
+		return r->n_partial;
+	n = s->n_generated;
 	pg_read_barrier();
-	if (n > 0)
-		memcpy(r->partial, s->tokens + r->n_input, sizeof(int32) * n);
-	return Max(n, 0);
+	n = Min(n, Min(r->opts->max_new_tokens, mms_slot_tokens() - r->n_input));
+	if (n <= r->n_partial)
+		return r->n_partial;
+	if (n > r->partial_cap)
+	{
+		int32		cap = Max(64, r->partial_cap);
+
+		while (cap < n)
+			cap *= 2;
+		cap = Min(cap, Max(n, r->opts->max_new_tokens));
+		r->partial = r->partial ?
+			repalloc(r->partial, sizeof(int32) * cap) :
+			MemoryContextAlloc(rs->cxt, sizeof(int32) * cap);
+		r->partial_cap = cap;
+	}
+	memcpy(r->partial + r->n_partial, s->tokens + r->n_input + r->n_partial,
+		   sizeof(int32) * (n - r->n_partial));
+	pg_read_barrier();
+	*ids = r->partial;
+	if (!s->stream)
+		return r->n_partial;
+	r->n_partial = n;
+	return n;
 }
 
 void
@@ -777,6 +815,7 @@ drop(MmsRequestSet *rs, int i, int32 used)
 		}
 	r->slot = -2;
 	r->res.done = true;
+	forget_partial(r);
 	rs->n_open--;
 	rs->counts.calls++;
 	if (used >= 0)

@@ -9,7 +9,9 @@
  * publishes the tokens of a streamed request after every decoder step and
  * wakes this backend (request.c, mms_requests_partial); before sleeping, the
  * rows already produced are flushed to the client, which PostgreSQL would
- * otherwise hold back until its send buffer fills or the query ends.
+ * otherwise hold back until its send buffer fills or the query ends. A
+ * client that went away is noticed by the flush, or, while there is nothing
+ * to send, by a look at its connection once a second.
  *
  * Text is emitted only once it is final: the decoding of the tokens so far,
  * less an incomplete UTF-8 sequence at its end (a byte-fallback piece) and,
@@ -24,12 +26,14 @@
 #include "libpq/libpq.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
 #include "tcop/dest.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "serve.h"
@@ -69,9 +73,11 @@ typedef struct StreamCall
 	char		id[48];
 	int64		created;
 	bool		usage_sent;
-	List	   *out;			/* rows ready to return (Datums) */
+	List	   *out;			/* rows ready to return (varlena pointers) */
+	MemoryContext scratch;		/* decoded text of one look at the requests */
 	ExprContext *econtext;		/* end_call is registered there */
 	bool		flush_before_wait;
+	TimestampTz client_checked;	/* when the client's connection was last looked at */
 } StreamCall;
 
 static void
@@ -108,9 +114,12 @@ complete_prefix(const char *s, int len)
 		if (need > 1 && back + 1 < need)
 			return i - 1;
 	}
-	/* the tokenizer maps bytes it could not complete to U+FFFD: hold it back */
-	if (len >= 3 && memcmp(s + len - 3, "\xEF\xBF\xBD", 3) == 0)
-		return len - 3;
+	/*
+	 * The decoder turns each byte of a character still incomplete at the end
+	 * (up to 3) into U+FFFD, which a later byte piece replaces: hold them back.
+	 */
+	for (int k = 0; k < 3 && len >= 3 && memcmp(s + len - 3, "\xEF\xBF\xBD", 3) == 0; k++)
+		len -= 3;
 	return len;
 }
 
@@ -178,20 +187,33 @@ row_jsonb(StringInfo b)
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(b->data));
 }
 
+/*
+ * Queues a row (text or jsonb, built in short-lived memory) in the call's
+ * memory until it is returned.
+ */
+static void
+push_row(StreamCall *c, void *row)
+{
+	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(c));
+	struct varlena *copy = palloc(VARSIZE(row));
+
+	memcpy(copy, row, VARSIZE(row));
+	c->out = lappend(c->out, copy);
+	MemoryContextSwitchTo(old);
+}
+
 /* A stream event: a piece of input i's text, or (finish set) its end. */
 static void
 emit_event(StreamCall *c, int i, const char *piece, int len, const char *finish)
 {
 	StringInfoData b;
-	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(c));
 
-	initStringInfo(&b);
 	if (!c->api)
 	{
-		c->out = lappend(c->out, cstring_to_text_with_len(piece, len));
-		MemoryContextSwitchTo(old);
+		push_row(c, cstring_to_text_with_len(piece, len));
 		return;
 	}
+	initStringInfo(&b);
 	head(c, &b, c->chat ? "chat.completion.chunk" : "text_completion");
 	appendStringInfo(&b, ", \"choices\": [{\"index\": %d, ", i);
 	if (c->chat)
@@ -221,8 +243,7 @@ emit_event(StreamCall *c, int i, const char *piece, int len, const char *finish)
 	if (c->include_usage)
 		appendStringInfoString(&b, ", \"usage\": null");
 	appendStringInfoChar(&b, '}');
-	c->out = lappend(c->out, DatumGetPointer(row_jsonb(&b)));
-	MemoryContextSwitchTo(old);
+	push_row(c, DatumGetPointer(row_jsonb(&b)));
 }
 
 /* The whole response of a call that does not stream. */
@@ -230,7 +251,6 @@ static void
 emit_response(StreamCall *c)
 {
 	StringInfoData b;
-	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(c));
 
 	initStringInfo(&b);
 	head(c, &b, c->chat ? "chat.completion" : "text_completion");
@@ -256,23 +276,20 @@ emit_response(StreamCall *c)
 	appendStringInfoString(&b, "], \"usage\": ");
 	usage_json(c, &b);
 	appendStringInfoChar(&b, '}');
-	c->out = lappend(c->out, DatumGetPointer(row_jsonb(&b)));
-	MemoryContextSwitchTo(old);
+	push_row(c, DatumGetPointer(row_jsonb(&b)));
 }
 
 static void
 emit_usage(StreamCall *c)
 {
 	StringInfoData b;
-	MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(c));
 
 	initStringInfo(&b);
 	head(c, &b, c->chat ? "chat.completion.chunk" : "text_completion");
 	appendStringInfoString(&b, ", \"choices\": [], \"usage\": ");
 	usage_json(c, &b);
 	appendStringInfoChar(&b, '}');
-	c->out = lappend(c->out, DatumGetPointer(row_jsonb(&b)));
-	MemoryContextSwitchTo(old);
+	push_row(c, DatumGetPointer(row_jsonb(&b)));
 }
 
 /* ---------------------------------------------------------------- progress */
@@ -324,7 +341,11 @@ advance(StreamCall *c, MmsTokenizer *tok, int i)
 			mms_requests_stop(c->rs, s->req, n);
 	}
 	else if (!done && c->n_stops > 0)
-		upto = Max(s->sent, upto - (c->max_stop - 1));	/* may yet become a stop */
+	{
+		/* may yet become a stop; and a piece ends on a character boundary */
+		upto = Max(s->sent, upto - (c->max_stop - 1));
+		upto = s->sent + pg_mbcliplen(str + s->sent, len - s->sent, upto - s->sent);
+	}
 	else if (done)
 		s->finish = n > n_text ? "stop" : "length";
 	if (upto > s->sent)
@@ -343,16 +364,48 @@ advance(StreamCall *c, MmsTokenizer *tok, int i)
 		emit_event(c, i, "", 0, s->finish);
 }
 
+/*
+ * With nothing to send for a while (text held back for a stop sequence, a
+ * beam search, a response that comes whole), a flush would never find the
+ * client gone: look at its connection once a second, as
+ * client_connection_check_interval does, so that a dead client's requests
+ * stop rather than run to max_new_tokens.
+ */
+static void
+check_client(StreamCall *c)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!WaitEventSetCanReportClosed() ||
+		!TimestampDifferenceExceeds(c->client_checked, now, 1000))
+		return;
+	c->client_checked = now;
+	if (!pq_check_connection())
+	{
+		ClientConnectionLost = 1;
+		InterruptPending = 1;
+		CHECK_FOR_INTERRUPTS();
+	}
+	/* the check resets the latch: a wake-up it took must not be lost */
+	SetLatch(MyLatch);
+}
+
 /* Works until a row is ready or everything ended; false when nothing more will come. */
 static bool
 produce(StreamCall *c)
 {
 	while (c->out == NIL)
 	{
-		MmsTokenizer *tok = mms_tokenizer_of(&c->model);
+		MemoryContext old;
+		MmsTokenizer *tok;
 
+		/* each look decodes every request's text so far: keep only the last */
+		MemoryContextReset(c->scratch);
+		old = MemoryContextSwitchTo(c->scratch);
+		tok = mms_tokenizer_of(&c->model);
 		for (int i = 0; i < c->n; i++)
 			advance(c, tok, i);
+		MemoryContextSwitchTo(old);
 		if (c->out != NIL)
 			break;
 		if (c->n_ended == c->n)
@@ -370,8 +423,13 @@ produce(StreamCall *c)
 			return false;
 		}
 		/* what was returned so far goes to the client before the wait */
-		if (c->flush_before_wait && whereToSendOutput == DestRemote)
-			pq_flush();
+		if (whereToSendOutput == DestRemote)
+		{
+			if (c->flush_before_wait)
+				pq_flush();
+			else
+				check_client(c);
+		}
 		c->flush_before_wait = false;
 		mms_requests_wait_any(c->rs);
 	}
@@ -398,6 +456,8 @@ start(FunctionCallInfo fcinfo, text *ref, Datum *inputs, bool *nulls, int n, Jso
 	c->n = n;
 	c->stream = stream;
 	c->seqs = palloc0(sizeof(Seq) * Max(n, 1));
+	c->scratch = AllocSetContextCreate(CurrentMemoryContext, "mms stream text",
+									   ALLOCSET_DEFAULT_SIZES);
 	c->rs = mms_requests_begin(&c->model);
 	c->econtext = rsi->econtext;
 	RegisterExprContextCallback(rsi->econtext, end_call, PointerGetDatum(c));
@@ -427,6 +487,7 @@ static Datum
 next_row(StreamCall *c, bool *has)
 {
 	Datum		d;
+	struct varlena *row;
 
 	*has = produce(c);
 	if (!*has)
@@ -435,8 +496,15 @@ next_row(StreamCall *c, bool *has)
 		UnregisterExprContextCallback(c->econtext, end_call, PointerGetDatum(c));
 		return (Datum) 0;
 	}
-	d = PointerGetDatum(linitial(c->out));
+	/*
+	 * The row moves to the call's memory, which is reset once the row is
+	 * used: a stream of many rows must not keep them all until it ends.
+	 */
+	row = linitial(c->out);
 	c->out = list_delete_first(c->out);
+	d = PointerGetDatum(palloc(VARSIZE(row)));
+	memcpy(DatumGetPointer(d), row, VARSIZE(row));
+	pfree(row);
 	c->flush_before_wait = true;
 	return d;
 }
