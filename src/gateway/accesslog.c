@@ -43,7 +43,41 @@ gw_access_log_reopen(void)
 		gw_log("could not reopen the access log %s", log_path);
 }
 
-/* A value safe for logfmt: quoted when it holds spaces, control bytes escaped. */
+/* Bytes of the valid UTF-8 sequence at p (1 to 4), or 0 if none starts there. */
+static int
+utf8_length(const unsigned char *p)
+{
+	int			n;
+	unsigned	cp;
+
+	if (p[0] < 0x80)
+		return 1;
+	if (p[0] >= 0xc2 && p[0] <= 0xdf)
+		n = 2, cp = p[0] & 0x1f;
+	else if (p[0] >= 0xe0 && p[0] <= 0xef)
+		n = 3, cp = p[0] & 0x0f;
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+		n = 4, cp = p[0] & 0x07;
+	else
+		return 0;
+	for (int i = 1; i < n; i++)
+	{
+		if ((p[i] & 0xc0) != 0x80)	/* the NUL terminator stops here too */
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3f);
+	}
+	/* overlong forms, UTF-16 surrogates, beyond U+10FFFF */
+	if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+		(cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+/*
+ * A value safe for logfmt: quoted when it holds spaces, control bytes and
+ * bytes that are not UTF-8 escaped (the path and model come from clients: a
+ * line must stay one valid UTF-8 line whatever they send).
+ */
 static void
 put_value(GwBuf *b, const char *v)
 {
@@ -57,14 +91,20 @@ put_value(GwBuf *b, const char *v)
 	quote = strpbrk(v, " \"=") != NULL;
 	if (quote)
 		gw_buf_puts(b, "\"");
-	for (const unsigned char *p = (const unsigned char *) v; *p; p++)
+	for (const unsigned char *p = (const unsigned char *) v; *p;)
 	{
-		if (*p < 0x20 || *p == 0x7f)
+		int			n = utf8_length(p);
+
+		if (n == 0 || *p < 0x20 || *p == 0x7f)
+		{
 			gw_buf_printf(b, "\\x%02x", *p);
+			n = 1;
+		}
 		else if (*p == '"' || *p == '\\')
 			gw_buf_printf(b, "\\%c", *p);
 		else
-			gw_buf_append(b, p, 1);
+			gw_buf_append(b, p, (size_t) n);
+		p += n;
 	}
 	if (quote)
 		gw_buf_puts(b, "\"");

@@ -2,9 +2,11 @@
  * auth.c — API keys to roles. A key is checked by mms.api_authenticate (as
  * mms_gateway, on whichever node the request goes to) and the answer, valid or
  * not, is cached for --key-ttl seconds under the key's sha256: a revoked or
- * expired key stops working within that time, and a flood of bad keys costs
- * the databases one lookup per key and TTL. The cache is a fixed table
- * (no growth whatever the traffic); a full probe window evicts its oldest.
+ * expired key stops working within that time (counted from when the
+ * database was asked), and a flood of bad keys costs the databases one lookup
+ * per well-formed key and TTL, malformed ones none. The cache is a fixed table
+ * (no growth whatever the traffic); a full probe window evicts an expired
+ * entry first, then the oldest "invalid", and a working key only for another.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +15,9 @@
 
 #define CACHE_SLOTS 4096		/* a power of two */
 #define CACHE_PROBE 8
-#define KEY_MAX_BYTES 256
+#define KEY_TAG "mms-"
+#define KEY_TAG_BYTES 4
+#define KEY_HEX_DIGITS 64
 
 typedef struct CacheEntry
 {
@@ -33,16 +37,25 @@ gw_auth_init(void)
 	memset(cache, 0, sizeof(cache));
 }
 
-/* Keys are printable ASCII without spaces; anything else is refused unasked. */
+/*
+ * Keys are what mms_create_api_key makes: "mms-" and 64 lower-case hex
+ * digits, as mms.api_authenticate checks too. Anything else is refused here,
+ * unasked and uncached: a flood of junk keys costs no database round trip, no
+ * pool connection and no cache slot.
+ */
 static bool
 key_plausible(const char *key)
 {
-	size_t		n = 0;
+	if (strncmp(key, KEY_TAG, KEY_TAG_BYTES) != 0)
+		return false;
+	for (int i = 0; i < KEY_HEX_DIGITS; i++)
+	{
+		char		c = key[KEY_TAG_BYTES + i];
 
-	for (; key[n]; n++)
-		if ((unsigned char) key[n] <= 0x20 || (unsigned char) key[n] >= 0x7f || n >= KEY_MAX_BYTES)
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
 			return false;
-	return n > 0;
+	}
+	return key[KEY_TAG_BYTES + KEY_HEX_DIGITS] == '\0';
 }
 
 static size_t
@@ -84,12 +97,30 @@ gw_auth_cached(const char *key, GwIdentity *id)
 	return r;
 }
 
+/*
+ * The victim in a full probe window: an expired entry, else the oldest
+ * answer "invalid", else the oldest. A flood of well-formed bad keys never
+ * pushes out a key that works: with only those left, "invalid" is not kept.
+ */
+static int
+victim_rank(const CacheEntry *e, int64_t now)
+{
+	if (!e->used)
+		return 0;
+	if (now - e->stored_ms >= (int64_t) gw_config.key_ttl_s * 1000)
+		return 1;
+	return e->valid ? 3 : 2;
+}
+
+/* asked_ms: when the database was asked; the answer is as old as that */
 static void
-cache_store(const char *key, bool valid, const GwIdentity *id)
+cache_store(const char *key, bool valid, const GwIdentity *id, int64_t asked_ms)
 {
 	uint8_t		hash[32];
 	size_t		first;
 	CacheEntry *victim = NULL;
+	int			best = 4;
+	int64_t		now = gw_now_ms();
 
 	if (gw_config.key_ttl_s <= 0)
 		return;
@@ -99,19 +130,25 @@ cache_store(const char *key, bool valid, const GwIdentity *id)
 	for (int i = 0; i < CACHE_PROBE; i++)
 	{
 		CacheEntry *e = &cache[(first + (size_t) i) & (CACHE_SLOTS - 1)];
+		int			rank = victim_rank(e, now);
 
 		if (e->used && memcmp(e->hash, hash, 32) == 0)
 		{
 			victim = e;
 			break;
 		}
-		if (!e->used)
+		if (rank < best ||
+			(rank == best && rank > 0 && e->stored_ms < victim->stored_ms))
 		{
-			if (victim == NULL || victim->used)
-				victim = e;
-		}
-		else if (victim == NULL || (victim->used && e->stored_ms < victim->stored_ms))
 			victim = e;
+			best = rank;
+		}
+	}
+	/* an answer "invalid" never evicts a key that works */
+	if (!valid && best == 3 && memcmp(victim->hash, hash, 32) != 0)
+	{
+		pthread_mutex_unlock(&cache_lock);
+		return;
 	}
 	memcpy(victim->hash, hash, 32);
 	victim->used = true;
@@ -120,7 +157,7 @@ cache_store(const char *key, bool valid, const GwIdentity *id)
 		victim->id = *id;
 	else
 		memset(&victim->id, 0, sizeof(victim->id));
-	victim->stored_ms = gw_now_ms();
+	victim->stored_ms = asked_ms;
 	pthread_mutex_unlock(&cache_lock);
 }
 
@@ -132,6 +169,7 @@ GwAuthResult
 gw_auth_lookup(GwConn *conn, const char *key, GwIdentity *id, int client_fd,
 			   int64_t deadline_ms, GwPgError *err, bool *reusable)
 {
+	int64_t		asked_ms = gw_now_ms();
 	GwStep		step = {.stmt = GW_STMT_AUTH, .n_params = 1, .params = {key}};
 	GwBuf		out = {.limit = 256};
 	GwCallResult r;
@@ -154,7 +192,7 @@ gw_auth_lookup(GwConn *conn, const char *key, GwIdentity *id, int client_fd,
 	if (out.len == 0)
 	{
 		gw_buf_free(&out);
-		cache_store(key, false, NULL);
+		cache_store(key, false, NULL, asked_ms);
 		return GW_AUTH_INVALID;
 	}
 	comma1 = strchr(out.data, ',');
@@ -169,6 +207,6 @@ gw_auth_lookup(GwConn *conn, const char *key, GwIdentity *id, int client_fd,
 	id->is_admin = comma1[1] == 't';
 	strcpy(id->role, comma2 + 1);
 	gw_buf_free(&out);
-	cache_store(key, true, id);
+	cache_store(key, true, id, asked_ms);
 	return GW_AUTH_OK;
 }

@@ -429,6 +429,7 @@ typedef struct GwRequest
 	char		p1[GW_PATH_PARAM_BYTES];	/* {ref} or {name} */
 	char		p2[GW_PATH_PARAM_BYTES];	/* {alias} */
 	char		request_id[72];
+	bool		url_had_nul;	/* the path or query decoded a %00 */
 	int64_t		start_us;
 	bool		inflight;		/* counted in gw_inflight */
 	bool		responded;		/* a response is queued */

@@ -25,6 +25,59 @@
 static atomic_ullong request_seq;
 static uint64_t request_seed;
 
+/*
+ * MHD decodes the path and the query arguments before the first call of a
+ * request, and a decoded %00 would silently cut a {ref} or ?name= short
+ * ("flan%00.bak" naming "flan"). This decoder leaves %00 as it is and notes
+ * it, and the request is refused: one thread serves one connection, and that
+ * thread decodes a request's line before the request's first call, which
+ * takes the note.
+ */
+static _Thread_local bool url_had_nul;
+
+static int
+hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+static size_t
+unescape(void *cls, struct MHD_Connection *mhd, char *s)
+{
+	char	   *out = s;
+
+	(void) cls;
+	(void) mhd;
+	for (const char *in = s; *in;)
+	{
+		int			hi = in[0] == '%' ? hex_value(in[1]) : -1;
+		int			lo = hi >= 0 ? hex_value(in[2]) : -1;
+
+		if (lo < 0)
+			*out++ = *in++;
+		else if (hi == 0 && lo == 0)
+		{
+			url_had_nul = true;
+			memmove(out, in, 3);
+			out += 3;
+			in += 3;
+		}
+		else
+		{
+			*out++ = (char) (hi << 4 | lo);
+			in += 3;
+		}
+	}
+	*out = '\0';
+	return (size_t) (out - s);
+}
+
 int
 gw_client_fd(GwRequest *req)
 {
@@ -170,6 +223,8 @@ request_new(struct MHD_Connection *mhd, const char *url, const char *method)
 	atomic_init(&req->refs, 1);
 	snprintf(req->method, sizeof(req->method), "%s", method);
 	snprintf(req->path, sizeof(req->path), "%s", url);
+	req->url_had_nul = url_had_nul;
+	url_had_nul = false;
 	set_request_id(req);
 	return req;
 }
@@ -197,6 +252,9 @@ request_start(GwRequest *req, const char *url, const char *method)
 	const char *length;
 	unsigned long long limit;
 
+	if (req->url_had_nul)
+		return gw_respond_error(req, 400, "invalid_request_error", NULL,
+								"the URL contains an encoded NUL byte (%00)");
 	req->route = gw_route_match(method, url, req->p1, req->p2, allow, sizeof(allow), &status);
 	if (req->route == NULL)
 	{
@@ -353,13 +411,44 @@ on_completed(void *cls, struct MHD_Connection *mhd, void **con_cls,
 	gw_request_release(req);
 }
 
+/*
+ * libmicrohttpd logs per connection (each one refused at --max-connections,
+ * each malformed request): a flood of them must not fill the disk. At most
+ * MHD_LOG_PER_S lines a second; the next line allowed says how many were not.
+ */
+#define MHD_LOG_PER_S 20
+
 static void
 mhd_log(void *cls, const char *fmt, va_list ap)
 {
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static int64_t window_ms;
+	static int	n_window;
+	static unsigned long long n_dropped;
+	unsigned long long dropped = 0;
+	int64_t		now = gw_now_ms();
 	char		msg[512];
 	size_t		n;
 
 	(void) cls;
+	pthread_mutex_lock(&lock);
+	if (now - window_ms >= 1000)
+	{
+		window_ms = now;
+		n_window = 0;
+	}
+	if (n_window >= MHD_LOG_PER_S)
+	{
+		n_dropped++;
+		pthread_mutex_unlock(&lock);
+		return;
+	}
+	n_window++;
+	dropped = n_dropped;
+	n_dropped = 0;
+	pthread_mutex_unlock(&lock);
+	if (dropped > 0)
+		gw_log("http: %llu messages suppressed (more than %d a second)", dropped, MHD_LOG_PER_S);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	n = strlen(msg);
 	while (n > 0 && msg[n - 1] == '\n')
@@ -485,6 +574,7 @@ gw_http_start(void)
 	d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, NULL,
 						 MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 						 MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+						 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
 						 MHD_OPTION_ARRAY, opts,
 						 MHD_OPTION_END);
 	if (d == NULL)

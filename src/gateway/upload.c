@@ -217,11 +217,17 @@ gw_upload_begin(GwRequest *req)
 									"uploading a model needs the key of a member of mms_admin");
 		}
 	}
-	if (name == NULL || name[0] == '\0' || strlen(name) >= sizeof(req->model))
+	if (name == NULL || name[0] == '\0')
 	{
 		upload_free(req);
 		return gw_respond_error(req, 400, "invalid_request_error", NULL,
 								"the query parameter \"name\" is required (a model name)");
+	}
+	if (strlen(name) >= sizeof(req->model))
+	{
+		upload_free(req);
+		return gw_respond_error(req, 400, "invalid_request_error", NULL,
+								"the query parameter \"name\" is too long");
 	}
 	snprintf(req->model, sizeof(req->model), "%s", name);
 	if (!upload_open(u, req->id.role))
