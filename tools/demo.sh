@@ -3,7 +3,9 @@
 # demo model (models/datefix.gguf, trained by tools/train_demo_model.py) from
 # psql, runs single calls, batch-cleans 10,000 messy dates with INSERT ...
 # SELECT through the array API, runs concurrent sessions, and prints the
-# views. Everything is removed at the end (KEEP=1 keeps the cluster).
+# views; then starts the HTTP gateway (build/mms-gateway) on a loopback port
+# and shows curl calls: the models list, a completion, a streamed one and an
+# error. Everything is removed at the end (KEEP=1 keeps the cluster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -13,6 +15,9 @@ if [ "$(id -u)" = 0 ]; then
 	make -s install >/dev/null
 fi
 . tools/pg-cluster.sh
+gw_dir=$tmp
+. test/gateway/lib.sh
+trap 'gw_stop_all; cluster_cleanup' EXIT
 
 model=models/datefix.gguf
 if [ ! -f "$model" ]; then
@@ -91,5 +96,36 @@ SELECT * FROM mms.cache;
 SELECT *, round(decode_rows::numeric / nullif(decode_steps, 0), 2) AS mean_batch FROM mms.pools;
 SELECT * FROM mms.workers;
 SQL
+
+q "-- the HTTP gateway: a login role for it, a role for the application, an API key" <<'SQL'
+\x off
+CREATE ROLE demo_gateway LOGIN NOINHERIT IN ROLE mms_gateway;  -- the gateway logs in as this
+CREATE ROLE analyst;                                           -- API keys act as this role
+GRANT analyst TO mms_gateway;
+SELECT mms_grant('datefix', 'analyst');
+SQL
+key=$(psql -X -q -At -c "SELECT mms_create_api_key('analyst', 'demo')")
+echo "mms_create_api_key('analyst', 'demo') returned the key, once: ${key:0:12}..."
+psql -X -q -c "SELECT id, prefix, role, label, created FROM mms.api_keys"
+if [ ! -x "$gw_bin" ]; then
+	echo "no gateway binary at $gw_bin: skipping the HTTP part"
+elif ! gw_start gw --db "host=$PGHOST port=$PGPORT dbname=postgres user=demo_gateway"; then
+	echo "the gateway did not start:"
+	cat "$gw_log"
+else
+	run() { printf '\n\033[1m$ %s\033[0m\n' "$1"; eval "$1"; echo; }
+	pretty() { python3 -m json.tool; }
+	printf '\n\033[1m-- mms-gateway --listen 127.0.0.1:%s --db "... user=demo_gateway" (OpenAI-compatible)\033[0m\n' "$gw_port"
+	export KEY=$key URL=$gw_url
+	run 'curl -s $URL/v1/models -H "Authorization: Bearer $KEY" | pretty'
+	run "curl -s \$URL/v1/completions -H \"Authorization: Bearer \$KEY\" -H 'Content-Type: application/json' \\
+     -d '{\"model\": \"datefix\", \"prompt\": [\"normalize date: March 3rd, 2021\", \"number to digits: two thousand and twenty-one\"]}' | pretty"
+	run "curl -sN \$URL/v1/completions -H \"Authorization: Bearer \$KEY\" -H 'Content-Type: application/json' \\
+     -d '{\"model\": \"datefix\", \"prompt\": \"normalize date: le 14 juillet 1989\", \"stream\": true, \"stream_options\": {\"include_usage\": true}}'"
+	run "curl -s \$URL/v1/completions -H 'Authorization: Bearer mms-wrong' -H 'Content-Type: application/json' -d '{}' | pretty"
+	gw_stop gw
+	printf '\033[1m-- its access log\033[0m\n'
+	cat "$gw_log"
+fi
 echo
-echo "== done; the cluster is removed now"
+echo "== done; the gateway is stopped and the cluster removed now"

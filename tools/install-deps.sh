@@ -8,7 +8,7 @@ pkgs=(build-essential libopenblas-dev libcmocka-dev clang libclang-rt-14-dev val
       prometheus   # promtool: checks mms_metrics() output and contrib/prometheus rules
       libmicrohttpd-dev libpq-dev  # mms-gateway
       libkrb5-dev  # gssapi.h, which libpq/libpq.h includes (src/pg/stream.c flushes rows)
-      wrk openssl)  # the gateway's benchmark, and certificates for its TLS tests
+      wrk openssl curl python3-venv)  # the gateway: benchmark, TLS certificates, HTTP tests, the openai client's venv
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,38 +10,22 @@
 set -u
 data=$MMS_TEST_DATA
 work=$TMPDIR_PG/replica
-mkdir -p "$work"
-chmod 755 "$work"
 ok() { echo "ok: $*"; }
 bad() { echo "FAILED: $*"; }
-if [ "$(id -u)" = 0 ]; then as_server() { runuser -u postgres -- "$@"; }; chown postgres "$work"; else as_server() { "$@"; }; fi
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+MMS_CLUSTER_HELPERS_ONLY=1 . "${MMS_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}/tools/pg-cluster.sh"
+node_workdir "$work"
 p1=$(free_port)
 p2=$(free_port)
-opts="-c listen_addresses=127.0.0.1 -c unix_socket_directories=$work -c fsync=off"
-cleanup() {
-	for d in primary replica; do
-		[ -f "$work/$d/postmaster.pid" ] && as_server pg_ctl -D "$work/$d" -m immediate -w stop >/dev/null 2>&1
-	done
-}
-trap cleanup EXIT
+trap 'node_stop_all "$work/primary" "$work/replica"' EXIT
 q() { local port=$1; shift; psql -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"; }
 
-as_server initdb -D "$work/primary" -U postgres -A trust -E UTF8 --locale=C --no-sync >"$work/initdb.log" 2>&1 ||
-	{ bad "initdb: $(tail -3 "$work/initdb.log")"; exit 0; }
-as_server pg_ctl -D "$work/primary" -l "$work/primary.log" -w \
-	-o "-c port=$p1 $opts -c shared_preload_libraries=mms" start >/dev/null ||
-	{ bad "primary did not start: $(tail -5 "$work/primary.log")"; exit 0; }
+node_primary "$work/primary" $p1 2>"$work/err" || { bad "primary did not start: $(cat "$work/err")"; exit 0; }
 q $p1 -c "CREATE EXTENSION mms" -c "SELECT mms_import('rep', '$data/flan_gated.gguf')" >/dev/null ||
 	{ bad "setup on the primary"; exit 0; }
 want=$(q $p1 -c "SELECT mms_generate('rep', 'from the replica', '{\"max_new_tokens\": 12, \"num_beams\": 2}')")
 [ -n "$want" ] && ok "the primary generates" || bad "the primary does not generate"
 
-as_server pg_basebackup -h 127.0.0.1 -p $p1 -U postgres -D "$work/replica" -R -X stream -c fast >"$work/basebackup.log" 2>&1 ||
-	{ bad "pg_basebackup: $(tail -3 "$work/basebackup.log")"; exit 0; }
-as_server pg_ctl -D "$work/replica" -l "$work/replica.log" -w \
-	-o "-c port=$p2 $opts -c shared_preload_libraries=mms" start >/dev/null ||
-	{ bad "replica did not start: $(tail -5 "$work/replica.log")"; exit 0; }
+node_replica $p1 "$work/replica" $p2 2>"$work/err" || { bad "replica did not start: $(cat "$work/err")"; exit 0; }
 # a second model, registered after the base backup, arrives by streaming
 q $p1 -c "SELECT mms_import('rep2', '$data/t5_relu_tied.gguf')" >/dev/null
 want2=$(q $p1 -c "SELECT mms_generate('rep2', 'streamed', '{\"max_new_tokens\": 8}')")
@@ -91,12 +75,11 @@ SQL
 [ "$got" = "t t 53400 t " ] &&
 	ok "on the replica, requests_per_minute 2 answers 2 calls and refuses the third (53400); raised to 5 on the primary, the same session's next call runs" ||
 	bad "quota on the replica: '$got'"
-as_server pg_ctl -D "$work/replica" -m fast -w stop >/dev/null
+node_stop "$work/replica"
 
 # the primary again, without the preload
-as_server pg_ctl -D "$work/primary" -m fast -w stop >/dev/null
-as_server pg_ctl -D "$work/primary" -l "$work/primary.log" -w -o "-c port=$p1 $opts" start >/dev/null ||
-	{ bad "primary did not restart"; exit 0; }
+node_stop "$work/primary"
+node_start "$work/primary" $p1 "shared_preload_libraries=''" 2>"$work/err" || { bad "primary did not restart: $(cat "$work/err")"; exit 0; }
 for f in "mms_generate('rep', 'x')" "mms_generate_batch('rep', ARRAY['x'])" "mms_score('rep', 'x', 'y')" "mms_load('rep')"; do
 	out=$(q $p1 -c "SELECT $f" 2>&1)
 	if grep -q "not preloaded" <<<"$out" && grep -q "HINT:  Add mms to shared_preload_libraries" <<<"$out"; then
