@@ -94,6 +94,13 @@ gw_error_from_result(GwPgError *e, const PGresult *res, PGconn *pg)
 		copy_field(e->message, sizeof(e->message), PQresultErrorMessage(res));
 	else
 		copy_field(e->message, sizeof(e->message), pg ? PQerrorMessage(pg) : "database connection failed");
+	/*
+	 * No SQLSTATE: libpq's own words about the connection, which name the
+	 * server's host or socket path; the client gets a plain statement (the
+	 * node's health check logs the details).
+	 */
+	if (state == NULL || state[0] == '\0')
+		copy_field(e->message, sizeof(e->message), "the database node is unavailable");
 	copy_field(e->detail, sizeof(e->detail), res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL);
 	copy_field(e->hint, sizeof(e->hint), res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL);
 	/* a broken connection yields results without SQLSTATE: a node failure */

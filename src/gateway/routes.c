@@ -81,7 +81,9 @@ gw_route_match(const char *method, const char *url, char *p1, char *p2,
 
 		if (!path_matches(routes[i].pattern, url, none))
 			continue;
-		if (strcmp(routes[i].method, method) == 0)
+		/* HEAD is GET without the body (libmicrohttpd leaves it out): load balancers' checks */
+		if (strcmp(routes[i].method, method) == 0 ||
+			(strcmp(method, "HEAD") == 0 && strcmp(routes[i].method, "GET") == 0))
 		{
 			path_matches(routes[i].pattern, url, params);
 			return &routes[i];

@@ -218,11 +218,16 @@ closed |Content-Length: 100\r\n\r\n{}
 EOF
 [ -z "$fails" ] && ok "malformed chunked bodies and lying Content-Lengths: 4xx or closed at --client-timeout" || bad "bodies:$fails"
 fails=""
-for m in HEAD OPTIONS TRACE FOO PATCH; do
+for m in OPTIONS TRACE FOO PATCH; do
 	got=$(echo "$m /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" | raw "$port" | sed -n 1p)
 	[ "$got" = 405 ] || fails+=" $m:$got"
 done
-[ -z "$fails" ] && ok "HEAD, OPTIONS, TRACE, FOO, PATCH /v1/models: 405" || bad "methods:$fails"
+[ -z "$fails" ] && ok "OPTIONS, TRACE, FOO, PATCH /v1/models: 405" || bad "methods:$fails"
+# HEAD is GET without a body: a load balancer's check of /healthz; /v1/models still wants a key
+got=$(curl -s -I -o /dev/null -w '%{http_code} %{size_download}' "$url/healthz")
+[ "$got" = "200 0" ] && ok "HEAD /healthz: 200 without a body" || bad "HEAD /healthz: $got"
+got=$(curl -s -I -o /dev/null -w '%{http_code}' "$url/v1/models")
+[ "$got" = 401 ] && ok "HEAD /v1/models without a key: 401" || bad "HEAD /v1/models: $got"
 got=$(curl -s -D - -o /dev/null -H "X-Request-Id: $(head -c 300 /dev/zero | tr '\0' a)" "$url/healthz" | grep -i '^x-request-id' | tr -d '\r')
 [[ $got =~ ^x-request-id:\ req-[0-9a-f]{16}$ ]] && ok "a 300-byte x-request-id is replaced by a fresh one" || bad "long x-request-id: $got"
 got=$(curl -s -D - -o /dev/null -H $'X-Request-Id: \xc3\xa9t\xc3\xa9' "$url/healthz" | grep -i '^x-request-id' | tr -d '\r')
