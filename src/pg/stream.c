@@ -181,11 +181,6 @@ usage_json(StreamCall *c, StringInfo b)
 					 ", \"total_tokens\": " INT64_FORMAT "}", p, g, p + g);
 }
 
-static Datum
-row_jsonb(StringInfo b)
-{
-	return DirectFunctionCall1(jsonb_in, CStringGetDatum(b->data));
-}
 
 /*
  * Queues a row (text or jsonb, built in short-lived memory) in the call's
@@ -202,6 +197,22 @@ push_row(StreamCall *c, void *row)
 	MemoryContextSwitchTo(old);
 }
 
+/* Starts an API row: a stream's chunk, or the whole response. */
+static void
+begin_row(StreamCall *c, StringInfo b, bool chunk)
+{
+	initStringInfo(b);
+	head(c, b, !c->chat ? "text_completion" : chunk ? "chat.completion.chunk" : "chat.completion");
+}
+
+/* Closes the row's object and queues it as jsonb. */
+static void
+end_row(StreamCall *c, StringInfo b)
+{
+	appendStringInfoChar(b, '}');
+	push_row(c, DatumGetPointer(DirectFunctionCall1(jsonb_in, CStringGetDatum(b->data))));
+}
+
 /* A stream event: a piece of input i's text, or (finish set) its end. */
 static void
 emit_event(StreamCall *c, int i, const char *piece, int len, const char *finish)
@@ -213,8 +224,7 @@ emit_event(StreamCall *c, int i, const char *piece, int len, const char *finish)
 		push_row(c, cstring_to_text_with_len(piece, len));
 		return;
 	}
-	initStringInfo(&b);
-	head(c, &b, c->chat ? "chat.completion.chunk" : "text_completion");
+	begin_row(c, &b, true);
 	appendStringInfo(&b, ", \"choices\": [{\"index\": %d, ", i);
 	if (c->chat)
 	{
@@ -242,8 +252,7 @@ emit_event(StreamCall *c, int i, const char *piece, int len, const char *finish)
 	appendStringInfoString(&b, "}]");
 	if (c->include_usage)
 		appendStringInfoString(&b, ", \"usage\": null");
-	appendStringInfoChar(&b, '}');
-	push_row(c, DatumGetPointer(row_jsonb(&b)));
+	end_row(c, &b);
 }
 
 /* The whole response of a call that does not stream. */
@@ -252,8 +261,7 @@ emit_response(StreamCall *c)
 {
 	StringInfoData b;
 
-	initStringInfo(&b);
-	head(c, &b, c->chat ? "chat.completion" : "text_completion");
+	begin_row(c, &b, false);
 	appendStringInfoString(&b, ", \"choices\": [");
 	for (int i = 0; i < c->n; i++)
 	{
@@ -275,8 +283,7 @@ emit_response(StreamCall *c)
 	}
 	appendStringInfoString(&b, "], \"usage\": ");
 	usage_json(c, &b);
-	appendStringInfoChar(&b, '}');
-	push_row(c, DatumGetPointer(row_jsonb(&b)));
+	end_row(c, &b);
 }
 
 static void
@@ -284,12 +291,10 @@ emit_usage(StreamCall *c)
 {
 	StringInfoData b;
 
-	initStringInfo(&b);
-	head(c, &b, c->chat ? "chat.completion.chunk" : "text_completion");
+	begin_row(c, &b, true);
 	appendStringInfoString(&b, ", \"choices\": [], \"usage\": ");
 	usage_json(c, &b);
-	appendStringInfoChar(&b, '}');
-	push_row(c, DatumGetPointer(row_jsonb(&b)));
+	end_row(c, &b);
 }
 
 /* ---------------------------------------------------------------- progress */
