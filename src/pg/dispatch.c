@@ -37,8 +37,8 @@ mms_input_bound(void)
 	return &b;
 }
 
-static const MmsTokenBound *
-target_bound(void)
+const MmsTokenBound *
+mms_target_bound(void)
 {
 	static MmsTokenBound b = {0, "target", "mms.max_new_tokens"};
 
@@ -56,13 +56,19 @@ mms_require_decoder(const MmsModel *m)
 				 errmsg("model \"%s:%d\" is encoder-only and cannot generate or score", m->name, m->version)));
 }
 
+void
+mms_null_model_error(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("model reference must not be null")));
+}
+
 static text *
 model_arg(FunctionCallInfo fcinfo)
 {
 	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("model reference must not be null")));
+		mms_null_model_error();
 	return PG_GETARG_TEXT_PP(0);
 }
 
@@ -209,7 +215,7 @@ mms_score(PG_FUNCTION_ARGS)
 
 	tok = begin_score(fcinfo, &m, &opts);
 	in = mms_encode_text(tok, PG_GETARG_TEXT_PP(1), mms_input_bound(), &n_in);
-	tgt = mms_encode_text(tok, PG_GETARG_TEXT_PP(2), target_bound(), &n_tgt);
+	tgt = mms_encode_text(tok, PG_GETARG_TEXT_PP(2), mms_target_bound(), &n_tgt);
 	rs = mms_requests_begin(m);
 	(void) mms_requests_add(rs, MMS_REQ_SCORE, &opts, in, n_in, tgt, n_tgt);
 	mms_requests_wait(rs, -1);
@@ -267,7 +273,7 @@ mms_score_array(PG_FUNCTION_ARGS)
 		if (nulls[i])
 			continue;
 		in = mms_encode_text(tok, DatumGetTextPP(in_e[i]), mms_input_bound(), &n_in);
-		tgt = mms_encode_text(tok, DatumGetTextPP(tg_e[i]), target_bound(), &n_tgt);
+		tgt = mms_encode_text(tok, DatumGetTextPP(tg_e[i]), mms_target_bound(), &n_tgt);
 		req_of[i] = mms_requests_add(rs, MMS_REQ_SCORE, &opts, in, n_in, tgt, n_tgt);
 		if ((i & 63) == 63)
 			(void) mms_requests_poll(rs);

@@ -13,6 +13,7 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 
+#include "batch.h"
 #include "mms.h"
 #include "serve.h"
 
@@ -254,6 +255,26 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("mms.transparent_batching",
+							 "Batches the per-row mms_generate and mms_score calls of a statement's rows.",
+							 "Takes effect when a statement is planned; off, a cached plan runs one row at a time.",
+							 &mms_transparent_batching,
+							 true,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mms.batch_rows",
+							"Rows whose calls transparent batching sends at once.",
+							NULL,
+							&mms_batch_rows,
+							64,
+							1,
+							4096,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
 	/*
 	 * Inference needs shared memory and the launcher, which only a preloaded
 	 * library can set up. This library never links OpenBLAS (it lives in the
@@ -319,6 +340,7 @@ _PG_init(void)
 	 * seen).
 	 */
 	mms_utility_install_hook();
+	mms_batch_install_hook();
 
 	MarkGUCPrefixReserved("mms");
 }

@@ -202,17 +202,28 @@ mms_requests_begin(const MmsModel *m)
 	return rs;
 }
 
+bool
+mms_requests_fit(int32 n_tokens, MmsDeferredError *too_big)
+{
+	if (n_tokens <= mms_slot_tokens())
+		return true;
+	memset(too_big, 0, sizeof(*too_big));
+	too_big->sqlstate = ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+	too_big->msg = psprintf("request of %d tokens is larger than a request slot (%d tokens)",
+							n_tokens, mms_slot_tokens());
+	return false;
+}
+
 int
 mms_requests_add(MmsRequestSet *rs, MmsReqKind kind, const MmsGenOptions *opts,
 				 const int32 *input, int32 n_input, const int32 *target, int32 n_target)
 {
 	Req		   *r;
 
-	if (n_input + n_target > mms_slot_tokens())
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("request of %d tokens is larger than a request slot (%d tokens)",
-						n_input + n_target, mms_slot_tokens())));
+	MmsDeferredError too_big;
+
+	if (!mms_requests_fit(n_input + n_target, &too_big))
+		mms_raise_deferred(&too_big);
 	if (rs->n == rs->cap)
 	{
 		int			cap = Max(8, rs->cap * 2);
@@ -638,6 +649,13 @@ rate_limited(const MmsRequestSet *rs)
 {
 	return !rs->exempt && (rs->limits.requests_per_minute > 0 || rs->limits.tokens_per_minute > 0 ||
 						   rs->limits.tokens_per_day > 0);
+}
+
+void
+mms_requests_admit(MmsRequestSet *rs)
+{
+	if (rate_limited(rs))
+		admit(rs);
 }
 
 /*

@@ -701,6 +701,16 @@ extern void mms_forget_models_at_commit(Oid dboid, int64 model_id);
 
 /* ---- request.c: the asynchronous request API of a backend ---- */
 
+/* An error found while a call is prepared, raised later for its row (batch_exec.c). */
+typedef struct MmsDeferredError
+{
+	int			sqlstate;
+	char	   *msg;
+	char	   *detail;			/* NULL = none */
+	char	   *hint;			/* NULL = none */
+} MmsDeferredError;
+
+
 typedef struct MmsRequestSet MmsRequestSet;
 
 typedef struct MmsResult
@@ -722,6 +732,15 @@ extern MmsRequestSet *mms_requests_begin(const MmsModel *m);
 /* Adds a request (tokens copied into the slot when it is submitted); returns its index. */
 extern int	mms_requests_add(MmsRequestSet *rs, MmsReqKind kind, const MmsGenOptions *opts,
 							 const int32 *input, int32 n_input, const int32 *target, int32 n_target);
+/* Does a request of n_tokens (input and target) fit a slot? If not, the error in *too_big. */
+extern bool mms_requests_fit(int32 n_tokens, MmsDeferredError *too_big);
+/*
+ * Charges the requests added since the last admission now, as one call, if
+ * the role's quota counts requests or tokens (ERROR when refused); else
+ * nothing, polls admit them. The batching node calls it after every row, so
+ * that each row's call is admitted alone, as without batching.
+ */
+extern void mms_requests_admit(MmsRequestSet *rs);
 /* Submits what fits in free slots, collects what finished; never waits. Returns requests still open. */
 extern int	mms_requests_poll(MmsRequestSet *rs);
 /* Waits until request i (or, with -1, every request) has finished. */
@@ -777,6 +796,11 @@ typedef struct MmsTokenBound
  * byte bound only. Interruptible; ERROR on failure or beyond the bound.
  */
 extern int32 *mms_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n);
+
+/* mms_encode_text, but a text beyond the bound returns NULL with the error in *too_long. */
+extern int32 *mms_try_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n,
+								  MmsDeferredError *too_long);
+extern void mms_raise_deferred(const MmsDeferredError *e);
 /* Text of ids (interruptible, refused beyond 1 GB); ERROR on failure. */
 extern text *mms_decode_ids(MmsTokenizer *tok, const int32 *ids, int32 n);
 /* The tokenizer of a resolved model (cached by the backend; valid until it loads another). */
@@ -785,6 +809,10 @@ extern MmsTokenizer *mms_tokenizer_of(const MmsModel *m);
 /* ---- dispatch.c: shared by the inference functions (stream.c) ---- */
 /* mms.max_input_tokens as a bound for mms_encode_text */
 extern const MmsTokenBound *mms_input_bound(void);
+/* mms.max_new_tokens as the bound of a scored target */
+extern const MmsTokenBound *mms_target_bound(void);
+/* ERROR: the model argument is NULL */
+extern void mms_null_model_error(void) pg_attribute_noreturn();
 /* ERROR for an encoder-only model, which cannot generate */
 extern void mms_require_decoder(const MmsModel *m);
 /* ERROR carrying a failed request's SQLSTATE and message; nothing when e is NULL */

@@ -191,8 +191,30 @@ interrupt_pending(void *arg)
 	return INTERRUPTS_PENDING_CONDITION() && INTERRUPTS_CAN_BE_PROCESSED();
 }
 
+void
+mms_raise_deferred(const MmsDeferredError *e)
+{
+	ereport(ERROR,
+			(errcode(e->sqlstate),
+			 errmsg_internal("%s", e->msg),
+			 e->detail ? errdetail_internal("%s", e->detail) : 0,
+			 e->hint ? errhint("%s", e->hint) : 0));
+}
+
 int32 *
 mms_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n)
+{
+	MmsDeferredError e;
+	int32	   *ids = mms_try_encode_text(tok, t, bound, n, &e);
+
+	if (ids == NULL)
+		mms_raise_deferred(&e);
+	return ids;
+}
+
+int32 *
+mms_try_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n,
+					MmsDeferredError *too_long)
 {
 	int			len = VARSIZE_ANY_EXHDR(t);
 	Size		max_bytes = bound ? (Size) bound->max_tokens * MMS_MAX_BYTES_PER_TOKEN : MMS_TOKENIZE_MAX_BYTES;
@@ -204,20 +226,24 @@ mms_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n
 	MmsStatus	st;
 	MmsTokLimits lim;
 
+	memset(too_long, 0, sizeof(*too_long));
+	too_long->sqlstate = ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 	/* bounded before any work: the engine's memory grows with the input */
 	if ((Size) len > max_bytes)
 	{
 		if (bound)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("%s of %d bytes is longer than %s allows", bound->what, len, bound->guc),
-					 errdetail("The %s may have at most %d tokens and %d bytes per allowed token (%zu bytes).",
-							   bound->what, bound->max_tokens, MMS_MAX_BYTES_PER_TOKEN, max_bytes),
-					 errhint("Shorten the text, or ask a superuser to raise %s.", bound->guc)));
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("text of %d bytes is too long to tokenize", len),
-				 errdetail("mms_tokenize accepts at most %d bytes.", MMS_TOKENIZE_MAX_BYTES)));
+		{
+			too_long->msg = psprintf("%s of %d bytes is longer than %s allows", bound->what, len, bound->guc);
+			too_long->detail = psprintf("The %s may have at most %d tokens and %d bytes per allowed token (%zu bytes).",
+										bound->what, bound->max_tokens, MMS_MAX_BYTES_PER_TOKEN, max_bytes);
+			too_long->hint = psprintf("Shorten the text, or ask a superuser to raise %s.", bound->guc);
+		}
+		else
+		{
+			too_long->msg = psprintf("text of %d bytes is too long to tokenize", len);
+			too_long->detail = psprintf("mms_tokenize accepts at most %d bytes.", MMS_TOKENIZE_MAX_BYTES);
+		}
+		return NULL;
 	}
 	utf8 = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
 	if (utf8 != VARDATA_ANY(t))
@@ -235,11 +261,12 @@ mms_encode_text(MmsTokenizer *tok, text *t, const MmsTokenBound *bound, int32 *n
 		/* an interrupt that did not end the query (e.g. a barrier): start over */
 	}
 	if (st == MMS_ERR_LIMIT && bound)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s has more than %d tokens, the limit of %s", bound->what,
-						bound->max_tokens, bound->guc),
-				 errhint("Shorten the text, or ask a superuser to raise %s.", bound->guc)));
+	{
+		too_long->msg = psprintf("%s has more than %d tokens, the limit of %s", bound->what,
+								 bound->max_tokens, bound->guc);
+		too_long->hint = psprintf("Shorten the text, or ask a superuser to raise %s.", bound->guc);
+		return NULL;
+	}
 	if (st != MMS_OK)
 		ereport(ERROR,
 				(errcode(mms_engine_sqlstate(st)),
