@@ -6,6 +6,7 @@
 \set flan :data '/flan_gated.gguf'
 \set short :data '/depth_3_1.gguf'
 \set SHOW_CONTEXT never
+SELECT coalesce(max(id), 0) AS audit_start FROM mms.audit_log \gset
 CREATE ROLE regress_mms_q_admin IN ROLE mms_admin;
 CREATE ROLE regress_mms_q_a;
 CREATE ROLE regress_mms_q_b;
@@ -136,7 +137,7 @@ SELECT count(*) FROM mms.quotas;
 
 -- every change is in the audit log, with the limits set (DROP OWNED's too)
 SELECT role, action, model, detail FROM mms.audit_log
-WHERE action IN ('set_quota', 'drop_quota') ORDER BY id;
+WHERE action IN ('set_quota', 'drop_quota') AND id > :audit_start ORDER BY id;
 
 DROP OWNED BY regress_mms_q_a;
 DROP ROLE regress_mms_q_a;
