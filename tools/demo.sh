@@ -1,8 +1,8 @@
 #!/bin/bash
 # make demo: a throwaway PostgreSQL cluster with mms preloaded; registers the
 # demo model (models/datefix.gguf, trained by tools/train_demo_model.py) from
-# psql, runs single calls, batch-cleans 10,000 messy dates with INSERT ...
-# SELECT through the array API, runs concurrent sessions, and prints the
+# psql, runs single calls, cleans 10,000 messy dates with a plain INSERT ...
+# SELECT (batched transparently), runs concurrent sessions, and prints the
 # views; then starts the HTTP gateway (build/mms-gateway) on a loopback port
 # and shows curl calls: the models list, a completion, a streamed one and an
 # error. Everything is removed at the end (KEEP=1 keeps the cluster).
@@ -55,7 +55,7 @@ SELECT round(mms_score('datefix', 'normalize date: March 3rd, 2021', '2021-03-03
 SELECT mms_tokenize('datefix', 'normalize date: 3/4/2021') AS ids;
 SQL
 
-q "-- 10,000 messy dates, cleaned with INSERT ... SELECT through the array API (64 rows per call)" <<'SQL'
+q "-- 10,000 messy dates, cleaned with a plain INSERT ... SELECT (transparent batching sends 64 rows' calls at once)" <<'SQL'
 CREATE TABLE raw_dates AS
 SELECT i AS id, d AS truth,
        CASE i % 5 WHEN 0 THEN to_char(d, 'FMMonth FMDDth, YYYY')
@@ -66,14 +66,12 @@ SELECT i AS id, d AS truth,
 FROM (SELECT i, date '1950-01-01' + (i * 7919 % 30000) AS d FROM generate_series(1, 10000) i) s;
 SELECT * FROM raw_dates ORDER BY id LIMIT 5;
 CREATE TABLE clean_dates (id int PRIMARY KEY, iso text);
+EXPLAIN (COSTS OFF)
+INSERT INTO clean_dates (id, iso)
+SELECT id, mms_generate('datefix', 'normalize date: ' || raw, '{"max_new_tokens": 12}') FROM raw_dates;
 \timing on
 INSERT INTO clean_dates (id, iso)
-SELECT b.ids[o.n], o.iso
-FROM (SELECT chunk, array_agg(id ORDER BY id) AS ids,
-             array_agg('normalize date: ' || raw ORDER BY id) AS inputs
-      FROM (SELECT id, raw, (row_number() OVER (ORDER BY id) - 1) / 64 AS chunk FROM raw_dates) s
-      GROUP BY chunk) b,
-     unnest(mms_generate_batch('datefix', b.inputs, '{"max_new_tokens": 12}')) WITH ORDINALITY AS o(iso, n);
+SELECT id, mms_generate('datefix', 'normalize date: ' || raw, '{"max_new_tokens": 12}') FROM raw_dates;
 \timing off
 SELECT count(*) AS rows,
        count(*) FILTER (WHERE c.iso = to_char(r.truth, 'YYYY-MM-DD')) AS exact,
