@@ -300,6 +300,15 @@ prepare_call(BatchState *st, Batch *b, int i, int k, TupleTableSlot *slot)
 	st->n_requests++;
 }
 
+/* Submits what b's calls can (free slots, the backend's share), collects what finished. */
+static void
+submit_all(BatchState *st, Batch *b)
+{
+	for (int k = 0; k < st->n_calls; k++)
+		if (b->sets[k] != NULL)
+			(void) mms_requests_poll(b->sets[k]);
+}
+
 /* Reads the next rows into b and submits their calls. */
 static void
 fill(BatchState *st, Batch *b)
@@ -335,11 +344,11 @@ fill(BatchState *st, Batch *b)
 		for (int k = 0; k < st->n_calls; k++)
 			prepare_call(st, b, b->n, k, slot);
 		MemoryContextSwitchTo(old);
-		b->n++;
+		/* a slow child: the first rows' calls start while the rest are read */
+		if ((++b->n & 15) == 0)
+			submit_all(st, b);
 	}
-	for (int k = 0; k < st->n_calls; k++)
-		if (b->sets[k] != NULL)
-			(void) mms_requests_poll(b->sets[k]);
+	submit_all(st, b);
 	if (b->n > 0)
 		st->n_batches++;
 }
@@ -354,9 +363,7 @@ wait_for(BatchState *st, Batch *b, int k, int r)
 	{
 		for (int i = 0; i < 2; i++)
 			if (st->b[i].sets != NULL)
-				for (int j = 0; j < st->n_calls; j++)
-					if (st->b[i].sets[j] != NULL)
-						(void) mms_requests_poll(st->b[i].sets[j]);
+				submit_all(st, &st->b[i]);
 		if (mms_requests_result(rs, r)->done)
 			break;
 		mms_requests_wait_any(rs);
