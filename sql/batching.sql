@@ -56,6 +56,26 @@ EXPLAIN (COSTS OFF) SELECT * FROM (VALUES (mms_generate('bt_flan', 'a')), (mms_g
 -- a model or options that vary per row
 EXPLAIN (COSTS OFF) SELECT mms_generate(CASE WHEN id > 1 THEN 'bt_flan' END, raw) FROM bt_in;
 EXPLAIN (COSTS OFF) SELECT mms_generate('bt_flan', raw, jsonb_build_object('max_new_tokens', id % 3 + 1)) FROM bt_in;
+-- under a subscript (not evaluated for a NULL array), in a nested assignment
+-- (it reads the old value), and a C function on the same symbol declared
+-- SECURITY DEFINER, with a SET clause or parallel safe: called as written
+EXPLAIN (COSTS OFF) SELECT (NULL::text[])[length(mms_generate('bt_nope', raw))] FROM bt_in;
+SELECT count(*) AS nulls FROM (SELECT (NULL::text[])[length(mms_generate('bt_nope', raw))] x FROM bt_in) s WHERE x IS NULL;
+CREATE TYPE bt_pair AS (a text, b text);
+CREATE TABLE bt_nest (id int, arr bt_pair[]);
+INSERT INTO bt_nest SELECT g, ARRAY[ROW('x', 'y')::bt_pair] FROM generate_series(1, 3) g;
+EXPLAIN (COSTS OFF) UPDATE bt_nest SET arr[1].a = mms_generate('bt_flan', 'hello', '{"max_new_tokens": 2}');
+UPDATE bt_nest SET arr[1].a = mms_generate('bt_flan', 'hello', '{"max_new_tokens": 2}');
+SELECT DISTINCT (arr[1]).b FROM bt_nest;
+CREATE FUNCTION bt_gen_definer(text, text, jsonb) RETURNS text LANGUAGE c SECURITY DEFINER AS 'mms', 'mms_generate';
+CREATE FUNCTION bt_gen_set(text, text, jsonb) RETURNS text LANGUAGE c SET mms.max_new_tokens = 1 AS 'mms', 'mms_generate';
+CREATE FUNCTION bt_gen_safe(text, text, jsonb) RETURNS text LANGUAGE c PARALLEL SAFE AS 'mms', 'mms_generate';
+CREATE FUNCTION bt_gen_plain(text, text, jsonb) RETURNS text LANGUAGE c AS 'mms', 'mms_generate';
+EXPLAIN (COSTS OFF)
+SELECT bt_gen_definer('bt_flan', raw, '{}'), bt_gen_set('bt_flan', raw, '{}'), bt_gen_safe('bt_flan', raw, '{}') FROM bt_in;
+-- the same symbol under another name is batched
+EXPLAIN (COSTS OFF) SELECT bt_gen_plain('bt_flan', raw, '{}') FROM bt_in;
+DROP FUNCTION bt_gen_definer, bt_gen_set, bt_gen_safe, bt_gen_plain;
 -- one row: no batch
 EXPLAIN (COSTS OFF) SELECT mms_generate('bt_flan', 'x');
 -- switched off: the plain plan
@@ -140,7 +160,15 @@ EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
 SELECT id, mms_generate('bt_flan', raw, '{"max_new_tokens": 3}') FROM bt_in WHERE raw IS NOT NULL LIMIT 3;
 EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
 SELECT id, mms_generate('bt_flan', raw, '{"max_new_tokens": 3}') FROM bt_in WHERE raw IS NOT NULL LIMIT 20 OFFSET 5;
--- without a LIMIT, 150 rows in batches of 16 (NULL inputs make no request)
+-- a reader that stops early: batches start at one row and double (1, 2, 4 ...),
+-- so EXISTS makes 3 calls per outer row, and a LIMIT above a filter a few more than it uses
+EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
+SELECT s.id FROM bt_side s
+WHERE s.id <= 7 AND EXISTS (SELECT 1 FROM (SELECT mms_generate('bt_flan', raw, '{"max_new_tokens": 2}') g
+                                           FROM bt_in i WHERE i.id > s.id) x WHERE g IS NOT NULL);
+EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
+SELECT * FROM (SELECT id, mms_generate('bt_flan', raw, '{"max_new_tokens": 2}') g FROM bt_in) s WHERE g <> '' LIMIT 5;
+-- without a LIMIT, 150 rows in batches of 1, 2, 4, 8, then 16 (NULL inputs make no request)
 EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
 SELECT id, mms_generate('bt_flan', raw, '{"max_new_tokens": 3}') FROM bt_in;
 
@@ -170,23 +198,44 @@ SELECT coalesce(sum(queued + running), 0) AS queued_or_running FROM mms.pools;
 -- and the next statement runs
 SELECT count(*) FROM (SELECT mms_generate('bt_flan', raw, '{"max_new_tokens": 2}') FROM bt_in) s;
 
--- ---- a rate-limited role: each row's call is admitted alone ------------------
+-- ---- rights and quotas: as for one call per row -----------------------------
 CREATE ROLE regress_mms_bt_user;
 SELECT mms_grant('bt_flan', 'regress_mms_bt_user');
 GRANT SELECT ON bt_in TO regress_mms_bt_user;
+-- EXECUTE on the function is checked
+REVOKE EXECUTE ON FUNCTION mms_generate(text, text, jsonb) FROM PUBLIC;
+SET ROLE regress_mms_bt_user;
+SELECT id, mms_generate('bt_flan', raw, '{"max_new_tokens": 2}') FROM bt_in WHERE id <= 3;
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION mms_generate(text, text, jsonb) TO PUBLIC;
+-- a rate-limited role: each row's call is admitted alone
 SELECT requests_per_minute FROM mms_set_quota('regress_mms_bt_user', 'bt_flan', requests_per_minute => 4);
 SET ROLE regress_mms_bt_user;
 -- 4 rows fit (a batch of 16 would never fit a limit of 4 if admitted whole)
-SELECT count(g) FROM (SELECT mms_generate('bt_flan', raw, '{"max_new_tokens": 2}') g FROM bt_in WHERE id IN (1, 2, 3, 4)) s;
--- the fifth call of the minute is refused, naming the limit
+SELECT count(g) FROM (SELECT mms_generate('bt_flan', raw, '{"max_new_tokens": 2}') g FROM bt_in WHERE id IN (1, 2, 3, 4) ORDER BY id) s;
+-- the fifth call of the minute is refused, naming the limit, at its row
 \set VERBOSITY terse
 SELECT count(g) FROM (SELECT mms_generate('bt_flan', raw, '{"max_new_tokens": 2}') g FROM bt_in WHERE id IN (5, 6)) s;
+RESET ROLE;
+CREATE ROLE regress_mms_bt_user2;
+SELECT mms_grant('bt_flan', 'regress_mms_bt_user2');
+GRANT SELECT ON bt_in TO regress_mms_bt_user2;
+SELECT requests_per_minute FROM mms_set_quota('regress_mms_bt_user2', 'bt_flan', requests_per_minute => 5);
+SET ROLE regress_mms_bt_user2;
+-- rows read ahead and refused raise only when they are fetched: 5 rows come out, then the error
+BEGIN;
+DECLARE bt_q CURSOR FOR SELECT id, mms_generate('bt_flan', raw, '{"max_new_tokens": 2}') IS NOT NULL AS ok FROM bt_in WHERE raw IS NOT NULL ORDER BY id;
+FETCH 3 FROM bt_q;
+FETCH 1 FROM bt_q;
+FETCH 2 FROM bt_q;
+ROLLBACK;
 \set VERBOSITY default
 RESET ROLE;
-SELECT mms_drop_quota('regress_mms_bt_user', 'bt_flan');
-SELECT mms_revoke('bt_flan', 'regress_mms_bt_user');
-REVOKE SELECT ON bt_in FROM regress_mms_bt_user;
-DROP ROLE regress_mms_bt_user;
+SELECT mms_drop_quota('regress_mms_bt_user', 'bt_flan'), mms_drop_quota('regress_mms_bt_user2', 'bt_flan');
+SELECT mms_revoke('bt_flan', 'regress_mms_bt_user'), mms_revoke('bt_flan', 'regress_mms_bt_user2');
+REVOKE SELECT ON bt_in FROM regress_mms_bt_user, regress_mms_bt_user2;
+DROP ROLE regress_mms_bt_user, regress_mms_bt_user2;
 
-DROP TABLE bt_in, bt_side, bt_out, bt_ctas, bt_upd, bt_ref, bt_err;
+DROP TABLE bt_in, bt_side, bt_out, bt_ctas, bt_upd, bt_ref, bt_err, bt_nest;
+DROP TYPE bt_pair;
 SELECT mms_unregister('bt_flan');

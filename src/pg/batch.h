@@ -15,8 +15,9 @@
  * the inputs of the calls; MmsBatch evaluates only what holds a call's result.
  *
  * custom_private is an IntList: n_calls, has_bound, then for each call its
- * kind, the column of P holding its input and the column holding its target
- * (0 for mms_generate). custom_exprs holds each call's model and options
+ * kind, the column of P holding its input, the column holding its target
+ * (0 for mms_generate) and the function's oid (its EXECUTE right is checked
+ * when the node starts, as for any function call). custom_exprs holds each call's model and options
  * (options NULL for mms_score), then, with has_bound, the LIMIT's offset and
  * count, whose sum bounds the rows the node reads ahead.
  */

@@ -17,13 +17,16 @@
  */
 #include "postgres.h"
 
+#include "catalog/objectaccess.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "executor/tuptable.h"
 #include "commands/explain.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
 #include "batch.h"
@@ -67,6 +70,7 @@ typedef struct BatchState
 	Call	   *calls;
 	int			n_child;		/* the child's columns; the results follow in the scan tuple */
 	int			batch_rows;
+	int			next_rows;		/* rows of the next batch: 1, 2, 4 ... up to batch_rows */
 	bool		read_ahead;		/* submit the next batch while this one is emitted */
 	ExprState  *offset_es;		/* a LIMIT above: its offset and count, or NULL */
 	ExprState  *count_es;
@@ -134,9 +138,17 @@ begin_batch(CustomScanState *node, EState *estate, int eflags)
 	{
 		Call	   *c = &st->calls[k];
 
-		c->kind = list_nth_int(priv, 2 + 3 * k);
-		c->in_att = list_nth_int(priv, 3 + 3 * k);
-		c->tgt_att = list_nth_int(priv, 4 + 3 * k);
+		Oid			funcid = (Oid) list_nth_int(priv, 5 + 4 * k);
+		AclResult	acl;
+
+		c->kind = list_nth_int(priv, 2 + 4 * k);
+		c->in_att = list_nth_int(priv, 3 + 4 * k);
+		c->tgt_att = list_nth_int(priv, 4 + 4 * k);
+		/* as ExecInitFunc checks a function it will call */
+		acl = pg_proc_aclcheck(funcid, GetUserId(), ACL_EXECUTE);
+		if (acl != ACLCHECK_OK)
+			aclcheck_error(acl, OBJECT_FUNCTION, get_func_name(funcid));
+		InvokeFunctionExecuteHook(funcid);
 		c->model_es = ExecInitExpr(lfirst(e), &node->ss.ps);
 		e = lnext(cs->custom_exprs, e);
 		c->opts_es = ExecInitExpr(lfirst(e), &node->ss.ps);
@@ -176,6 +188,7 @@ start(BatchState *st)
 {
 	ExprContext *econtext = st->css.ss.ps.ps_ExprContext;
 
+	st->next_rows = 1;
 	st->bound = -1;
 	if (st->count_es != NULL)
 	{
@@ -296,8 +309,14 @@ prepare_call(BatchState *st, Batch *b, int i, int k, TupleTableSlot *slot)
 	b->req[idx] = mms_requests_add(b->sets[k],
 								   c->kind == MMS_BATCH_SCORE ? MMS_REQ_SCORE : MMS_REQ_GENERATE,
 								   &b->opts[k], in_ids, n_in, tgt_ids, n_tgt);
-	mms_requests_admit(b->sets[k]);
 	st->n_requests++;
+	/* over quota: refused at its row, as its own call would be */
+	if (!mms_requests_admit(b->sets[k], &e))
+	{
+		b->req[idx] = -1;
+		b->errs[idx] = palloc(sizeof(MmsDeferredError));
+		*b->errs[idx] = e;
+	}
 }
 
 /* Submits what b's calls can (free slots, the backend's share), collects what finished. */
@@ -313,8 +332,16 @@ submit_all(BatchState *st, Batch *b)
 static void
 fill(BatchState *st, Batch *b)
 {
-	int			want = st->batch_rows;
+	int			want = st->next_rows;
 	MemoryContext old;
+
+	/*
+	 * Batches start at one row and double: a reader that stops early (a
+	 * cursor, EXISTS, a LIMIT above a filter) has made at most about three
+	 * times the calls it used, and a long statement reaches full batches
+	 * within a few rows.
+	 */
+	st->next_rows = Min(st->next_rows * 2, st->batch_rows);
 
 	/* under a LIMIT, no further than it can take (then a row at a time, to be safe) */
 	if (st->bound >= 0)

@@ -82,8 +82,15 @@ lookup_kind(Oid funcid)
 	if (!HeapTupleIsValid(tup))
 		return 0;
 	p = (Form_pg_proc) GETSTRUCT(tup);
+	/*
+	 * SECURITY DEFINER and SET clauses change what a call does (its role,
+	 * its settings), and a function marked parallel safe may run in parallel
+	 * workers: such declarations of the symbols are called as written.
+	 */
 	if (p->prolang != ClanguageId || p->proretset || p->pronargs != 3 ||
-		p->proargtypes.values[0] != TEXTOID || p->proargtypes.values[1] != TEXTOID)
+		p->proargtypes.values[0] != TEXTOID || p->proargtypes.values[1] != TEXTOID ||
+		p->prosecdef || p->proparallel != PROPARALLEL_UNSAFE ||
+		!heap_attisnull(tup, Anum_pg_proc_proconfig, NULL))
 	{
 		ReleaseSysCache(tup);
 		return 0;
@@ -145,7 +152,10 @@ row_constant(Node *node)
 
 /*
  * Nodes whose operands may be left unevaluated (or are evaluated elsewhere,
- * per group, per window or by a subplan): a call under them is not batched.
+ * per group, per window or by a subplan), and nodes whose operands read a
+ * value the node itself sets (CaseTestExpr: an assignment's old value, an
+ * array element being coerced), which cannot move to another plan node: a
+ * call under them is not batched.
  */
 static bool
 guards_operands(Node *node)
@@ -155,6 +165,9 @@ guards_operands(Node *node)
 		case T_CaseExpr:
 		case T_CoalesceExpr:
 		case T_RowCompareExpr:
+		case T_SubscriptingRef:	/* subscripts of a NULL container are not evaluated */
+		case T_FieldStore:
+		case T_ArrayCoerceExpr:
 		case T_SubPlan:
 		case T_AlternativeSubPlan:
 		case T_Aggref:
@@ -253,7 +266,8 @@ batch_call(FuncExpr *f, int kind, Rewrite *rw)
 	FuncExpr   *shown = copyObject(f);
 	Var		   *v;
 
-	rw->calls = lappend_int(lappend_int(lappend_int(rw->calls, kind), in_att), tgt_att);
+	rw->calls = lappend_int(lappend_int(lappend_int(lappend_int(rw->calls, kind), in_att), tgt_att),
+							(int) f->funcid);
 	rw->exprs = lappend(rw->exprs, copyObject(model));
 	rw->exprs = lappend(rw->exprs, kind == MMS_BATCH_GENERATE ? copyObject(third) :
 						(Node *) makeNullConst(TEXTOID, -1, InvalidOid));

@@ -302,57 +302,60 @@ quota_role_name(MmsRequestSet *rs)
 	return GetUserNameFromId(rs->roleid, false);
 }
 
+/*
+ * Refusals: the error of n requests over quota, counted as rejections in
+ * usage (flushed by the cleanup an ERROR runs, or when the set ends).
+ */
+
 /* The shared table of buckets is full of buckets in use: say so, not a limit. */
 static void
-refuse_no_bucket(MmsRequestSet *rs, int n)
+refusal_no_bucket(MmsRequestSet *rs, int n, MmsDeferredError *e)
 {
 	rs->counts.rejections += n;
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("too many roles are rate-limited at once to admit a call of role \"%s\" on model \"%s\"",
-					quota_role_name(rs), rs->model.name),
-			 errdetail("Retry in 1 s.")));
+	e->sqlstate = ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
+	e->msg = psprintf("too many roles are rate-limited at once to admit a call of role \"%s\" on model \"%s\"",
+					  quota_role_name(rs), rs->model.name);
+	e->detail = pstrdup("Retry in 1 s.");
+	e->hint = NULL;
 }
 
-/*
- * Over quota: 53400 naming the role, the model and the limit, with when to
- * retry. The refused requests count as rejections in usage (flushed by the
- * cleanup this ERROR runs).
- */
+/* Over quota: 53400 naming the role, the model and the limit, with when to retry. */
 static void
-refuse(MmsRequestSet *rs, int n, const MmsQuotaRefusal *why)
+refusal(MmsRequestSet *rs, int n, const MmsQuotaRefusal *why, MmsDeferredError *e)
 {
 	if (why->no_bucket)
-		refuse_no_bucket(rs, n);
+	{
+		refusal_no_bucket(rs, n, e);
+		return;
+	}
 	rs->counts.rejections += n;
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("role \"%s\" is over its quota on model \"%s\": %s is " INT64_FORMAT,
-					quota_role_name(rs), rs->model.name, why->limit, why->limit_value),
-			 errdetail("Retry in %d s.", (int) Max(1, ceil(why->retry_seconds))),
-			 errhint("mms_quota_status() shows what remains.")));
+	e->sqlstate = ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
+	e->msg = psprintf("role \"%s\" is over its quota on model \"%s\": %s is " INT64_FORMAT,
+					  quota_role_name(rs), rs->model.name, why->limit, why->limit_value);
+	e->detail = psprintf("Retry in %d s.", (int) Max(1, ceil(why->retry_seconds)));
+	e->hint = pstrdup("mms_quota_status() shows what remains.");
 }
 
 /* A call that no state of the buckets could admit. */
 static void
-refuse_never(MmsRequestSet *rs, int n, int64 tokens, const char *limit, int64 value)
+refusal_never(MmsRequestSet *rs, int n, int64 tokens, const char *limit, int64 value, MmsDeferredError *e)
 {
 	rs->counts.rejections += n;
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg_plural("a call of %d request and " INT64_FORMAT " tokens can never fit the quota of role \"%s\" on model \"%s\": %s is " INT64_FORMAT,
-						   "a call of %d requests and " INT64_FORMAT " tokens can never fit the quota of role \"%s\" on model \"%s\": %s is " INT64_FORMAT,
-						   n, n, tokens, quota_role_name(rs), rs->model.name, limit, value),
-			 errdetail("Each request is charged its input tokens plus max_new_tokens (the target's tokens when scoring) up front."),
-			 errhint("Split the call into smaller ones, or lower max_new_tokens.")));
+	e->sqlstate = ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
+	e->msg = psprintf("a call of %d %s and " INT64_FORMAT " tokens can never fit the quota of role \"%s\" on model \"%s\": %s is " INT64_FORMAT,
+					  n, n == 1 ? "request" : "requests", tokens, quota_role_name(rs), rs->model.name,
+					  limit, value);
+	e->detail = pstrdup("Each request is charged its input tokens plus max_new_tokens (the target's tokens when scoring) up front.");
+	e->hint = pstrdup("Split the call into smaller ones, or lower max_new_tokens.");
 }
 
 /*
  * Charges every request added since the last admission against the role's
  * buckets, all or nothing: an array call is admitted whole or refused whole.
+ * Refused: false, with the error in *refused and nothing charged.
  */
-static void
-admit(MmsRequestSet *rs)
+static bool
+admit(MmsRequestSet *rs, MmsDeferredError *refused)
 {
 	const MmsQuotaLimits *l = &rs->limits;
 	int			n = rs->n - rs->next_unadmitted;
@@ -361,7 +364,7 @@ admit(MmsRequestSet *rs)
 	MmsQuotaRefusal why;
 
 	if (n <= 0)
-		return;
+		return true;
 	for (int i = rs->next_unadmitted; i < rs->n; i++)
 	{
 		Req		   *r = &rs->reqs[i];
@@ -378,18 +381,28 @@ admit(MmsRequestSet *rs)
 	if (n <= 0)
 	{
 		rs->next_unadmitted = rs->n;
-		return;
+		return true;
 	}
 	if (!rs->exempt)
 	{
+		bool		ok = false;
+
 		if (l->requests_per_minute > 0 && n > l->requests_per_minute)
-			refuse_never(rs, n, tokens, "requests_per_minute", l->requests_per_minute);
-		if (l->tokens_per_minute > 0 && tokens > l->tokens_per_minute)
-			refuse_never(rs, n, tokens, "tokens_per_minute", l->tokens_per_minute);
-		if (l->tokens_per_day > 0 && tokens > l->tokens_per_day)
-			refuse_never(rs, n, tokens, "tokens_per_day", l->tokens_per_day);
-		if (!mms_quota_charge(&rs->qkey, l, n, tokens, &why))
-			refuse(rs, n, &why);
+			refusal_never(rs, n, tokens, "requests_per_minute", l->requests_per_minute, refused);
+		else if (l->tokens_per_minute > 0 && tokens > l->tokens_per_minute)
+			refusal_never(rs, n, tokens, "tokens_per_minute", l->tokens_per_minute, refused);
+		else if (l->tokens_per_day > 0 && tokens > l->tokens_per_day)
+			refusal_never(rs, n, tokens, "tokens_per_day", l->tokens_per_day, refused);
+		else if (!mms_quota_charge(&rs->qkey, l, n, tokens, &why))
+			refusal(rs, n, &why, refused);
+		else
+			ok = true;
+		if (!ok)
+		{
+			for (int i = rs->next_unadmitted; i < rs->n; i++)
+				rs->reqs[i].charge = 0;
+			return false;
+		}
 		/* only tokens limits are refunded; without them there is nothing to give back */
 		if (l->tokens_per_minute > 0 || l->tokens_per_day > 0)
 			rs->charged_waiting += out;
@@ -398,6 +411,7 @@ admit(MmsRequestSet *rs)
 				rs->reqs[i].charge = 0;
 	}
 	rs->next_unadmitted = rs->n;
+	return true;
 }
 
 /*
@@ -443,7 +457,12 @@ enter_concurrency(MmsRequestSet *rs)
 		return false;
 	uncharge_waiting(rs);
 	if (r < 0)
-		refuse_no_bucket(rs, 1);
+	{
+		MmsDeferredError e;
+
+		refusal_no_bucket(rs, 1, &e);
+		mms_raise_deferred(&e);
+	}
 	rs->counts.rejections++;
 	ereport(ERROR,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -469,8 +488,10 @@ submit(MmsRequestSet *rs, bool admit_new)
 	int			share = backend_share();
 	int			held = backend_inflight();
 
-	if (admit_new)
-		admit(rs);
+	MmsDeferredError refused;
+
+	if (admit_new && !admit(rs, &refused))
+		mms_raise_deferred(&refused);
 	while (rs->next_unsubmitted < rs->next_unadmitted)
 	{
 		Req		   *r = &rs->reqs[rs->next_unsubmitted];
@@ -651,11 +672,26 @@ rate_limited(const MmsRequestSet *rs)
 						   rs->limits.tokens_per_day > 0);
 }
 
-void
-mms_requests_admit(MmsRequestSet *rs)
+bool
+mms_requests_admit(MmsRequestSet *rs, MmsDeferredError *refused)
 {
-	if (rate_limited(rs))
-		admit(rs);
+	if (!rate_limited(rs) || admit(rs, refused))
+		return true;
+	/* the refused requests end without running */
+	for (int i = rs->next_unadmitted; i < rs->n; i++)
+	{
+		Req		   *r = &rs->reqs[i];
+
+		if (r->res.done)
+			continue;
+		r->slot = -2;
+		r->res.done = true;
+		rs->n_open--;
+		mms_progress_done(false, 0);
+	}
+	/* submit skips them (slot -2) */
+	rs->next_unadmitted = rs->n;
+	return false;
 }
 
 /*

@@ -736,11 +736,12 @@ extern int	mms_requests_add(MmsRequestSet *rs, MmsReqKind kind, const MmsGenOpti
 extern bool mms_requests_fit(int32 n_tokens, MmsDeferredError *too_big);
 /*
  * Charges the requests added since the last admission now, as one call, if
- * the role's quota counts requests or tokens (ERROR when refused); else
- * nothing, polls admit them. The batching node calls it after every row, so
- * that each row's call is admitted alone, as without batching.
+ * the role's quota counts requests or tokens; else does nothing (polls admit
+ * them). Refused: false, the error in *refused, and those requests end
+ * without running (rejections). The batching node calls it after every row,
+ * so that each row's call is admitted alone and refused at its row.
  */
-extern void mms_requests_admit(MmsRequestSet *rs);
+extern bool mms_requests_admit(MmsRequestSet *rs, MmsDeferredError *refused);
 /* Submits what fits in free slots, collects what finished; never waits. Returns requests still open. */
 extern int	mms_requests_poll(MmsRequestSet *rs);
 /* Waits until request i (or, with -1, every request) has finished. */
