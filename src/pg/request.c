@@ -2,8 +2,8 @@
  * request.c — the asynchronous request API of a backend (serve.h): a set of
  * requests on one model is submitted into free slots of the model's queue
  * and collected as workers finish them, without blocking unless asked to.
- * Every SQL inference function is built on it; so will the batching executor
- * node and the HTTP gateway's functions.
+ * Every SQL inference function is built on it, and so are the batching
+ * executor node (batch_exec.c) and the HTTP API's functions (stream.c).
  *
  * Nothing is left behind: the slots a set holds are listed in
  * TopMemoryContext, and a resource-owner callback (ERROR, cancel, timeout)
@@ -11,16 +11,14 @@
  * running ones are cancelled by their worker. Results live in the memory
  * context that was current when the set began.
  *
- * Tenancy is enforced here, in the calling backend, as the caller: requests
- * are admitted against the role's quota (quota.c) before any is queued, all
- * those added so far at once; a backend holds at most
- * mms.backend_request_share of the slots and a role at most its
- * max_concurrent, the rest waiting in the backend for its own requests to
- * finish; what a request was charged and did not use is refunded when it ends.
+ * Tenancy is enforced in the calling backend, as the caller: requests are
+ * admitted against the role's quota before any is queued (request_admit.c);
+ * a backend holds at most mms.backend_request_share of the slots and a role
+ * at most its max_concurrent, the rest waiting in the backend for its own
+ * requests to finish; what a request was charged and did not use is
+ * refunded when it ends.
  */
 #include "postgres.h"
-
-#include <math.h>
 
 #include "lib/ilist.h"
 #include "miscadmin.h"
@@ -31,68 +29,7 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
-#include "serve.h"
-
-typedef struct Req
-{
-	MmsReqKind	kind;
-	const MmsGenOptions *opts;
-	const int32 *input;
-	int32		n_input;
-	const int32 *target;
-	int32		n_target;
-	int			slot;			/* -1 waiting for a slot; -2 finished */
-	int32		charge;			/* output tokens charged up front (refunded as unused) */
-	bool		stream;			/* its worker publishes tokens as they come */
-	int32	   *partial;		/* streaming: the tokens read so far (NULL until some come) */
-	int32		n_partial;		/* ... how many */
-	int32		partial_cap;	/* ... room in partial, grown as they come */
-	MmsResult	res;
-	/* its times and progress, copied from the slot once it is DONE */
-	TimestampTz t_queued;
-	TimestampTz t_started;
-	TimestampTz t_first;
-	TimestampTz t_done;
-	int32		n_generated;
-} Req;
-
-/*
- * A request holding a slot. Kept in TopMemoryContext, with what its release
- * must give back, because the cleanup after an ERROR cannot read the Reqs.
- */
-typedef struct Track
-{
-	int			req;
-	int			slot;
-	int32		charge;
-	bool		entered;		/* counted against the role's max_concurrent */
-} Track;
-
-struct MmsRequestSet
-{
-	dlist_node	node;			/* in open_sets */
-	ResourceOwner owner;
-	MemoryContext cxt;			/* requests and results */
-	MmsModel	model;
-	int			served;
-	uint32		served_gen;
-	Req		   *reqs;
-	int			n;
-	int			cap;
-	int			next_unsubmitted;
-	int			next_unadmitted;
-	int			n_open;
-	Track	   *inflight;		/* TopMemoryContext */
-	int			n_inflight;
-	int			inflight_cap;
-	int64		charged_waiting;	/* output tokens charged to admitted requests without a slot */
-	bool		exempt;			/* superuser: no quota */
-	Oid			roleid;			/* the caller when the set began: charged and metered */
-	MmsQuotaLimits limits;
-	MmsQuotaKey qkey;
-	TimestampTz t0;
-	MmsStatCounts counts;
-};
+#include "request_set.h"
 
 static dlist_head open_sets = DLIST_STATIC_INIT(open_sets);
 static bool callbacks_registered = false;
@@ -271,9 +208,8 @@ fail_unqueued(MmsRequestSet *rs, Req *r)
 	mms_progress_done(false, 0);
 }
 
-/* Slots this backend holds, all its sets together (mms.backend_request_share). */
-static int
-backend_inflight(void)
+int
+mms_req_backend_inflight(void)
 {
 	dlist_iter	it;
 	int			n = 0;
@@ -289,191 +225,6 @@ backend_share(void)
 	return Max(1, (int) (mms_backend_request_share * mms_shared->n_slots));
 }
 
-/* What a request is charged for its output: all it may produce. */
-static int32
-output_allowance(const Req *r)
-{
-	return r->kind == MMS_REQ_SCORE ? r->n_target : r->opts->max_new_tokens;
-}
-
-static char *
-quota_role_name(MmsRequestSet *rs)
-{
-	return GetUserNameFromId(rs->roleid, false);
-}
-
-/*
- * Refusals: the error of n requests over quota, counted as rejections in
- * usage (flushed by the cleanup an ERROR runs, or when the set ends).
- */
-
-/* The shared table of buckets is full of buckets in use: say so, not a limit. */
-static void
-refusal_no_bucket(MmsRequestSet *rs, int n, MmsDeferredError *e)
-{
-	rs->counts.rejections += n;
-	e->sqlstate = ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
-	e->msg = psprintf("too many roles are rate-limited at once to admit a call of role \"%s\" on model \"%s\"",
-					  quota_role_name(rs), rs->model.name);
-	e->detail = pstrdup("Retry in 1 s.");
-	e->hint = NULL;
-}
-
-/* Over quota: 53400 naming the role, the model and the limit, with when to retry. */
-static void
-refusal(MmsRequestSet *rs, int n, const MmsQuotaRefusal *why, MmsDeferredError *e)
-{
-	if (why->no_bucket)
-	{
-		refusal_no_bucket(rs, n, e);
-		return;
-	}
-	rs->counts.rejections += n;
-	e->sqlstate = ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
-	e->msg = psprintf("role \"%s\" is over its quota on model \"%s\": %s is " INT64_FORMAT,
-					  quota_role_name(rs), rs->model.name, why->limit, why->limit_value);
-	e->detail = psprintf("Retry in %d s.", (int) Max(1, ceil(why->retry_seconds)));
-	e->hint = pstrdup("mms_quota_status() shows what remains.");
-}
-
-/* A call that no state of the buckets could admit. */
-static void
-refusal_never(MmsRequestSet *rs, int n, int64 tokens, const char *limit, int64 value, MmsDeferredError *e)
-{
-	rs->counts.rejections += n;
-	e->sqlstate = ERRCODE_CONFIGURATION_LIMIT_EXCEEDED;
-	e->msg = psprintf("a call of %d %s and " INT64_FORMAT " tokens can never fit the quota of role \"%s\" on model \"%s\": %s is " INT64_FORMAT,
-					  n, n == 1 ? "request" : "requests", tokens, quota_role_name(rs), rs->model.name,
-					  limit, value);
-	e->detail = pstrdup("Each request is charged its input tokens plus max_new_tokens (the target's tokens when scoring) up front.");
-	e->hint = pstrdup("Split the call into smaller ones, or lower max_new_tokens.");
-}
-
-/*
- * Charges every request added since the last admission against the role's
- * buckets, all or nothing: an array call is admitted whole or refused whole.
- * Refused: false, with the error in *refused and nothing charged.
- */
-static bool
-admit(MmsRequestSet *rs, MmsDeferredError *refused)
-{
-	const MmsQuotaLimits *l = &rs->limits;
-	int			n = rs->n - rs->next_unadmitted;
-	int64		tokens = 0;
-	int64		out = 0;
-	MmsQuotaRefusal why;
-
-	if (n <= 0)
-		return true;
-	for (int i = rs->next_unadmitted; i < rs->n; i++)
-	{
-		Req		   *r = &rs->reqs[i];
-
-		if (r->res.done)
-		{
-			n--;				/* cancelled before it was admitted */
-			continue;
-		}
-		r->charge = rs->exempt ? 0 : output_allowance(r);
-		tokens += r->n_input + output_allowance(r);
-		out += r->charge;
-	}
-	if (n <= 0)
-	{
-		rs->next_unadmitted = rs->n;
-		return true;
-	}
-	if (!rs->exempt)
-	{
-		bool		ok = false;
-
-		if (l->requests_per_minute > 0 && n > l->requests_per_minute)
-			refusal_never(rs, n, tokens, "requests_per_minute", l->requests_per_minute, refused);
-		else if (l->tokens_per_minute > 0 && tokens > l->tokens_per_minute)
-			refusal_never(rs, n, tokens, "tokens_per_minute", l->tokens_per_minute, refused);
-		else if (l->tokens_per_day > 0 && tokens > l->tokens_per_day)
-			refusal_never(rs, n, tokens, "tokens_per_day", l->tokens_per_day, refused);
-		else if (!mms_quota_charge(&rs->qkey, l, n, tokens, &why))
-			refusal(rs, n, &why, refused);
-		else
-			ok = true;
-		if (!ok)
-		{
-			for (int i = rs->next_unadmitted; i < rs->n; i++)
-				rs->reqs[i].charge = 0;
-			return false;
-		}
-		/* only tokens limits are refunded; without them there is nothing to give back */
-		if (l->tokens_per_minute > 0 || l->tokens_per_day > 0)
-			rs->charged_waiting += out;
-		else
-			for (int i = rs->next_unadmitted; i < rs->n; i++)
-				rs->reqs[i].charge = 0;
-	}
-	rs->next_unadmitted = rs->n;
-	return true;
-}
-
-/*
- * Gives back the whole charge of the admitted requests that have no slot:
- * the call is refused before they ran.
- */
-static void
-uncharge_waiting(MmsRequestSet *rs)
-{
-	int			n = 0;
-	int64		tokens = 0;
-
-	for (int i = rs->next_unsubmitted; i < rs->next_unadmitted; i++)
-	{
-		Req		   *r = &rs->reqs[i];
-
-		if (r->slot != -1)
-			continue;
-		n++;
-		tokens += r->n_input + output_allowance(r);
-	}
-	if (rs->limits.tokens_per_minute == 0 && rs->limits.tokens_per_day == 0)
-		tokens = 0;
-	mms_quota_uncharge(&rs->qkey, n, tokens);
-	rs->charged_waiting = 0;
-}
-
-/*
- * The role is at its max_concurrent: wait for this backend's own requests,
- * or, with none in flight, refuse (another session holds them all).
- */
-static bool
-enter_concurrency(MmsRequestSet *rs)
-{
-	int32		in_flight;
-	int			r;
-
-	if (rs->exempt || rs->limits.max_concurrent == 0)
-		return false;
-	if ((r = mms_quota_enter(&rs->qkey, &rs->limits, &in_flight)) > 0)
-		return true;
-	if (r == 0 && backend_inflight() > 0)
-		return false;
-	uncharge_waiting(rs);
-	if (r < 0)
-	{
-		MmsDeferredError e;
-
-		refusal_no_bucket(rs, 1, &e);
-		mms_raise_deferred(&e);
-	}
-	rs->counts.rejections++;
-	ereport(ERROR,
-			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-			 errmsg("role \"%s\" is over its quota on model \"%s\": max_concurrent is %d",
-					quota_role_name(rs), rs->model.name, rs->limits.max_concurrent),
-			 errdetail("The role has %d requests in flight; retry in 1 s, or when one of them finishes.",
-					   in_flight),
-			 errhint("mms_quota_status() shows what remains.")));
-	return false;				/* keep compiler quiet */
-}
-
 /*
  * Puts waiting requests into free slots; true if any went. With admit_new,
  * the requests added since the last admission are admitted first; else only
@@ -486,11 +237,11 @@ submit(MmsRequestSet *rs, bool admit_new)
 	int			ready;
 	int			n = 0;
 	int			share = backend_share();
-	int			held = backend_inflight();
+	int			held = mms_req_backend_inflight();
 
 	MmsDeferredError refused;
 
-	if (admit_new && !admit(rs, &refused))
+	if (admit_new && !mms_req_admit(rs, &refused))
 		mms_raise_deferred(&refused);
 	while (rs->next_unsubmitted < rs->next_unadmitted)
 	{
@@ -509,7 +260,7 @@ submit(MmsRequestSet *rs, bool admit_new)
 		if (held >= share)
 			break;
 		reserve_track(rs);
-		entered = enter_concurrency(rs);
+		entered = mms_req_enter_concurrency(rs);
 		if (!entered && !rs->exempt && rs->limits.max_concurrent > 0)
 			break;
 		if ((i = mms_queue_alloc(held == 0)) < 0)
@@ -664,36 +415,6 @@ collect(MmsRequestSet *rs)
 	MemoryContextSwitchTo(old);
 }
 
-/* Does the set's quota count requests or tokens (so that a call must be admitted whole)? */
-static bool
-rate_limited(const MmsRequestSet *rs)
-{
-	return !rs->exempt && (rs->limits.requests_per_minute > 0 || rs->limits.tokens_per_minute > 0 ||
-						   rs->limits.tokens_per_day > 0);
-}
-
-bool
-mms_requests_admit(MmsRequestSet *rs, MmsDeferredError *refused)
-{
-	if (!rate_limited(rs) || admit(rs, refused))
-		return true;
-	/* the refused requests end without running */
-	for (int i = rs->next_unadmitted; i < rs->n; i++)
-	{
-		Req		   *r = &rs->reqs[i];
-
-		if (r->res.done)
-			continue;
-		r->slot = -2;
-		r->res.done = true;
-		rs->n_open--;
-		mms_progress_done(false, 0);
-	}
-	/* submit skips them (slot -2) */
-	rs->next_unadmitted = rs->n;
-	return false;
-}
-
 /*
  * Polling while requests are still being added submits them early, so the
  * workers start before the last input is tokenized; but a rate-limited call
@@ -703,7 +424,7 @@ int
 mms_requests_poll(MmsRequestSet *rs)
 {
 	collect(rs);
-	(void) submit(rs, !rate_limited(rs));
+	(void) submit(rs, !mms_req_rate_limited(rs));
 	return rs->n_open;
 }
 
