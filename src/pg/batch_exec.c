@@ -130,6 +130,9 @@ begin_batch(CustomScanState *node, EState *estate, int eflags)
 	List	   *priv = cs->custom_private;
 	ListCell   *e = list_head(cs->custom_exprs);
 
+	/* the planner puts a Material over a scrollable cursor and keeps merge joins' inner sides */
+	if (eflags & (EXEC_FLAG_BACKWARD | EXEC_FLAG_MARK))
+		elog(ERROR, "MmsBatch cannot scan backward or mark a position");
 	outerPlanState(st) = ExecInitNode(outerPlan(cs), estate, eflags);
 	st->n_child = list_length(outerPlan(cs)->targetlist);
 	st->n_calls = linitial_int(priv);
@@ -226,6 +229,8 @@ resolve(BatchState *st, Call *c)
 			mms_null_model_error();
 		c->null_model = true;
 		c->resolved = true;
+		c->userid = GetUserId();
+		c->generation = mms_registry_generation;
 		return;
 	}
 	mms_require_serving();
@@ -252,6 +257,14 @@ resolve(BatchState *st, Call *c)
 	else
 		mms_gen_options_default(&c->opts);	/* scoring has no options */
 	c->resolved = true;
+}
+
+/* Row i's call k fails: its error is raised when the row goes out. */
+static void
+keep_error(Batch *b, int idx, const MmsDeferredError *e)
+{
+	b->errs[idx] = palloc(sizeof(MmsDeferredError));
+	*b->errs[idx] = *e;
 }
 
 /* Row i's call k: its request, a NULL, or its error for later. In b->cxt. */
@@ -302,8 +315,7 @@ prepare_call(BatchState *st, Batch *b, int i, int k, TupleTableSlot *slot)
 	if (in_ids == NULL || (c->kind == MMS_BATCH_SCORE && tgt_ids == NULL) ||
 		!mms_requests_fit(n_in + n_tgt, &e))
 	{
-		b->errs[idx] = palloc(sizeof(MmsDeferredError));
-		*b->errs[idx] = e;
+		keep_error(b, idx, &e);
 		return;
 	}
 	b->req[idx] = mms_requests_add(b->sets[k],
@@ -314,8 +326,7 @@ prepare_call(BatchState *st, Batch *b, int i, int k, TupleTableSlot *slot)
 	if (!mms_requests_admit(b->sets[k], &e))
 	{
 		b->req[idx] = -1;
-		b->errs[idx] = palloc(sizeof(MmsDeferredError));
-		*b->errs[idx] = e;
+		keep_error(b, idx, &e);
 	}
 }
 
