@@ -151,6 +151,13 @@ BEGIN
 EXCEPTION WHEN program_limit_exceeded THEN
     RAISE NOTICE 'failed after % rows: %', n, SQLERRM;
 END $$;
+-- mms_score resolves its model at the first row with no NULL argument: read
+-- ahead, that row waits for its turn, so the NULL rows before it come out first
+BEGIN;
+DECLARE bt_sc CURSOR FOR SELECT id, mms_score('bt_nope', CASE WHEN id > 2 THEN raw END, 'x') FROM bt_err;
+FETCH 2 FROM bt_sc;
+FETCH 1 FROM bt_sc;
+ROLLBACK;
 -- an option error fails the statement at its first row, as alone
 SELECT mms_generate('bt_flan', raw, '{"max_new_tokens": 0}') FROM bt_in;
 SELECT mms_generate('bt_flan', raw, '{"bogus": 1}') FROM bt_in;

@@ -75,7 +75,8 @@ typedef struct BatchState
 	ExprState  *offset_es;		/* a LIMIT above: its offset and count, or NULL */
 	ExprState  *count_es;
 	int64		bound;			/* rows the LIMIT can take (-1: no bound) */
-	int64		read;
+	int64		read;			/* rows read from the child */
+	int64		emitted;		/* rows returned */
 	bool		started;
 	bool		child_done;
 	Batch		b[2];
@@ -210,6 +211,12 @@ start(BatchState *st)
 	st->started = true;
 }
 
+static bool
+resolved_for_now(const Call *c)
+{
+	return c->resolved && c->userid == GetUserId() && c->generation == mms_registry_generation;
+}
+
 /* As the SQL function does per call: resolve and check the model as the caller, parse the options. */
 static void
 resolve(BatchState *st, Call *c)
@@ -220,7 +227,7 @@ resolve(BatchState *st, Call *c)
 	Datum		d;
 	char	   *ref;
 
-	if (c->resolved && c->userid == GetUserId() && c->generation == mms_registry_generation)
+	if (resolved_for_now(c))
 		return;
 	d = ExecEvalExprSwitchContext(c->model_es, econtext, &isnull);
 	if (isnull)
@@ -267,9 +274,15 @@ keep_error(Batch *b, int idx, const MmsDeferredError *e)
 	*b->errs[idx] = *e;
 }
 
-/* Row i's call k: its request, a NULL, or its error for later. In b->cxt. */
+#define REQ_NULL (-1)			/* the call returns NULL (or failed: errs) */
+#define REQ_AT_EMIT (-2)		/* prepared when its row goes out */
+
+/*
+ * Row i's call k: its request, a NULL, or its error for later. In b->cxt.
+ * ahead: rows before this one are still to go out.
+ */
 static void
-prepare_call(BatchState *st, Batch *b, int i, int k, TupleTableSlot *slot)
+prepare_call(BatchState *st, Batch *b, int i, int k, TupleTableSlot *slot, bool ahead)
 {
 	Call	   *c = &st->calls[k];
 	int			idx = i * st->n_calls + k;
@@ -284,7 +297,7 @@ prepare_call(BatchState *st, Batch *b, int i, int k, TupleTableSlot *slot)
 	int32		n_in;
 	int32		n_tgt = 0;
 
-	b->req[idx] = -1;
+	b->req[idx] = REQ_NULL;
 	b->errs[idx] = NULL;
 	if (c->kind == MMS_BATCH_GENERATE)
 	{
@@ -298,6 +311,16 @@ prepare_call(BatchState *st, Batch *b, int i, int k, TupleTableSlot *slot)
 		/* STRICT: a NULL argument is a NULL, and nothing is resolved */
 		if (in_null || tgt_null)
 			return;
+		/*
+		 * The first non-NULL row resolves the model, which may fail (an
+		 * unknown model, no grant): a row read ahead waits for its turn, so
+		 * that the rows before it come out first, as they would alone.
+		 */
+		if (ahead && !resolved_for_now(c))
+		{
+			b->req[idx] = REQ_AT_EMIT;
+			return;
+		}
 		resolve(st, c);
 		if (c->null_model)
 			return;
@@ -325,7 +348,7 @@ prepare_call(BatchState *st, Batch *b, int i, int k, TupleTableSlot *slot)
 	/* over quota: refused at its row, as its own call would be */
 	if (!mms_requests_admit(b->sets[k], &e))
 	{
-		b->req[idx] = -1;
+		b->req[idx] = REQ_NULL;
 		keep_error(b, idx, &e);
 	}
 }
@@ -376,11 +399,11 @@ fill(BatchState *st, Batch *b)
 			st->child_done = true;
 			break;
 		}
-		st->read++;
 		old = MemoryContextSwitchTo(b->cxt);
 		b->rows[b->n] = ExecCopySlotMinimalTuple(slot);
 		for (int k = 0; k < st->n_calls; k++)
-			prepare_call(st, b, b->n, k, slot);
+			prepare_call(st, b, b->n, k, slot, st->read > st->emitted);
+		st->read++;
 		MemoryContextSwitchTo(old);
 		/* a slow child: the first rows' calls start while the rest are read */
 		if ((++b->n & 15) == 0)
@@ -430,6 +453,14 @@ emit(BatchState *st, Batch *b, int i)
 		int			col = st->n_child + k;
 		const MmsResult *res;
 
+		if (b->req[idx] == REQ_AT_EMIT)
+		{
+			MemoryContext cur = MemoryContextSwitchTo(b->cxt);
+
+			prepare_call(st, b, i, k, st->row_slot, false);
+			submit_all(st, b);
+			MemoryContextSwitchTo(cur);
+		}
 		if (b->errs[idx] != NULL)
 			mms_raise_deferred(b->errs[idx]);
 		scan->tts_isnull[col] = b->req[idx] < 0;
@@ -447,6 +478,7 @@ emit(BatchState *st, Batch *b, int i)
 	MemoryContextSwitchTo(old);
 	ExecStoreVirtualTuple(scan);
 	econtext->ecxt_scantuple = scan;
+	st->emitted++;
 	return ExecProject(st->css.ss.ps.ps_ProjInfo);
 }
 
@@ -504,6 +536,7 @@ rescan_batch(CustomScanState *node)
 	release(st, &st->b[1]);
 	st->head = 0;
 	st->read = 0;
+	st->emitted = 0;
 	st->started = false;
 	st->child_done = false;
 	/* parameters may have changed: the model and options are evaluated again */
