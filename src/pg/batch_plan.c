@@ -308,8 +308,7 @@ lift(Node *node, Rewrite *rw)
 
 typedef struct Walk
 {
-	int			next_node_id;
-	bool		changed;
+	List	   *added;			/* the MmsBatch nodes put in, numbered at the end */
 } Walk;
 
 static bool
@@ -427,7 +426,6 @@ wrap(Plan *plan, Plan *parent, Walk *w)
 	cs->scan.plan.plan_width = plan->plan_width;
 	cs->scan.plan.parallel_aware = false;
 	cs->scan.plan.parallel_safe = false;
-	cs->scan.plan.plan_node_id = w->next_node_id++;
 	cs->scan.plan.targetlist = tlist;
 	cs->scan.plan.lefttree = plan;
 	/* a parameter that changes must rescan the node as it rescans its child */
@@ -439,64 +437,57 @@ wrap(Plan *plan, Plan *parent, Walk *w)
 	cs->custom_scan_tlist = scan_tlist;
 	cs->methods = &mms_batch_scan_methods;
 	plan->targetlist = rw.child_tlist;
-	w->changed = true;
+	w->added = lappend(w->added, cs);
 	return (Plan *) cs;
 }
 
-static Plan *batch_tree(Plan *plan, Plan *parent, bool marked, Walk *w);
+typedef Plan *(*ChildFn) (Plan *child, Plan *parent, bool marked, void *arg);
 
+/*
+ * Replaces each child of plan by fn's result: the outer and inner plans, and
+ * the plans Append, MergeAppend, SubqueryScan and CustomScan hold. marked: a
+ * merge join's inner side, which must mark and restore.
+ */
 static void
-batch_list(List *plans, Plan *parent, Walk *w)
+map_children(Plan *plan, ChildFn fn, void *arg)
 {
+	List	   *list = NIL;
 	ListCell   *lc;
 
-	foreach(lc, plans)
-		lfirst(lc) = batch_tree(lfirst(lc), parent, false, w);
+	plan->lefttree = fn(plan->lefttree, plan, false, arg);
+	plan->righttree = fn(plan->righttree, plan, IsA(plan, MergeJoin), arg);
+	if (IsA(plan, Append))
+		list = ((Append *) plan)->appendplans;
+	else if (IsA(plan, MergeAppend))
+		list = ((MergeAppend *) plan)->mergeplans;
+	else if (IsA(plan, CustomScan))
+		list = ((CustomScan *) plan)->custom_plans;
+	else if (IsA(plan, SubqueryScan))
+		((SubqueryScan *) plan)->subplan = fn(((SubqueryScan *) plan)->subplan, plan, false, arg);
+	foreach(lc, list)
+		lfirst(lc) = fn(lfirst(lc), plan, false, arg);
 }
 
 static Plan *
-batch_tree(Plan *plan, Plan *parent, bool marked, Walk *w)
+batch_tree(Plan *plan, Plan *parent, bool marked, void *arg)
 {
 	if (plan == NULL)
 		return NULL;
 	check_stack_depth();
-	plan->lefttree = batch_tree(plan->lefttree, plan, false, w);
-	/* a merge join marks and restores its inner side, which MmsBatch cannot */
-	plan->righttree = batch_tree(plan->righttree, plan, IsA(plan, MergeJoin), w);
-	if (IsA(plan, Append))
-		batch_list(((Append *) plan)->appendplans, plan, w);
-	else if (IsA(plan, MergeAppend))
-		batch_list(((MergeAppend *) plan)->mergeplans, plan, w);
-	else if (IsA(plan, SubqueryScan))
-		((SubqueryScan *) plan)->subplan = batch_tree(((SubqueryScan *) plan)->subplan, plan, false, w);
-	else if (IsA(plan, CustomScan))
-		batch_list(((CustomScan *) plan)->custom_plans, plan, w);
+	map_children(plan, batch_tree, arg);
 	if (marked || !projects_rows(plan) || plan->targetlist == NIL)
 		return plan;
-	return wrap(plan, parent, w);
+	return wrap(plan, parent, (Walk *) arg);
 }
 
-static int
-max_node_id(Plan *plan)
+static Plan *
+note_max_node_id(Plan *plan, Plan *parent, bool marked, void *arg)
 {
-	int			m;
-	List	   *more = NIL;
-	ListCell   *lc;
-
 	if (plan == NULL)
-		return 0;
-	m = Max(plan->plan_node_id, Max(max_node_id(plan->lefttree), max_node_id(plan->righttree)));
-	if (IsA(plan, Append))
-		more = ((Append *) plan)->appendplans;
-	else if (IsA(plan, MergeAppend))
-		more = ((MergeAppend *) plan)->mergeplans;
-	else if (IsA(plan, CustomScan))
-		more = ((CustomScan *) plan)->custom_plans;
-	else if (IsA(plan, SubqueryScan))
-		m = Max(m, max_node_id(((SubqueryScan *) plan)->subplan));
-	foreach(lc, more)
-		m = Max(m, max_node_id(lfirst(lc)));
-	return m;
+		return NULL;
+	*(int *) arg = Max(*(int *) arg, plan->plan_node_id);
+	map_children(plan, note_max_node_id, arg);
+	return plan;
 }
 
 static void
@@ -504,22 +495,27 @@ batch_statement(PlannedStmt *stmt, int cursor_options)
 {
 	Walk		w = {0};
 	ListCell   *lc;
-
-	w.next_node_id = max_node_id(stmt->planTree);
-	foreach(lc, stmt->subplans)
-		w.next_node_id = Max(w.next_node_id, max_node_id(lfirst(lc)));
-	w.next_node_id++;
+	int			max_id = 0;
 
 	stmt->planTree = batch_tree(stmt->planTree, NULL, false, &w);
 	foreach(lc, stmt->subplans)
 		lfirst(lc) = batch_tree(lfirst(lc), NULL, false, &w);
+	if (w.added == NIL)
+		return;
 
 	/* the standard planner made the plan scrollable before MmsBatch went in */
-	if (w.changed && (cursor_options & CURSOR_OPT_SCROLL) && !ExecSupportsBackwardScan(stmt->planTree))
+	if ((cursor_options & CURSOR_OPT_SCROLL) && !ExecSupportsBackwardScan(stmt->planTree))
 	{
 		stmt->planTree = materialize_finished_plan(stmt->planTree);
-		stmt->planTree->plan_node_id = w.next_node_id++;
+		w.added = lappend(w.added, stmt->planTree);
 	}
+
+	/* the new nodes take numbers after the planner's (they key parallel and EXPLAIN state) */
+	(void) note_max_node_id(stmt->planTree, NULL, false, &max_id);
+	foreach(lc, stmt->subplans)
+		(void) note_max_node_id(lfirst(lc), NULL, false, &max_id);
+	foreach(lc, w.added)
+		((Plan *) lfirst(lc))->plan_node_id = ++max_id;
 }
 
 static PlannedStmt *
