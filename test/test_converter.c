@@ -220,16 +220,14 @@ encode_case(const char *model, const Loaded *l, const GoldenCase *c)
 	const int32_t *ids = c->input;
 	int32_t		len = c->n_input;
 	MmsError	err;
-	double		d;
 
 	assert_non_null(enc);
 	assert_int_equal(c->enc_rows, c->n_input);
 	assert_int_equal(c->enc_cols, cfg->d_model);
 	if (mms_t5_encode(l->m, l->w, 1, &ids, &len, enc, &err) != MMS_OK)
 		fail_msg("%s: encode: %s", model, err.msg);
-	d = mms_test_max_abs_diff(enc, c->enc, (int64_t) c->n_input * cfg->d_model);
-	if (d > TOL)
-		fail_msg("%s: encoder output differs from transformers by %g", model, d);
+	mms_test_check_close("encoder output", model, 0, enc, c->enc, (int64_t) c->n_input * cfg->d_model,
+						 mms_t5_weight_type(l->m) != MMS_T_F32, TOL);
 	return enc;
 }
 
@@ -262,18 +260,19 @@ static void
 check_generation(const char *model, const Loaded *l, const Golden *g)
 {
 	MmsError	err;
+	int			quant = mms_t5_weight_type(l->m) != MMS_T_F32;
 
 	for (int k = 0; k < g->n_cases; k++)
 	{
 		const GoldenCase *c = &g->cases[k];
 		float	   *logits = first_logits(model, l, c);
-		double		d;
 
 		assert_int_equal(c->n_logits, mms_t5_config(l->m)->vocab);
-		d = mms_test_max_abs_diff(logits, c->logits, c->n_logits);
-		if (d > TOL)
-			fail_msg("%s case %d: first-step logits differ from transformers by %g", model, k, d);
+		mms_test_check_close("first-step logits", model, k, logits, c->logits, c->n_logits, quant, TOL);
 		free(logits);
+		/* int8 compute: ids and scores are not transformers' (see test_t5.c) */
+		if (quant)
+			continue;
 
 		for (int i = 0; i < c->n_greedy + c->n_beam; i++)
 		{
@@ -315,6 +314,9 @@ check_batched(const char *model, const Loaded *l, const Golden *g)
 	int			n = 0;
 	MmsError	err;
 
+	/* int8 compute has no transformers ids to meet; its batch invariance: test_t5.c */
+	if (mms_t5_weight_type(l->m) != MMS_T_F32)
+		return;
 	for (int k = 0; k < g->n_cases; k++)
 	{
 		const GoldenCase *c = &g->cases[k];

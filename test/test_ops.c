@@ -231,10 +231,10 @@ test_linear(void **state)
 		}
 	for (int rows = 1; rows <= ROWS; rows += ROWS - 1)
 	{
-		mms_linear(y, x, w, rows, IN, OUT, 0);
+		mms_linear(y, x, (MmsWeight) {w, MMS_T_F32}, rows, IN, OUT, 0, NULL);
 		for (int i = 0; i < rows * OUT; i++)
 			assert_true(fabsf(y[i] - ref[i]) < 1e-4f);
-		mms_linear(y, x, w, rows, IN, OUT, 1);
+		mms_linear(y, x, (MmsWeight) {w, MMS_T_F32}, rows, IN, OUT, 1, NULL);
 		for (int i = 0; i < rows * OUT; i++)
 			assert_true(fabsf(y[i] - 2 * ref[i]) < 1e-4f);
 	}

@@ -5,6 +5,7 @@
 #include "ops.h"
 
 #include "gemm_small.h"
+#include "qgemm.h"
 #include "pool.h"
 
 #include <cblas.h>
@@ -354,7 +355,8 @@ typedef struct LinearJob
 {
 	float	   *y;
 	const float *x;
-	const float *w;
+	MmsWeight	w;
+	const void *act;			/* quantized x, for quantized weights */
 	int64_t		rows,
 				n_in,
 				n_out,
@@ -368,28 +370,40 @@ linear_task(void *arg, int task, int thread)
 	const LinearJob *j = arg;
 	int64_t		o0 = (int64_t) task * j->chunk;
 	int64_t		o1 = o0 + j->chunk < j->n_out ? o0 + j->chunk : j->n_out;
+	const float *w = j->w.data;
 
-	if (j->rows <= MMS_SMALL_ROWS)
-		mms_small_gemm(j->y, j->n_out, j->x, j->w, j->rows, j->n_in, o0, o1, j->accumulate);
+	if (j->w.type != MMS_T_F32)
+		mms_qgemm(j->y, j->n_out, j->act, j->w.data, j->w.type, j->rows, j->n_in, o0, o1, j->accumulate);
+	else if (j->rows <= MMS_SMALL_ROWS)
+		mms_small_gemm(j->y, j->n_out, j->x, w, j->rows, j->n_in, o0, o1, j->accumulate);
 	else
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) j->rows, (int) (o1 - o0), (int) j->n_in,
-					1.0f, j->x, (int) j->n_in, j->w + o0 * j->n_in, (int) j->n_in,
+					1.0f, j->x, (int) j->n_in, w + o0 * j->n_in, (int) j->n_in,
 					j->accumulate ? 1.0f : 0.0f, j->y + o0, (int) j->n_out);
 }
 
-void
-mms_linear(float *y, const float *x, const float *w, int64_t rows, int64_t n_in, int64_t n_out,
-		   int accumulate)
+size_t
+mms_linear_scratch_bytes(int type, int64_t rows, int64_t n_in)
 {
-	LinearJob	j = {y, x, w, rows, n_in, n_out, 0, accumulate};
+	return type == MMS_T_F32 ? 0 : mms_qact_bytes(rows, n_in);
+}
+
+void
+mms_linear(float *y, const float *x, MmsWeight w, int64_t rows, int64_t n_in, int64_t n_out,
+		   int accumulate, void *scratch)
+{
+	LinearJob	j = {y, x, w, scratch, rows, n_in, n_out, 0, accumulate};
 	int			threads = mms_threads();
 
 	/*
 	 * Split the output columns: every task reads its own slice of W once.
-	 * Small batches use many small slices (they balance); big ones one slice
-	 * per thread (sgemm is most efficient on wide slices).
+	 * Small batches and int8 kernels use many small slices (they balance);
+	 * big f32 ones one slice per thread (sgemm is most efficient on wide
+	 * slices).
 	 */
-	if (rows <= MMS_SMALL_ROWS)
+	if (w.type != MMS_T_F32)
+		mms_quantize_act(x, rows, n_in, scratch);
+	if (rows <= MMS_SMALL_ROWS || w.type != MMS_T_F32)
 		j.chunk = 64;
 	else
 		j.chunk = ((n_out + threads - 1) / threads + 15) / 16 * 16;

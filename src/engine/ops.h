@@ -6,7 +6,10 @@
 #ifndef MMS_OPS_H
 #define MMS_OPS_H
 
+#include <stddef.h>
 #include <stdint.h>
+
+#include "gguf.h"
 
 /* T5 RMSNorm of one row: out = w * x / sqrt(mean(x^2) + eps). out may alias x. */
 void		mms_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);
@@ -33,11 +36,25 @@ double		mms_logsumexp_checked(const float *x, int64_t n, int *nonfinite);
 int			mms_t5_rel_bucket(int64_t rel, int bidirectional, int n_buckets, int max_distance);
 
 /*
- * y[rows, n_out] = x[rows, n_in] . W^T (+ y if accumulate), W stored as an HF
- * Linear [n_out, n_in] row-major (GGUF ne = [n_in, n_out]).
+ * A weight matrix stored as an HF Linear [n_out, n_in] row-major (GGUF
+ * ne = [n_in, n_out]): f32 values, or Q8_0 / Q4_0 blocks along n_in used
+ * where they lie (n_in a multiple of 32).
  */
-void		mms_linear(float *y, const float *x, const float *w, int64_t rows, int64_t n_in,
-					   int64_t n_out, int accumulate);
+typedef struct MmsWeight
+{
+	const void *data;
+	int			type;			/* MMS_T_F32, MMS_T_Q8_0 or MMS_T_Q4_0 */
+} MmsWeight;
+
+/* Scratch bytes mms_linear needs for rows x n_in inputs (0 for f32 weights). */
+size_t		mms_linear_scratch_bytes(int type, int64_t rows, int64_t n_in);
+
+/*
+ * y[rows, n_out] = x[rows, n_in] . W^T (+ y if accumulate). Quantized weights
+ * quantize x into scratch (mms_linear_scratch_bytes) first.
+ */
+void		mms_linear(float *y, const float *x, MmsWeight w, int64_t rows, int64_t n_in,
+					   int64_t n_out, int accumulate, void *scratch);
 
 /* Threads of this process's engine (see pool.h); the old name is kept. */
 void		mms_blas_set_threads(int n);

@@ -9,67 +9,23 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "half.h"
+
 #define QK 32					/* elements per q8_0 / q4_0 block */
 #define Q8_0_BYTES 34			/* f16 d; int8 q[32] */
 #define Q4_0_BYTES 18			/* f16 d; uint8 qs[16] */
 #define CHUNK 1024				/* halves converted per staging copy */
 
-static inline float
-bits_to_f32(uint32_t u)
-{
-	float		f;
-
-	memcpy(&f, &u, sizeof(f));
-	return f;
-}
-
-static inline uint32_t
-f32_to_bits(float f)
-{
-	uint32_t	u;
-
-	memcpy(&u, &f, sizeof(u));
-	return u;
-}
-
-/*
- * IEEE half to single, exact. Normal numbers, infinities and NaNs (payload
- * kept) are a re-bias of the exponent; subnormals and zeros are
- * mantissa * 2^-24, which single precision represents exactly. Written with
- * selects rather than branches so loops over it vectorize.
- */
-static inline float
-half_to_float(uint16_t h)
-{
-	uint32_t	sign = (uint32_t) (h & 0x8000) << 16;
-	int32_t		em = h & 0x7fff;
-	uint32_t	bits = ((uint32_t) em << 13) + (UINT32_C(112) << 23);
-	uint32_t	sub = f32_to_bits((float) em * 0x1p-24f);
-
-	uint32_t	inf_nan = 0u - (uint32_t) (em >= 0x7c00);	/* all ones or zero */
-	uint32_t	subnormal = 0u - (uint32_t) (em < 0x0400);
-
-	bits += inf_nan & (UINT32_C(112) << 23);
-	bits = (sub & subnormal) | (bits & ~subnormal);
-	return bits_to_f32(sign | bits);
-}
-
 float
 mms_f16_to_f32(uint16_t h)
 {
-	return half_to_float(h);
+	return mms_half_to_float(h);
 }
 
 float
 mms_bf16_to_f32(uint16_t h)
 {
-	return bits_to_f32((uint32_t) h << 16);
-}
-
-static uint16_t
-load_u16(const uint8_t *p)
-{
-	return (uint16_t) (p[0] | p[1] << 8);
+	return mms_bits_to_f32((uint32_t) h << 16);
 }
 
 /* f16 or bf16: copy a chunk into an aligned local array, then convert it. */
@@ -87,12 +43,12 @@ dequant_halves(int is_bf16, const uint8_t *src, uint64_t n, float *restrict dst)
 		if (is_bf16)
 		{
 			for (i = 0; i < m; i++)
-				dst[i] = bits_to_f32((uint32_t) tmp[i] << 16);
+				dst[i] = mms_bits_to_f32((uint32_t) tmp[i] << 16);
 		}
 		else
 		{
 			for (i = 0; i < m; i++)
-				dst[i] = half_to_float(tmp[i]);
+				dst[i] = mms_half_to_float(tmp[i]);
 		}
 		src += m * 2;
 		dst += m;
@@ -108,7 +64,7 @@ dequant_q8_0(const uint8_t *src, uint64_t n_blocks, float *restrict dst)
 	for (b = 0; b < n_blocks; b++)
 	{
 		const uint8_t *blk = src + b * Q8_0_BYTES;
-		float		d = half_to_float(load_u16(blk));
+		float		d = mms_half_to_float(mms_load_u16(blk));
 		int8_t		q[QK];
 		int			j;
 
@@ -127,7 +83,7 @@ dequant_q4_0(const uint8_t *src, uint64_t n_blocks, float *restrict dst)
 	for (b = 0; b < n_blocks; b++)
 	{
 		const uint8_t *blk = src + b * Q4_0_BYTES;
-		float		d = half_to_float(load_u16(blk));
+		float		d = mms_half_to_float(mms_load_u16(blk));
 		uint8_t		qs[QK / 2];
 		int			j;
 

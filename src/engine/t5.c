@@ -16,10 +16,12 @@
 #include "gemm_small.h"
 #include "ops.h"
 #include "pool.h"
+#include "qgemm.h"
 
 typedef struct MmsT5Block
 {
-	const float *w[MMS_W_N_LAYER_SLOTS];	/* shapes: see t5_meta.c block_tensors */
+	/* shapes: see t5_meta.c block_tensors; norms and the relative bias are always f32 */
+	MmsWeight	w[MMS_W_N_LAYER_SLOTS];
 } MmsT5Block;
 
 struct MmsT5
@@ -27,13 +29,14 @@ struct MmsT5
 	MmsT5Config cfg;
 	MmsT5Block *enc;			/* n_enc_layer */
 	MmsT5Block *dec;			/* n_dec_layer */
-	const float *tok_embd;		/* (vocab, d_model) */
-	const float *lm_head;		/* (vocab, d_model): output, or tok_embd when tied */
+	MmsWeight	tok_embd;		/* (vocab, d_model) */
+	MmsWeight	lm_head;		/* (vocab, d_model): output, or tok_embd when tied */
 	const float *enc_norm;		/* (d_model) */
 	const float *dec_norm;		/* (d_model) */
 	float	   *arena;			/* dequantized / realigned weights we own */
 	size_t		arena_floats;
 	size_t		dec_weight_bytes;
+	int			qtype;			/* a quantized type linear layers use in place, or MMS_T_F32 */
 };
 
 struct MmsT5Work
@@ -42,6 +45,8 @@ struct MmsT5Work
 	size_t		cap;			/* floats */
 	int32_t    *ibuf;			/* bucket tables */
 	size_t		icap;
+	uint8_t    *qbuf;			/* quantized activations (models with int8 weights) */
+	size_t		qcap;
 };
 
 /* ---------------------------------------------------------------- loading */
@@ -70,11 +75,30 @@ usable_in_place(const MmsGguf *g, const MmsGgufTensor *t)
 	return ((uintptr_t) t->data % sizeof(float)) == 0;
 }
 
+/*
+ * Q8_0 / Q4_0 matrices of the linear layers (and the embedding, read a row
+ * at a time) are computed on in place by the int8 kernels; their blocks must
+ * not straddle rows. Norms and the relative bias are small and read as f32.
+ */
+static int
+quantized_in_place(const MmsT5TensorSpec *spec, const MmsGgufTensor *t)
+{
+	if (t->type != MMS_T_Q8_0 && t->type != MMS_T_Q4_0)
+		return 0;
+	if (spec->ne1 == 0 || spec->ne0 % MMS_QK != 0)
+		return 0;
+	if (spec->part == MMS_PART_MODEL)
+		return spec->slot == MMS_W_TOKEN_EMBD || spec->slot == MMS_W_OUTPUT;
+	return spec->slot != MMS_W_ATTN_NORM && spec->slot != MMS_W_ATTN_REL_B &&
+		spec->slot != MMS_W_CROSS_NORM && spec->slot != MMS_W_FFN_NORM;
+}
+
 static MmsStatus
 load_visit(void *vctx, const MmsT5TensorSpec *spec, const MmsGgufTensor *t, MmsError *err)
 {
 	LoadCtx    *ctx = vctx;
 	MmsT5	   *m = ctx->m;
+	MmsWeight	wt = {NULL, MMS_T_F32};
 	const float *p = NULL;
 	MmsStatus	st;
 
@@ -83,7 +107,14 @@ load_visit(void *vctx, const MmsT5TensorSpec *spec, const MmsGgufTensor *t, MmsE
 	if (t->data == NULL && ctx->fill)
 		return mms_fail(err, MMS_ERR_ARG, "tensor \"%s\" data is not in the buffer (header-only parse)",
 						spec->name);
-	if (usable_in_place(ctx->g, t))
+	if (quantized_in_place(spec, t))
+	{
+		wt.type = t->type;
+		m->qtype = t->type;
+		if (ctx->fill)
+			wt.data = t->data;
+	}
+	else if (usable_in_place(ctx->g, t))
 	{
 		if (ctx->fill)
 			p = (const float *) t->data;
@@ -102,24 +133,26 @@ load_visit(void *vctx, const MmsT5TensorSpec *spec, const MmsGgufTensor *t, MmsE
 	}
 	if (!ctx->fill)
 		return MMS_OK;
+	if (wt.type == MMS_T_F32)
+		wt.data = p;
 
 	switch (spec->part)
 	{
 		case MMS_PART_ENC:
-			m->enc[spec->layer].w[spec->slot] = p;
+			m->enc[spec->layer].w[spec->slot] = wt;
 			break;
 		case MMS_PART_DEC:
-			m->dec[spec->layer].w[spec->slot] = p;
-			m->dec_weight_bytes += t->n_elems * sizeof(float);
+			m->dec[spec->layer].w[spec->slot] = wt;
+			m->dec_weight_bytes += wt.type == MMS_T_F32 ? t->n_elems * sizeof(float) : t->n_bytes;
 			break;
 		case MMS_PART_MODEL:
 			switch (spec->slot)
 			{
 				case MMS_W_TOKEN_EMBD:
-					m->tok_embd = p;
+					m->tok_embd = wt;
 					break;
 				case MMS_W_OUTPUT:
-					m->lm_head = p;
+					m->lm_head = wt;
 					break;
 				case MMS_W_ENC_NORM:
 					m->enc_norm = p;
@@ -210,14 +243,16 @@ mms_t5_load_with_arena(const MmsGguf *g, float *arena, size_t arena_floats, int 
 
 	/* Blocks without their own relative bias share block 0's (HF layout). */
 	for (int64_t l = 1; l < m->cfg.n_enc_layer; l++)
-		if (m->enc[l].w[MMS_W_ATTN_REL_B] == NULL)
+		if (m->enc[l].w[MMS_W_ATTN_REL_B].data == NULL)
 			m->enc[l].w[MMS_W_ATTN_REL_B] = m->enc[0].w[MMS_W_ATTN_REL_B];
 	for (int64_t l = 1; l < m->cfg.n_dec_layer; l++)
-		if (m->dec[l].w[MMS_W_ATTN_REL_B] == NULL)
+		if (m->dec[l].w[MMS_W_ATTN_REL_B].data == NULL)
 			m->dec[l].w[MMS_W_ATTN_REL_B] = m->dec[0].w[MMS_W_ATTN_REL_B];
-	if (m->lm_head == NULL)
+	if (m->lm_head.data == NULL)
 		m->lm_head = m->tok_embd;
-	m->dec_weight_bytes += (size_t) (m->cfg.vocab * m->cfg.d_model) * sizeof(float);
+	m->dec_weight_bytes += m->lm_head.type == MMS_T_F32
+		? (size_t) (m->cfg.vocab * m->cfg.d_model) * sizeof(float)
+		: (size_t) mms_tensor_type_bytes(m->lm_head.type, (uint64_t) (m->cfg.vocab * m->cfg.d_model));
 	*out = m;
 	return MMS_OK;
 
@@ -255,6 +290,12 @@ mms_t5_decoder_weight_bytes(const MmsT5 *m)
 	return m->dec_weight_bytes;
 }
 
+int
+mms_t5_weight_type(const MmsT5 *m)
+{
+	return m->qtype;
+}
+
 size_t
 mms_t5_owned_bytes(const MmsT5 *m)
 {
@@ -276,6 +317,7 @@ mms_t5_work_free(MmsT5Work *w)
 		return;
 	free(w->buf);
 	free(w->ibuf);
+	free(w->qbuf);
 	free(w);
 }
 
@@ -310,6 +352,24 @@ work_ints(MmsT5Work *w, size_t n, MmsError *err)
 	return work_grow((void **) &w->ibuf, &w->icap, n, sizeof(int32_t), err);
 }
 
+/*
+ * Scratch for quantizing `rows` inputs of the model's widest layer (none
+ * for f32 weights): *q is set, NULL only with err set.
+ */
+static MmsStatus
+work_qact(const MmsT5 *m, MmsT5Work *w, int64_t rows, void **q, MmsError *err)
+{
+	const MmsT5Config *c = &m->cfg;
+	int64_t		widest = c->d_model > c->inner ? c->d_model : c->inner;
+
+	widest = c->d_ff > widest ? c->d_ff : widest;
+	*q = NULL;
+	if (m->qtype == MMS_T_F32)
+		return MMS_OK;
+	*q = work_grow((void **) &w->qbuf, &w->qcap, mms_linear_scratch_bytes(m->qtype, rows, widest), 1, err);
+	return *q ? MMS_OK : (err ? err->code : MMS_ERR_NOMEM);
+}
+
 /* ---------------------------------------------------------------- shared pieces */
 
 static MmsStatus
@@ -320,31 +380,42 @@ embed(const MmsT5 *m, const int32_t *ids, int64_t n, float *x, MmsError *err)
 		if (ids[i] < 0 || ids[i] >= m->cfg.vocab)
 			return mms_fail(err, MMS_ERR_ARG, "token id %d is outside the vocabulary (0..%lld)",
 							ids[i], (long long) m->cfg.vocab - 1);
-		memcpy(x + i * m->cfg.d_model, m->tok_embd + (int64_t) ids[i] * m->cfg.d_model,
-			   (size_t) m->cfg.d_model * sizeof(float));
+		if (m->tok_embd.type == MMS_T_F32)
+			memcpy(x + i * m->cfg.d_model, (const float *) m->tok_embd.data + (int64_t) ids[i] * m->cfg.d_model,
+				   (size_t) m->cfg.d_model * sizeof(float));
+		else
+		{
+			size_t		row = mms_tensor_type_bytes(m->tok_embd.type, (uint64_t) m->cfg.d_model);
+			MmsStatus	st = mms_dequantize(m->tok_embd.type, (const uint8_t *) m->tok_embd.data + (size_t) ids[i] * row,
+											(uint64_t) m->cfg.d_model, x + i * m->cfg.d_model, err);
+
+			if (st != MMS_OK)
+				return st;
+		}
 	}
 	return MMS_OK;
 }
 
-/* x += FFN(rmsnorm(x)) over rows; h, f1, f2 are scratch. */
+/* x += FFN(rmsnorm(x)) over rows; h, f1, f2 and qs (work_qact) are scratch. */
 static void
-feed_forward(const MmsT5 *m, const MmsT5Block *b, float *x, int64_t rows, float *h, float *f1, float *f2)
+feed_forward(const MmsT5 *m, const MmsT5Block *b, float *x, int64_t rows, float *h, float *f1, float *f2,
+			 void *qs)
 {
 	const MmsT5Config *c = &m->cfg;
 
-	mms_rmsnorm_rows(h, x, b->w[MMS_W_FFN_NORM], rows, c->d_model, c->eps);
+	mms_rmsnorm_rows(h, x, (const float *) b->w[MMS_W_FFN_NORM].data, rows, c->d_model, c->eps);
 	if (c->gated)
 	{
-		mms_linear(f1, h, b->w[MMS_W_FFN_GATE], rows, c->d_model, c->d_ff, 0);
-		mms_linear(f2, h, b->w[MMS_W_FFN_UP], rows, c->d_model, c->d_ff, 0);
+		mms_linear(f1, h, b->w[MMS_W_FFN_GATE], rows, c->d_model, c->d_ff, 0, qs);
+		mms_linear(f2, h, b->w[MMS_W_FFN_UP], rows, c->d_model, c->d_ff, 0, qs);
 		mms_gelu_mul(f1, f2, rows * c->d_ff);
 	}
 	else
 	{
-		mms_linear(f1, h, b->w[MMS_W_FFN_UP], rows, c->d_model, c->d_ff, 0);
+		mms_linear(f1, h, b->w[MMS_W_FFN_UP], rows, c->d_model, c->d_ff, 0, qs);
 		mms_relu(f1, rows * c->d_ff);
 	}
-	mms_linear(x, f1, b->w[MMS_W_FFN_DOWN], rows, c->d_ff, c->d_model, 1);
+	mms_linear(x, f1, b->w[MMS_W_FFN_DOWN], rows, c->d_ff, c->d_model, 1, qs);
 }
 
 /*
@@ -445,6 +516,7 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 			   *bias;
 	int32_t    *bucket;
 	int32_t    *offs;
+	void	   *qs;
 	MmsStatus	st;
 
 	for (int s = 0; s < n_seq; s++)
@@ -459,6 +531,8 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 	/* x lives in out; scratch: h, q, k, v, att (T x inner), f1, f2 (T x d_ff), bias (heads x 2L) */
 	base = work_floats(w, (size_t) (T * d + 4 * T * in + 2 * T * ff + c->n_head * 2 * Lmax) +
 					   (size_t) mms_threads() * (size_t) (Lmax * Lmax), err);
+	if (base == NULL || (st = work_qact(m, w, T, &qs, err)) != MMS_OK)
+		return err ? err->code : MMS_ERR_NOMEM;
 	offs = malloc((size_t) n_seq * sizeof(int32_t));
 	if (offs == NULL)
 		return mms_fail(err, MMS_ERR_NOMEM, "out of memory encoding %d inputs", n_seq);
@@ -494,12 +568,12 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 	for (int64_t l = 0; l < c->n_enc_layer; l++)
 	{
 		const MmsT5Block *b = &m->enc[l];
-		const float *rel_b = b->w[MMS_W_ATTN_REL_B];	/* (n_buckets, n_head) */
+		const float *rel_b = b->w[MMS_W_ATTN_REL_B].data;	/* (n_buckets, n_head) */
 
-		mms_rmsnorm_rows(h, x, b->w[MMS_W_ATTN_NORM], T, d, c->eps);
-		mms_linear(q, h, b->w[MMS_W_ATTN_Q], T, d, in, 0);
-		mms_linear(k, h, b->w[MMS_W_ATTN_K], T, d, in, 0);
-		mms_linear(v, h, b->w[MMS_W_ATTN_V], T, d, in, 0);
+		mms_rmsnorm_rows(h, x, (const float *) b->w[MMS_W_ATTN_NORM].data, T, d, c->eps);
+		mms_linear(q, h, b->w[MMS_W_ATTN_Q], T, d, in, 0, qs);
+		mms_linear(k, h, b->w[MMS_W_ATTN_K], T, d, in, 0, qs);
+		mms_linear(v, h, b->w[MMS_W_ATTN_V], T, d, in, 0, qs);
 		/* bias[hd][rel + Lmax - 1], gathered once per block */
 		for (int64_t hd = 0; hd < c->n_head; hd++)
 			for (int64_t r = 0; r < 2 * Lmax - 1; r++)
@@ -510,8 +584,8 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 
 			mms_parallel(n_seq * (int) c->n_head, enc_attn_task, &job);
 		}
-		mms_linear(x, att, b->w[MMS_W_ATTN_O], T, in, d, 1);
-		feed_forward(m, b, x, T, h, f1, f2);
+		mms_linear(x, att, b->w[MMS_W_ATTN_O], T, in, d, 1, qs);
+		feed_forward(m, b, x, T, h, f1, f2, qs);
 	}
 	mms_rmsnorm_rows(x, x, m->enc_norm, T, d, c->eps);
 	free(offs);
@@ -529,6 +603,7 @@ mms_t5_cross_create(const MmsT5 *m, MmsT5Work *w, int n_seq, const float *enc_ou
 				in = c->inner;
 	float	   *tk,
 			   *tv;
+	void	   *qs = NULL;
 
 	for (int s = 0; s < n_seq; s++)
 		out[s] = NULL;
@@ -558,7 +633,7 @@ mms_t5_cross_create(const MmsT5 *m, MmsT5Work *w, int n_seq, const float *enc_ou
 		T += lens[s];
 	}
 	tk = work_floats(w, (size_t) (2 * T * in), err);
-	if (tk == NULL)
+	if (tk == NULL || work_qact(m, w, T, &qs, err) != MMS_OK)
 	{
 		for (int s = 0; s < n_seq; s++)
 		{
@@ -571,8 +646,8 @@ mms_t5_cross_create(const MmsT5 *m, MmsT5Work *w, int n_seq, const float *enc_ou
 	/* One GEMM per block over every input's rows, then scatter per input. */
 	for (int64_t l = 0; l < c->n_dec_layer; l++)
 	{
-		mms_linear(tk, enc_out, m->dec[l].w[MMS_W_CROSS_K], T, c->d_model, in, 0);
-		mms_linear(tv, enc_out, m->dec[l].w[MMS_W_CROSS_V], T, c->d_model, in, 0);
+		mms_linear(tk, enc_out, m->dec[l].w[MMS_W_CROSS_K], T, c->d_model, in, 0, qs);
+		mms_linear(tv, enc_out, m->dec[l].w[MMS_W_CROSS_V], T, c->d_model, in, 0, qs);
 		for (int s = 0, off = 0; s < n_seq; off += lens[s], s++)
 		{
 			size_t		n = (size_t) (lens[s] * in);
@@ -743,6 +818,7 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 			   *f2,
 			   *scores;
 	int32_t    *bucket;
+	void	   *qs;
 	MmsStatus	rc;
 
 	if (c->encoder_only)
@@ -758,7 +834,7 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 					(size_t) (2 * max_keys) * (size_t) mms_threads(), err);
 	/* bucket of every (row, key) pair, the same in every block: computed once per step */
 	bucket = work_ints(w, (size_t) n * (size_t) max_keys, err);
-	if (x == NULL || bucket == NULL)
+	if (x == NULL || bucket == NULL || work_qact(m, w, n, &qs, err) != MMS_OK)
 		return err ? err->code : MMS_ERR_NOMEM;
 	for (int i = 0; i < n; i++)
 		for (int64_t j = 0; j <= st[i]->pos; j++)
@@ -778,30 +854,30 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 	for (int64_t l = 0; l < c->n_dec_layer; l++)
 	{
 		const MmsT5Block *b = &m->dec[l];
-		const float *rel_b = b->w[MMS_W_ATTN_REL_B];
+		const float *rel_b = b->w[MMS_W_ATTN_REL_B].data;
 
 		/* causal self-attention over the cache plus the new token */
-		mms_rmsnorm_rows(h, x, b->w[MMS_W_ATTN_NORM], n, d, c->eps);
-		mms_linear(q, h, b->w[MMS_W_ATTN_Q], n, d, in, 0);
-		mms_linear(k, h, b->w[MMS_W_ATTN_K], n, d, in, 0);
-		mms_linear(v, h, b->w[MMS_W_ATTN_V], n, d, in, 0);
+		mms_rmsnorm_rows(h, x, (const float *) b->w[MMS_W_ATTN_NORM].data, n, d, c->eps);
+		mms_linear(q, h, b->w[MMS_W_ATTN_Q], n, d, in, 0, qs);
+		mms_linear(k, h, b->w[MMS_W_ATTN_K], n, d, in, 0, qs);
+		mms_linear(v, h, b->w[MMS_W_ATTN_V], n, d, in, 0, qs);
 		{
 			DecAttnJob	job = {c, st, l, q, k, v, att, rel_b, bucket, max_keys, scores, 0};
 
 			mms_parallel(n, dec_attn_task, &job);
 		}
-		mms_linear(x, att, b->w[MMS_W_ATTN_O], n, in, d, 1);
+		mms_linear(x, att, b->w[MMS_W_ATTN_O], n, in, d, 1, qs);
 
 		/* cross-attention over the encoder output, no position bias */
-		mms_rmsnorm_rows(h, x, b->w[MMS_W_CROSS_NORM], n, d, c->eps);
-		mms_linear(q, h, b->w[MMS_W_CROSS_Q], n, d, in, 0);
+		mms_rmsnorm_rows(h, x, (const float *) b->w[MMS_W_CROSS_NORM].data, n, d, c->eps);
+		mms_linear(q, h, b->w[MMS_W_CROSS_Q], n, d, in, 0, qs);
 		{
 			DecAttnJob	job = {c, st, l, q, NULL, NULL, att, NULL, NULL, max_keys, scores, 1};
 
 			mms_parallel(n, dec_attn_task, &job);
 		}
-		mms_linear(x, att, b->w[MMS_W_CROSS_O], n, in, d, 1);
-		feed_forward(m, b, x, n, h, f1, f2);
+		mms_linear(x, att, b->w[MMS_W_CROSS_O], n, in, d, 1, qs);
+		feed_forward(m, b, x, n, h, f1, f2, qs);
 	}
 	mms_rmsnorm_rows(h, x, m->dec_norm, n, d, c->eps);
 	if (c->tied)
@@ -812,7 +888,7 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 		for (int64_t i = 0; i < n * d; i++)
 			h[i] *= scale;
 	}
-	mms_linear(logits, h, m->lm_head, n, d, c->vocab, 0);
+	mms_linear(logits, h, m->lm_head, n, d, c->vocab, 0, qs);
 	for (int i = 0; i < n; i++)
 		st[i]->pos++;
 	return MMS_OK;

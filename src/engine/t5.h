@@ -63,6 +63,11 @@ void		mms_t5_free(MmsT5 *m);
 const MmsT5Config *mms_t5_config(const MmsT5 *m);
 /* Bytes of f32 weights the decoder reads per step (for bandwidth accounting). */
 size_t		mms_t5_decoder_weight_bytes(const MmsT5 *m);
+/*
+ * MMS_T_F32 when every linear layer computes in f32; else the quantized type
+ * (Q8_0, Q4_0) whose blocks the int8 kernels read in place.
+ */
+int			mms_t5_weight_type(const MmsT5 *m);
 /* Bytes of weights this process holds (dequantized copies; in-place ones not counted). */
 size_t		mms_t5_owned_bytes(const MmsT5 *m);
 

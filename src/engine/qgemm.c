@@ -1,0 +1,280 @@
+/*
+ * qgemm.c — int8 linear layers over Q8_0 / Q4_0 weights in place (see
+ * qgemm.h): activation quantization, the portable reference path, the SIMD
+ * paths (instantiated from qgemm_256.h / qgemm_512.h per instruction set)
+ * and the choice among them, made once.
+ */
+#include "qgemm.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "half.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define MMS_QGEMM_X86 1
+#endif
+
+/* clang 14 cannot ask for F16C; every CPU with AVX2 has it */
+#if defined(__clang__)
+#define CPU_F16C() 1
+#else
+#define CPU_F16C() __builtin_cpu_supports("f16c")
+#endif
+
+/* rows per tile: 64 rows of int8 inputs (k <= 4096: 256 KB) stay in L2 while a task's weights pass */
+#define QGEMM_MTILE 64
+
+size_t
+mms_qblock_bytes(int wtype)
+{
+	return wtype == MMS_T_Q8_0 ? 34 : wtype == MMS_T_Q4_0 ? 18 : 0;
+}
+
+size_t
+mms_qact_bytes(int64_t rows, int64_t k)
+{
+	/* k is a multiple of 32, so the float scales after the int8 values are aligned */
+	return (size_t) rows * (size_t) k + (size_t) rows * (size_t) (k / MMS_QK) * sizeof(float);
+}
+
+void
+mms_quantize_act(const float *x, int64_t rows, int64_t k, void *scratch)
+{
+	int8_t	   *q = scratch;
+	float	   *d = (float *) (q + rows * k);
+
+	for (int64_t i = 0; i < rows * k; i += MMS_QK)
+	{
+		const float *xb = x + i;
+		float		amax = 0.0f;
+
+		for (int j = 0; j < MMS_QK; j++)
+		{
+			float		a = fabsf(xb[j]);
+
+			/* written so that a NaN makes amax NaN rather than being skipped */
+			amax = a > amax || a != a ? a : amax;
+		}
+		if (!isfinite(amax))
+		{
+			for (int j = 0; j < MMS_QK; j++)
+				q[i + j] = 0;
+			d[i / MMS_QK] = NAN;
+			continue;
+		}
+		{
+			float		db = amax / 127.0f;
+			float		id = db != 0.0f ? 1.0f / db : 0.0f;
+
+			for (int j = 0; j < MMS_QK; j++)
+			{
+				float		v = roundf(xb[j] * id);
+
+				q[i + j] = (int8_t) (v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+			}
+			d[i / MMS_QK] = db;
+		}
+	}
+}
+
+/* ---------------------------------------------------------------- portable path */
+
+/* Block b of a weight row as 32 int8 values and its scale. */
+static inline float
+wblock_c(const uint8_t *blk, int wtype, int8_t *v)
+{
+	if (wtype == MMS_T_Q8_0)
+		memcpy(v, blk + 2, MMS_QK);
+	else
+		for (int j = 0; j < MMS_QK / 2; j++)
+		{
+			v[j] = (int8_t) ((blk[2 + j] & 0x0f) - 8);
+			v[j + MMS_QK / 2] = (int8_t) ((blk[2 + j] >> 4) - 8);
+		}
+	return mms_half_to_float(mms_load_u16(blk));
+}
+
+static void
+qgemm_c(float *y, int64_t ldy, const int8_t *xq, const float *xd, const uint8_t *w, int wtype,
+		int64_t rows, int64_t k, int64_t o0, int64_t o1, int accumulate)
+{
+	const int64_t nb = k / MMS_QK;
+	const int64_t bb = (int64_t) mms_qblock_bytes(wtype);
+
+	for (int64_t o = o0; o < o1; o++)
+		for (int64_t m = 0; m < rows; m++)
+		{
+			float		acc = 0.0f;
+
+			for (int64_t b = 0; b < nb; b++)
+			{
+				int8_t		wv[MMS_QK];
+				const int8_t *xv = xq + m * k + b * MMS_QK;
+				float		dw = wblock_c(w + (o * nb + b) * bb, wtype, wv);
+				int32_t		s = 0;
+
+				for (int j = 0; j < MMS_QK; j++)
+					s += (int32_t) wv[j] * xv[j];
+				acc += (float) s * (dw * xd[m * nb + b]);
+			}
+			y[m * ldy + o] = accumulate ? y[m * ldy + o] + acc : acc;
+		}
+}
+
+/* ---------------------------------------------------------------- SIMD paths */
+
+#ifdef MMS_QGEMM_X86
+
+#define QNAME qgemm_avx2
+#define QTARGET __attribute__((target("avx2,fma,f16c")))
+#define QDOT(u, s) _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1))
+#include "qgemm_256.h"
+#undef QNAME
+#undef QTARGET
+#undef QDOT
+
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define MMS_QGEMM_AVXVNNI 1
+#define QNAME qgemm_avx_vnni
+#define QTARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define QDOT(u, s) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), (u), (s))
+#include "qgemm_256.h"
+#undef QNAME
+#undef QTARGET
+#undef QDOT
+#endif
+
+#define QNAME qgemm_avx512bw
+#define QTARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define QDOT(u, s) _mm512_madd_epi16(_mm512_maddubs_epi16((u), (s)), _mm512_set1_epi16(1))
+#include "qgemm_512.h"
+#undef QNAME
+#undef QTARGET
+#undef QDOT
+
+#define QNAME qgemm_avx512_vnni
+#define QTARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define QDOT(u, s) _mm512_dpbusd_epi32(_mm512_setzero_si512(), (u), (s))
+#include "qgemm_512.h"
+#undef QNAME
+#undef QTARGET
+#undef QDOT
+
+#endif
+
+/* ---------------------------------------------------------------- choice */
+
+typedef void (*QgemmFn) (float *y, int64_t ldy, const int8_t *xq, const float *xd, const uint8_t *w,
+						 int wtype, int64_t rows, int64_t k, int64_t o0, int64_t o1, int accumulate);
+
+static QgemmFn
+path_fn(MmsQPath path)
+{
+	switch (path)
+	{
+		case MMS_QPATH_C:
+			return qgemm_c;
+#ifdef MMS_QGEMM_X86
+		case MMS_QPATH_AVX2:
+			return qgemm_avx2;
+#ifdef MMS_QGEMM_AVXVNNI
+		case MMS_QPATH_AVX_VNNI:
+			return qgemm_avx_vnni;
+#endif
+		case MMS_QPATH_AVX512BW:
+			return qgemm_avx512bw;
+		case MMS_QPATH_AVX512_VNNI:
+			return qgemm_avx512_vnni;
+#endif
+		default:
+			return NULL;
+	}
+}
+
+const char *
+mms_qpath_name(MmsQPath path)
+{
+	static const char *const names[MMS_QPATH_N] = {"c", "avx2", "avx_vnni", "avx512bw", "avx512_vnni"};
+
+	return path >= 0 && path < MMS_QPATH_N ? names[path] : "unknown";
+}
+
+int
+mms_qpath_available(MmsQPath path)
+{
+	if (path_fn(path) == NULL)
+		return 0;
+	if (path == MMS_QPATH_C)
+		return 1;
+#ifdef MMS_QGEMM_X86
+	__builtin_cpu_init();
+	if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !CPU_F16C())
+		return 0;
+	switch (path)
+	{
+		case MMS_QPATH_AVX2:
+			return 1;
+		case MMS_QPATH_AVX_VNNI:
+#ifdef MMS_QGEMM_AVXVNNI
+			return __builtin_cpu_supports("avxvnni");
+#else
+			return 0;
+#endif
+		case MMS_QPATH_AVX512BW:
+		case MMS_QPATH_AVX512_VNNI:
+			/* valgrind has no AVX-512: MMS_NO_AVX512 keeps the 512-bit paths out */
+			if (getenv("MMS_NO_AVX512") != NULL || !__builtin_cpu_supports("avx512f") ||
+				!__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl") ||
+				!__builtin_cpu_supports("avx512dq"))
+				return 0;
+			return path == MMS_QPATH_AVX512BW || __builtin_cpu_supports("avx512vnni");
+		default:
+			return 0;
+	}
+#else
+	return 0;
+#endif
+}
+
+MmsQPath
+mms_qpath_best(void)
+{
+	static int	best = -1;
+
+	if (best < 0)
+	{
+		/* fastest first: VNNI fuses the u8 x s8 products and their sum */
+		static const MmsQPath order[] = {MMS_QPATH_AVX512_VNNI, MMS_QPATH_AVX_VNNI,
+		MMS_QPATH_AVX512BW, MMS_QPATH_AVX2};
+		int			b = MMS_QPATH_C;
+
+		for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++)
+			if (mms_qpath_available(order[i]))
+			{
+				b = order[i];
+				break;
+			}
+		best = b;
+	}
+	return (MmsQPath) best;
+}
+
+void
+mms_qgemm_path(MmsQPath path, float *y, int64_t ldy, const void *act, const uint8_t *w, int wtype,
+			   int64_t rows, int64_t k, int64_t o0, int64_t o1, int accumulate)
+{
+	const int8_t *xq = act;
+	const float *xd = (const float *) (xq + rows * k);
+
+	path_fn(path) (y, ldy, xq, xd, w, wtype, rows, k, o0, o1, accumulate);
+}
+
+void
+mms_qgemm(float *y, int64_t ldy, const void *act, const uint8_t *w, int wtype, int64_t rows,
+		  int64_t k, int64_t o0, int64_t o1, int accumulate)
+{
+	mms_qgemm_path(mms_qpath_best(), y, ldy, act, w, wtype, rows, k, o0, o1, accumulate);
+}
