@@ -26,6 +26,9 @@
 
 /* rows per tile: 64 rows of int8 inputs (k <= 4096: 256 KB) stay in L2 while a task's weights pass */
 #define QGEMM_MTILE 64
+#ifndef QGEMM_PF
+#define QGEMM_PF 2
+#endif
 
 size_t
 mms_qblock_bytes(int wtype)

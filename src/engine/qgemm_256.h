@@ -41,6 +41,66 @@ QCAT(QNAME, _hsum) (__m256 v)
 	return _mm_cvtss_f32(s);
 }
 
+/*
+ * NM (1..4, a constant where inlined) input rows from row m against weight
+ * rows w0 and w1 (nw of them): the compiler unrolls the row loops, and a
+ * row's operations are the same whatever NM.
+ */
+QTARGET static inline __attribute__((always_inline)) void
+QCAT(QNAME, _pass) (float *y, int64_t ldy, const int8_t *xq, const float *xd, const uint8_t *w0,
+					const uint8_t *w1, int nw, int64_t m, int64_t k, int64_t o, int accumulate,
+					const int wtype, const int NM)
+{
+	const int64_t nb = k / MMS_QK;
+	const int64_t bb = wtype == MMS_T_Q8_0 ? 34 : 18;
+	const int8_t *xr[4];
+	const float *dr[4];
+	__m256		acc[2][4];
+
+	for (int r = 0; r < NM; r++)
+	{
+		int64_t		row = m + r;
+
+		xr[r] = xq + row * k;
+		dr[r] = xd + row * nb;
+		acc[0][r] = _mm256_setzero_ps();
+		acc[1][r] = _mm256_setzero_ps();
+	}
+	for (int64_t b = 0; b < nb; b++)
+	{
+		/* the next two weight rows, while these are in use: memory stays busy */
+		_mm_prefetch((const char *) (w0 + QGEMM_PF * nb * bb + b * bb), _MM_HINT_T0);
+		_mm_prefetch((const char *) (w0 + (QGEMM_PF + 1) * nb * bb + b * bb), _MM_HINT_T0);
+		const uint8_t *ba = w0 + b * bb,
+				   *bw = w1 + b * bb;
+		__m256i		wa = QCAT(QNAME, _wblock) (ba, wtype);
+		__m256i		wb = QCAT(QNAME, _wblock) (bw, wtype);
+		__m256i		ua = _mm256_sign_epi8(wa, wa);
+		__m256i		ub = _mm256_sign_epi8(wb, wb);
+		__m256		da = _mm256_set1_ps(_cvtsh_ss(mms_load_u16(ba)));
+		__m256		db = _mm256_set1_ps(_cvtsh_ss(mms_load_u16(bw)));
+
+		for (int r = 0; r < NM; r++)
+		{
+			__m256i		xv = _mm256_loadu_si256((const __m256i *) (xr[r] + b * MMS_QK));
+			__m256		dx = _mm256_set1_ps(dr[r][b]);
+			__m256		sa = _mm256_cvtepi32_ps(QDOT(ua, _mm256_sign_epi8(xv, wa)));
+			__m256		sb = _mm256_cvtepi32_ps(QDOT(ub, _mm256_sign_epi8(xv, wb)));
+
+			acc[0][r] = _mm256_fmadd_ps(sa, _mm256_mul_ps(da, dx), acc[0][r]);
+			acc[1][r] = _mm256_fmadd_ps(sb, _mm256_mul_ps(db, dx), acc[1][r]);
+		}
+	}
+	for (int r = 0; r < NM; r++)
+		for (int a = 0; a < nw; a++)
+		{
+			float	   *dst = y + (m + r) * ldy + o + a;
+			float		v = QCAT(QNAME, _hsum) (acc[a][r]);
+
+			*dst = accumulate ? *dst + v : v;
+		}
+}
+
 QTARGET static inline __attribute__((always_inline)) void
 QCAT(QNAME, _impl) (float *y, int64_t ldy, const int8_t *xq, const float *xd, const uint8_t *w,
 					int64_t rows, int64_t k, int64_t o0, int64_t o1, int accumulate, const int wtype)
@@ -57,53 +117,21 @@ QCAT(QNAME, _impl) (float *y, int64_t ldy, const int8_t *xq, const float *xd, co
 			int			nw = o + 1 < o1 ? 2 : 1;
 			const uint8_t *w0 = w + o * nb * bb;
 			const uint8_t *w1 = nw == 2 ? w0 + nb * bb : w0;
+			int64_t		m = mt;
 
-			for (int64_t m = mt; m < me; m += 4)
+			for (; m + 4 <= me; m += 4)
+				QCAT(QNAME, _pass) (y, ldy, xq, xd, w0, w1, nw, m, k, o, accumulate, wtype, 4);
+			switch (me - m)
 			{
-				int			nm = me - m < 4 ? (int) (me - m) : 4;
-				const int8_t *xr[4];
-				const float *dr[4];
-				__m256		acc[2][4];
-
-				for (int r = 0; r < 4; r++)
-				{
-					int64_t		row = m + (r < nm ? r : 0);
-
-					xr[r] = xq + row * k;
-					dr[r] = xd + row * nb;
-					acc[0][r] = _mm256_setzero_ps();
-					acc[1][r] = _mm256_setzero_ps();
-				}
-				for (int64_t b = 0; b < nb; b++)
-				{
-					const uint8_t *ba = w0 + b * bb,
-							   *bw = w1 + b * bb;
-					__m256i		wa = QCAT(QNAME, _wblock) (ba, wtype);
-					__m256i		wb = QCAT(QNAME, _wblock) (bw, wtype);
-					__m256i		ua = _mm256_sign_epi8(wa, wa);
-					__m256i		ub = _mm256_sign_epi8(wb, wb);
-					__m256		da = _mm256_set1_ps(_cvtsh_ss(mms_load_u16(ba)));
-					__m256		db = _mm256_set1_ps(_cvtsh_ss(mms_load_u16(bw)));
-
-					for (int r = 0; r < 4; r++)
-					{
-						__m256i		xv = _mm256_loadu_si256((const __m256i *) (xr[r] + b * MMS_QK));
-						__m256		dx = _mm256_set1_ps(dr[r][b]);
-						__m256		sa = _mm256_cvtepi32_ps(QDOT(ua, _mm256_sign_epi8(xv, wa)));
-						__m256		sb = _mm256_cvtepi32_ps(QDOT(ub, _mm256_sign_epi8(xv, wb)));
-
-						acc[0][r] = _mm256_fmadd_ps(sa, _mm256_mul_ps(da, dx), acc[0][r]);
-						acc[1][r] = _mm256_fmadd_ps(sb, _mm256_mul_ps(db, dx), acc[1][r]);
-					}
-				}
-				for (int r = 0; r < nm; r++)
-					for (int a = 0; a < nw; a++)
-					{
-						float	   *dst = y + (m + r) * ldy + o + a;
-						float		v = QCAT(QNAME, _hsum) (acc[a][r]);
-
-						*dst = accumulate ? *dst + v : v;
-					}
+				case 3:
+					QCAT(QNAME, _pass) (y, ldy, xq, xd, w0, w1, nw, m, k, o, accumulate, wtype, 3);
+					break;
+				case 2:
+					QCAT(QNAME, _pass) (y, ldy, xq, xd, w0, w1, nw, m, k, o, accumulate, wtype, 2);
+					break;
+				case 1:
+					QCAT(QNAME, _pass) (y, ldy, xq, xd, w0, w1, nw, m, k, o, accumulate, wtype, 1);
+					break;
 			}
 		}
 	}

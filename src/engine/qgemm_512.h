@@ -38,11 +38,79 @@ QCAT(QNAME, _wpair) (const uint8_t *blk, int64_t bb, int two, const int wtype)
 	return _mm512_inserti64x4(_mm512_castsi256_si512(v[0]), v[1], 1);
 }
 
-/* [a x 8, b x 8] */
-QTARGET static inline __m512
-QCAT(QNAME, _pair) (float a, float b)
+/*
+ * NM (1..4, a constant where inlined) input rows from row m against weight
+ * rows w0 and w1 (nw of them): the compiler unrolls the row loops, and a
+ * row's operations are the same whatever NM.
+ */
+QTARGET static inline __attribute__((always_inline)) void
+QCAT(QNAME, _pass) (float *y, int64_t ldy, const int8_t *xq, const float *xd, const uint8_t *w0,
+					const uint8_t *w1, int nw, int64_t m, int64_t k, int64_t o, int accumulate,
+					const int wtype, const int NM)
 {
-	return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1);
+	const int64_t nb = k / MMS_QK;
+	const int64_t bb = wtype == MMS_T_Q8_0 ? 34 : 18;
+	const __m512i zero = _mm512_setzero_si512();
+	/* lanes 0-7 take scale 0 (block b), 8-15 scale 1 (block b + 1); pick_b the same from w1's */
+	const __m512i pick_a = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+	const __m512i pick_b = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+	const int8_t *xr[4];
+	const float *dr[4];
+	__m512		acc[2][4];
+
+	for (int r = 0; r < NM; r++)
+	{
+		int64_t		row = m + r;
+
+		xr[r] = xq + row * k;
+		dr[r] = xd + row * nb;
+		acc[0][r] = _mm512_setzero_ps();
+		acc[1][r] = _mm512_setzero_ps();
+	}
+	for (int64_t b = 0; b < nb; b += 2)
+	{
+		int			two = b + 1 < nb;
+		const uint8_t *ba = w0 + b * bb,
+				   *bw = w1 + b * bb;
+		__m512i		wa = QCAT(QNAME, _wpair) (ba, bb, two, wtype);
+		__m512i		wb = QCAT(QNAME, _wpair) (bw, bb, two, wtype);
+		__m512i		ua = _mm512_abs_epi8(wa);
+		__m512i		ub = _mm512_abs_epi8(wb);
+		__mmask64	na = _mm512_movepi8_mask(wa);
+		__mmask64	nbm = _mm512_movepi8_mask(wb);
+
+		/* the four block scales at once: [a b, a b+1, w1's b, w1's b+1] */
+		uint32_t	ha = mms_load_u16(ba) | (two ? (uint32_t) mms_load_u16(ba + bb) << 16 : 0);
+		uint32_t	hb = mms_load_u16(bw) | (two ? (uint32_t) mms_load_u16(bw + bb) << 16 : 0);
+		__m128		dw4 = _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int) ha), (int) hb, 1));
+
+		/* the next two weight rows, while these are in use: memory stays busy */
+		_mm_prefetch((const char *) (w0 + QGEMM_PF * nb * bb + b * bb), _MM_HINT_T0);
+		_mm_prefetch((const char *) (w0 + (QGEMM_PF + 1) * nb * bb + b * bb), _MM_HINT_T0);
+		for (int r = 0; r < NM; r++)
+		{
+			__m512i		xv = two ? _mm512_loadu_si512(xr[r] + b * MMS_QK)
+				: _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *) (xr[r] + b * MMS_QK)));
+			__m128		dx4 = two ? _mm_castpd_ps(_mm_loaddup_pd((const double *) (dr[r] + b)))
+				: _mm_set_ps(0.0f, dr[r][b], 0.0f, dr[r][b]);
+			__m512		s4 = _mm512_castps128_ps512(_mm_mul_ps(dw4, dx4));
+			__m512		sa = _mm512_cvtepi32_ps(QDOT(ua, _mm512_mask_sub_epi8(xv, na, zero, xv)));
+			__m512		sb = _mm512_cvtepi32_ps(QDOT(ub, _mm512_mask_sub_epi8(xv, nbm, zero, xv)));
+			__m512		da = _mm512_permutexvar_ps(pick_a, s4);
+			__m512		db = _mm512_permutexvar_ps(pick_b, s4);
+
+			acc[0][r] = _mm512_fmadd_ps(sa, da, acc[0][r]);
+			acc[1][r] = _mm512_fmadd_ps(sb, db, acc[1][r]);
+		}
+	}
+	for (int r = 0; r < NM; r++)
+		for (int a = 0; a < nw; a++)
+		{
+			float	   *dst = y + (m + r) * ldy + o + a;
+			float		v = _mm512_reduce_add_ps(acc[a][r]);
+
+			*dst = accumulate ? *dst + v : v;
+		}
 }
 
 QTARGET static inline __attribute__((always_inline)) void
@@ -51,7 +119,6 @@ QCAT(QNAME, _impl) (float *y, int64_t ldy, const int8_t *xq, const float *xd, co
 {
 	const int64_t nb = k / MMS_QK;
 	const int64_t bb = wtype == MMS_T_Q8_0 ? 34 : 18;
-	const __m512i zero = _mm512_setzero_si512();
 
 	for (int64_t mt = 0; mt < rows; mt += QGEMM_MTILE)
 	{
@@ -62,59 +129,21 @@ QCAT(QNAME, _impl) (float *y, int64_t ldy, const int8_t *xq, const float *xd, co
 			int			nw = o + 1 < o1 ? 2 : 1;
 			const uint8_t *w0 = w + o * nb * bb;
 			const uint8_t *w1 = nw == 2 ? w0 + nb * bb : w0;
+			int64_t		m = mt;
 
-			for (int64_t m = mt; m < me; m += 4)
+			for (; m + 4 <= me; m += 4)
+				QCAT(QNAME, _pass) (y, ldy, xq, xd, w0, w1, nw, m, k, o, accumulate, wtype, 4);
+			switch (me - m)
 			{
-				int			nm = me - m < 4 ? (int) (me - m) : 4;
-				const int8_t *xr[4];
-				const float *dr[4];
-				__m512		acc[2][4];
-
-				for (int r = 0; r < 4; r++)
-				{
-					int64_t		row = m + (r < nm ? r : 0);
-
-					xr[r] = xq + row * k;
-					dr[r] = xd + row * nb;
-					acc[0][r] = _mm512_setzero_ps();
-					acc[1][r] = _mm512_setzero_ps();
-				}
-				for (int64_t b = 0; b < nb; b += 2)
-				{
-					int			two = b + 1 < nb;
-					const uint8_t *ba = w0 + b * bb,
-							   *bw = w1 + b * bb;
-					__m512i		wa = QCAT(QNAME, _wpair) (ba, bb, two, wtype);
-					__m512i		wb = QCAT(QNAME, _wpair) (bw, bb, two, wtype);
-					__m512i		ua = _mm512_abs_epi8(wa);
-					__m512i		ub = _mm512_abs_epi8(wb);
-					__mmask64	na = _mm512_movepi8_mask(wa);
-					__mmask64	nbm = _mm512_movepi8_mask(wb);
-					__m512		da = QCAT(QNAME, _pair) (_cvtsh_ss(mms_load_u16(ba)),
-														 two ? _cvtsh_ss(mms_load_u16(ba + bb)) : 0.0f);
-					__m512		db = QCAT(QNAME, _pair) (_cvtsh_ss(mms_load_u16(bw)),
-														 two ? _cvtsh_ss(mms_load_u16(bw + bb)) : 0.0f);
-
-					for (int r = 0; r < 4; r++)
-					{
-						__m512i		xv = two ? _mm512_loadu_si512(xr[r] + b * MMS_QK)
-							: _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *) (xr[r] + b * MMS_QK)));
-						__m512		dx = QCAT(QNAME, _pair) (dr[r][b], two ? dr[r][b + 1] : 0.0f);
-						__m512		sa = _mm512_cvtepi32_ps(QDOT(ua, _mm512_mask_sub_epi8(xv, na, zero, xv)));
-						__m512		sb = _mm512_cvtepi32_ps(QDOT(ub, _mm512_mask_sub_epi8(xv, nbm, zero, xv)));
-
-						acc[0][r] = _mm512_fmadd_ps(sa, _mm512_mul_ps(da, dx), acc[0][r]);
-						acc[1][r] = _mm512_fmadd_ps(sb, _mm512_mul_ps(db, dx), acc[1][r]);
-					}
-				}
-				for (int r = 0; r < nm; r++)
-					for (int a = 0; a < nw; a++)
-					{
-						float	   *dst = y + (m + r) * ldy + o + a;
-						float		v = _mm512_reduce_add_ps(acc[a][r]);
-
-						*dst = accumulate ? *dst + v : v;
-					}
+				case 3:
+					QCAT(QNAME, _pass) (y, ldy, xq, xd, w0, w1, nw, m, k, o, accumulate, wtype, 3);
+					break;
+				case 2:
+					QCAT(QNAME, _pass) (y, ldy, xq, xd, w0, w1, nw, m, k, o, accumulate, wtype, 2);
+					break;
+				case 1:
+					QCAT(QNAME, _pass) (y, ldy, xq, xd, w0, w1, nw, m, k, o, accumulate, wtype, 1);
+					break;
 			}
 		}
 	}
