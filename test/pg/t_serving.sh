@@ -154,6 +154,13 @@ want=$("$root/build/mms-run" --model "$root/models/datefix-q8_0.gguf" "3rd of Ma
 got=$(sql -c "SELECT mms_generate('datefix_q8', '3rd of March, 2021')" 2>&1)
 [ "$got" = "$want" ] && ok "a 7.5 MB model loads from its large object and serves ($got)" ||
 	bad "datefix_q8: got '$got' want '$want'"
+# Q8_0 weights are computed on where they lie: the cache holds the file and
+# little more (norms, relative bias), not a dequantized copy.
+fbytes=$(stat -c %s "$root/models/datefix-q8_0.gguf")
+cbytes=$(sql -c "SELECT bytes FROM mms.cache WHERE current_database() || '/datefix_q8:1' = ANY(models)")
+[ -n "$cbytes" ] && [ "$cbytes" -le $((fbytes * 11 / 10)) ] &&
+	ok "a Q8_0 model takes $cbytes bytes of cache for its $fbytes-byte file (at most 1.1x)" ||
+	bad "Q8_0 cache bytes '$cbytes' for a $fbytes-byte file"
 sql -c "SELECT mms_unregister('datefix_q8')" >/dev/null
 
 # --- cache budget smaller than two models ------------------------------------------------
