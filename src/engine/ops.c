@@ -351,12 +351,16 @@ mms_t5_rel_bucket(int64_t rel, int bidirectional, int n_buckets, int max_distanc
 /* Rows at or below this use the weight-streaming kernel; above, OpenBLAS sgemm. */
 #define MMS_SMALL_ROWS 32
 
+/* most weight rows a wide task dequantizes at a time (sgemm wants wide slices) */
+#define MMS_WIDE_TILE 1024
+
 typedef struct LinearJob
 {
 	float	   *y;
 	const float *x;
 	MmsWeight	w;
-	const void *act;			/* quantized x, for quantized weights */
+	void	   *scratch;		/* int8 x (step) or per-thread weight tiles (wide) */
+	int			wide;
 	int64_t		rows,
 				n_in,
 				n_out,
@@ -372,9 +376,22 @@ linear_task(void *arg, int task, int thread)
 	int64_t		o1 = o0 + j->chunk < j->n_out ? o0 + j->chunk : j->n_out;
 	const float *w = j->w.data;
 
+	if (j->w.type != MMS_T_F32 && !j->wide)
+	{
+		mms_qgemm(j->y, j->n_out, j->scratch, j->w.data, j->w.type, j->rows, j->n_in, o0, o1, j->accumulate);
+		return;
+	}
 	if (j->w.type != MMS_T_F32)
-		mms_qgemm(j->y, j->n_out, j->act, j->w.data, j->w.type, j->rows, j->n_in, o0, o1, j->accumulate);
-	else if (j->rows <= MMS_SMALL_ROWS)
+	{
+		/* the weight rows [o0, o1) as floats, in this thread's tile; valid by construction */
+		float	   *tile = (float *) j->scratch + (size_t) thread * MMS_WIDE_TILE * (size_t) j->n_in;
+		size_t		row = mms_tensor_type_bytes(j->w.type, (uint64_t) j->n_in);
+
+		(void) mms_dequantize(j->w.type, (const uint8_t *) j->w.data + (size_t) o0 * row,
+							  (uint64_t) ((o1 - o0) * j->n_in), tile, NULL);
+		w = tile - o0 * j->n_in;
+	}
+	if (j->rows <= MMS_SMALL_ROWS)
 		mms_small_gemm(j->y, j->n_out, j->x, w, j->rows, j->n_in, o0, o1, j->accumulate);
 	else
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int) j->rows, (int) (o1 - o0), (int) j->n_in,
@@ -383,32 +400,37 @@ linear_task(void *arg, int task, int thread)
 }
 
 size_t
-mms_linear_scratch_bytes(int type, int64_t rows, int64_t n_in)
+mms_linear_scratch_bytes(int type, int wide, int64_t rows, int64_t n_in)
 {
-	return type == MMS_T_F32 ? 0 : mms_qact_bytes(rows, n_in);
+	if (type == MMS_T_F32)
+		return 0;
+	if (wide)
+		return (size_t) mms_threads() * MMS_WIDE_TILE * (size_t) n_in * sizeof(float);
+	return mms_qact_bytes(rows, n_in);
 }
 
 void
 mms_linear(float *y, const float *x, MmsWeight w, int64_t rows, int64_t n_in, int64_t n_out,
-		   int accumulate, void *scratch)
+		   int accumulate, const MmsLinearScratch *scratch)
 {
-	LinearJob	j = {y, x, w, scratch, rows, n_in, n_out, 0, accumulate};
+	int			wide = scratch && scratch->wide;
+	LinearJob	j = {y, x, w, scratch ? scratch->buf : NULL, wide, rows, n_in, n_out, 0, accumulate};
 	int			threads = mms_threads();
 
 	/*
 	 * Split the output columns: every task reads its own slice of W once.
 	 * Small batches and int8 kernels use many small slices (they balance);
-	 * big f32 ones one slice per thread (sgemm is most efficient on wide
-	 * slices).
+	 * big ones one slice per thread (sgemm is most efficient on wide
+	 * slices), at most a tile when dequantized.
 	 */
-	if (w.type != MMS_T_F32)
-		mms_quantize_act(x, rows, n_in, scratch);
-	if (rows <= MMS_SMALL_ROWS || w.type != MMS_T_F32)
+	if (w.type != MMS_T_F32 && !wide)
+		mms_quantize_act(x, rows, n_in, j.scratch);
+	if (rows <= MMS_SMALL_ROWS || (w.type != MMS_T_F32 && !wide))
 		j.chunk = 64;
 	else
 		j.chunk = ((n_out + threads - 1) / threads + 15) / 16 * 16;
-	if (j.chunk < 1)
-		j.chunk = 1;
+	if (w.type != MMS_T_F32 && wide && j.chunk > MMS_WIDE_TILE)
+		j.chunk = MMS_WIDE_TILE;
 	mms_parallel((int) ((n_out + j.chunk - 1) / j.chunk), linear_task, &j);
 }
 

@@ -46,15 +46,28 @@ typedef struct MmsWeight
 	int			type;			/* MMS_T_F32, MMS_T_Q8_0 or MMS_T_Q4_0 */
 } MmsWeight;
 
-/* Scratch bytes mms_linear needs for rows x n_in inputs (0 for f32 weights). */
-size_t		mms_linear_scratch_bytes(int type, int64_t rows, int64_t n_in);
-
 /*
- * y[rows, n_out] = x[rows, n_in] . W^T (+ y if accumulate). Quantized weights
- * quantize x into scratch (mms_linear_scratch_bytes) first.
+ * How a layer computes on quantized weights, by call site so that a row's
+ * result never depends on how many rows share the call:
+ *   step  (decoder steps, a few rows): activations quantized to int8, the int8
+ *         kernels on the blocks in place (qgemm.h) — reads 1.06 bytes a weight;
+ *   wide  (encoder, cross-attention keys/values, many rows): tiles of weight
+ *         rows dequantized per call next to f32 activations for sgemm — the
+ *         work is in the FLOPs, which sgemm does best, and the result is
+ *         transformers' on the dequantized weights.
+ * buf holds mms_linear_scratch_bytes; f32 weights need none.
  */
+typedef struct MmsLinearScratch
+{
+	void	   *buf;
+	int			wide;
+} MmsLinearScratch;
+
+size_t		mms_linear_scratch_bytes(int type, int wide, int64_t rows, int64_t n_in);
+
+/* y[rows, n_out] = x[rows, n_in] . W^T (+ y if accumulate). */
 void		mms_linear(float *y, const float *x, MmsWeight w, int64_t rows, int64_t n_in,
-					   int64_t n_out, int accumulate, void *scratch);
+					   int64_t n_out, int accumulate, const MmsLinearScratch *scratch);
 
 /* Threads of this process's engine (see pool.h); the old name is kept. */
 void		mms_blas_set_threads(int n);

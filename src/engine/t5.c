@@ -353,21 +353,23 @@ work_ints(MmsT5Work *w, size_t n, MmsError *err)
 }
 
 /*
- * Scratch for quantizing `rows` inputs of the model's widest layer (none
- * for f32 weights): *q is set, NULL only with err set.
+ * Scratch for the linear layers of `rows` inputs (see MmsLinearScratch),
+ * sized for the model's widest layer; none for f32 weights.
  */
 static MmsStatus
-work_qact(const MmsT5 *m, MmsT5Work *w, int64_t rows, void **q, MmsError *err)
+work_linear(const MmsT5 *m, MmsT5Work *w, int64_t rows, int wide, MmsLinearScratch *ls, MmsError *err)
 {
 	const MmsT5Config *c = &m->cfg;
 	int64_t		widest = c->d_model > c->inner ? c->d_model : c->inner;
 
 	widest = c->d_ff > widest ? c->d_ff : widest;
-	*q = NULL;
+	ls->buf = NULL;
+	ls->wide = wide;
 	if (m->qtype == MMS_T_F32)
 		return MMS_OK;
-	*q = work_grow((void **) &w->qbuf, &w->qcap, mms_linear_scratch_bytes(m->qtype, rows, widest), 1, err);
-	return *q ? MMS_OK : (err ? err->code : MMS_ERR_NOMEM);
+	ls->buf = work_grow((void **) &w->qbuf, &w->qcap, mms_linear_scratch_bytes(m->qtype, wide, rows, widest),
+						1, err);
+	return ls->buf ? MMS_OK : (err ? err->code : MMS_ERR_NOMEM);
 }
 
 /* ---------------------------------------------------------------- shared pieces */
@@ -396,10 +398,10 @@ embed(const MmsT5 *m, const int32_t *ids, int64_t n, float *x, MmsError *err)
 	return MMS_OK;
 }
 
-/* x += FFN(rmsnorm(x)) over rows; h, f1, f2 and qs (work_qact) are scratch. */
+/* x += FFN(rmsnorm(x)) over rows; h, f1, f2 and qs (work_linear) are scratch. */
 static void
 feed_forward(const MmsT5 *m, const MmsT5Block *b, float *x, int64_t rows, float *h, float *f1, float *f2,
-			 void *qs)
+			 const MmsLinearScratch *qs)
 {
 	const MmsT5Config *c = &m->cfg;
 
@@ -516,7 +518,8 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 			   *bias;
 	int32_t    *bucket;
 	int32_t    *offs;
-	void	   *qs;
+	MmsLinearScratch lin,
+			   *qs = &lin;
 	MmsStatus	st;
 
 	for (int s = 0; s < n_seq; s++)
@@ -531,7 +534,7 @@ mms_t5_encode(const MmsT5 *m, MmsT5Work *w, int n_seq, const int32_t *const *ids
 	/* x lives in out; scratch: h, q, k, v, att (T x inner), f1, f2 (T x d_ff), bias (heads x 2L) */
 	base = work_floats(w, (size_t) (T * d + 4 * T * in + 2 * T * ff + c->n_head * 2 * Lmax) +
 					   (size_t) mms_threads() * (size_t) (Lmax * Lmax), err);
-	if (base == NULL || (st = work_qact(m, w, T, &qs, err)) != MMS_OK)
+	if (base == NULL || (st = work_linear(m, w, T, 1, &lin, err)) != MMS_OK)
 		return err ? err->code : MMS_ERR_NOMEM;
 	offs = malloc((size_t) n_seq * sizeof(int32_t));
 	if (offs == NULL)
@@ -603,7 +606,8 @@ mms_t5_cross_create(const MmsT5 *m, MmsT5Work *w, int n_seq, const float *enc_ou
 				in = c->inner;
 	float	   *tk,
 			   *tv;
-	void	   *qs = NULL;
+	MmsLinearScratch lin,
+			   *qs = &lin;
 
 	for (int s = 0; s < n_seq; s++)
 		out[s] = NULL;
@@ -633,7 +637,7 @@ mms_t5_cross_create(const MmsT5 *m, MmsT5Work *w, int n_seq, const float *enc_ou
 		T += lens[s];
 	}
 	tk = work_floats(w, (size_t) (2 * T * in), err);
-	if (tk == NULL || work_qact(m, w, T, &qs, err) != MMS_OK)
+	if (tk == NULL || work_linear(m, w, T, 1, &lin, err) != MMS_OK)
 	{
 		for (int s = 0; s < n_seq; s++)
 		{
@@ -818,7 +822,8 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 			   *f2,
 			   *scores;
 	int32_t    *bucket;
-	void	   *qs;
+	MmsLinearScratch lin,
+			   *qs = &lin;
 	MmsStatus	rc;
 
 	if (c->encoder_only)
@@ -834,7 +839,7 @@ mms_t5_decode_step(const MmsT5 *m, MmsT5Work *w, int n, MmsT5State *const *st,
 					(size_t) (2 * max_keys) * (size_t) mms_threads(), err);
 	/* bucket of every (row, key) pair, the same in every block: computed once per step */
 	bucket = work_ints(w, (size_t) n * (size_t) max_keys, err);
-	if (x == NULL || bucket == NULL || work_qact(m, w, n, &qs, err) != MMS_OK)
+	if (x == NULL || bucket == NULL || work_linear(m, w, n, 0, &lin, err) != MMS_OK)
 		return err ? err->code : MMS_ERR_NOMEM;
 	for (int i = 0; i < n; i++)
 		for (int64_t j = 0; j <= st[i]->pos; j++)
