@@ -26,8 +26,9 @@
 
 /* rows per tile: 64 rows of int8 inputs (k <= 4096: 256 KB) stay in L2 while a task's weights pass */
 #define QGEMM_MTILE 64
+/* bytes of weights requested ahead of the kernels' reading (about a DRAM latency's worth) */
 #ifndef QGEMM_PF
-#define QGEMM_PF 2
+#define QGEMM_PF 4096
 #endif
 
 size_t

@@ -68,9 +68,13 @@ QCAT(QNAME, _pass) (float *y, int64_t ldy, const int8_t *xq, const float *xd, co
 	}
 	for (int64_t b = 0; b < nb; b++)
 	{
-		/* the next two weight rows, while these are in use: memory stays busy */
-		_mm_prefetch((const char *) (w0 + QGEMM_PF * nb * bb + b * bb), _MM_HINT_T0);
-		_mm_prefetch((const char *) (w0 + (QGEMM_PF + 1) * nb * bb + b * bb), _MM_HINT_T0);
+		/*
+		 * Rows o, o + 1 and the ones after lie one after the other: ask for
+		 * the bytes QGEMM_PF ahead of where the pair is reading, a bit more
+		 * than it reads per step, so memory stays busy.
+		 */
+		_mm_prefetch((const char *) (w0 + 2 * b * bb + QGEMM_PF), _MM_HINT_T0);
+		_mm_prefetch((const char *) (w0 + 2 * b * bb + QGEMM_PF + 64), _MM_HINT_T0);
 		const uint8_t *ba = w0 + b * bb,
 				   *bw = w1 + b * bb;
 		__m256i		wa = QCAT(QNAME, _wblock) (ba, wtype);

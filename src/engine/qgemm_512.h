@@ -84,9 +84,14 @@ QCAT(QNAME, _pass) (float *y, int64_t ldy, const int8_t *xq, const float *xd, co
 		uint32_t	hb = mms_load_u16(bw) | (two ? (uint32_t) mms_load_u16(bw + bb) << 16 : 0);
 		__m128		dw4 = _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128((int) ha), (int) hb, 1));
 
-		/* the next two weight rows, while these are in use: memory stays busy */
-		_mm_prefetch((const char *) (w0 + QGEMM_PF * nb * bb + b * bb), _MM_HINT_T0);
-		_mm_prefetch((const char *) (w0 + (QGEMM_PF + 1) * nb * bb + b * bb), _MM_HINT_T0);
+		/*
+		 * Rows o, o + 1 and the ones after lie one after the other: ask for
+		 * the bytes QGEMM_PF ahead of where the pair is reading, a bit more
+		 * than it reads per step, so memory stays busy.
+		 */
+		_mm_prefetch((const char *) (w0 + 2 * b * bb + QGEMM_PF), _MM_HINT_T0);
+		_mm_prefetch((const char *) (w0 + 2 * b * bb + QGEMM_PF + 64), _MM_HINT_T0);
+		_mm_prefetch((const char *) (w0 + 2 * b * bb + QGEMM_PF + 128), _MM_HINT_T0);
 		for (int r = 0; r < NM; r++)
 		{
 			__m512i		xv = two ? _mm512_loadu_si512(xr[r] + b * MMS_QK)
