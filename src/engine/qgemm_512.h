@@ -38,6 +38,15 @@ QCAT(QNAME, _wpair) (const uint8_t *blk, int64_t bb, int two, const int wtype)
 	return _mm512_inserti64x4(_mm512_castsi256_si512(v[0]), v[1], 1);
 }
 
+/* [p[0], p[1], p[0], p[1]] from any float address */
+QTARGET static inline __m128
+QCAT(QNAME, _dup2) (const float *p)
+{
+	__m128		v = _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *) p));
+
+	return _mm_movelh_ps(v, v);
+}
+
 /*
  * NM (1..4, a constant where inlined) input rows from row m against weight
  * rows w0 and w1 (nw of them): the compiler unrolls the row loops, and a
@@ -96,7 +105,8 @@ QCAT(QNAME, _pass) (float *y, int64_t ldy, const int8_t *xq, const float *xd, co
 		{
 			__m512i		xv = two ? _mm512_loadu_si512(xr[r] + b * MMS_QK)
 				: _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *) (xr[r] + b * MMS_QK)));
-			__m128		dx4 = two ? _mm_castpd_ps(_mm_loaddup_pd((const double *) (dr[r] + b)))
+			/* [dx b, dx b+1, the same again]; the second is past the row's end when !two */
+			__m128		dx4 = two ? QCAT(QNAME, _dup2) (dr[r] + b)
 				: _mm_set_ps(0.0f, dr[r][b], 0.0f, dr[r][b]);
 			__m512		s4 = _mm512_castps128_ps512(_mm_mul_ps(dw4, dx4));
 			__m512		sa = _mm512_cvtepi32_ps(QDOT(ua, _mm512_mask_sub_epi8(xv, na, zero, xv)));
