@@ -16,7 +16,7 @@ BUILD    ?= build
 # Engine, split by what it needs: CORE has no BLAS (the registry links it
 # into the preloaded library), MATH uses OpenBLAS (inference workers only).
 ENGINE_CORE = mms_error gguf quant tok_vocab tok_normalize tokenizer tok_decode t5_meta gen_options
-ENGINE_MATH = pool gemm_small qgemm ops t5 gen_process generate scheduler
+ENGINE_MATH = pool gemm_small qgemm qgemm_tile ops t5 gen_process generate scheduler
 ENGINE_OBJS = $(patsubst %,$(BUILD)/engine/%.o,$(ENGINE_CORE) $(ENGINE_MATH))
 ENGINE_HDRS = $(wildcard src/engine/*.h)
 

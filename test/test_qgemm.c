@@ -147,6 +147,80 @@ test_path(void **state)
 				  mms_qpath_name(path), path == mms_qpath_best() ? " (the one in use)" : "");
 }
 
+/*
+ * The wide kernel (outputs across lanes, weights repacked per call) against
+ * exact sums, with output counts that leave partial groups of 16, and a row
+ * alone bit-identical to the same row among 37.
+ */
+static void
+test_tile(void **state)
+{
+	static const int64_t shapes[][3] = {{1, 32, 5}, {3, 96, 16}, {4, 512, 17}, {5, 160, 33},
+	{37, 288, 70}, {9, 1024, 64}};
+
+	if (!mms_qtile_available())
+	{
+		print_message("qgemm wide tile kernel (AVX-512 VNNI): SKIPPED, this CPU (or MMS_NO_AVX512) does not allow it\n");
+		skip();
+	}
+	for (int ti = 0; ti < 2; ti++)
+		for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++)
+		{
+			int			wtype = ti ? MMS_T_Q4_0 : MMS_T_Q8_0;
+			int64_t		rows = shapes[si][0],
+						k = shapes[si][1],
+						n_out = shapes[si][2];
+			float	   *x = malloc((size_t) (rows * k) * sizeof(float));
+			void	   *act = malloc(mms_qact_bytes(rows, k));
+			void	   *actu = malloc(mms_qact_bytes(rows, k));
+			void	   *one = malloc(mms_qact_bytes(1, k));
+			void	   *tile = malloc(mms_qtile_bytes(k));
+			uint8_t    *w = random_weights(wtype, n_out, k);
+			float	   *y = malloc((size_t) (rows * n_out) * sizeof(float));
+			float	   *y1 = malloc((size_t) n_out * sizeof(float));
+
+			for (int64_t i = 0; i < rows * k; i++)
+				x[i] = next_unit() * (1.0f + (float) (i % 5));
+			mms_quantize_act(x, rows, k, act);
+			mms_quantize_act_u8(x, rows, k, actu);
+			for (int accumulate = 0; accumulate <= 1; accumulate++)
+			{
+				for (int64_t i = 0; i < rows * n_out; i++)
+					y[i] = 0.25f;
+				/* two uneven output ranges, as tasks split them */
+				mms_qtile_gemm(y, n_out, actu, w, wtype, rows, k, 0, n_out / 3, accumulate, tile);
+				mms_qtile_gemm(y, n_out, actu, w, wtype, rows, k, n_out / 3, n_out, accumulate, tile);
+				for (int64_t m = 0; m < rows; m++)
+					for (int64_t o = 0; o < n_out; o++)
+					{
+						double		mag;
+						double		want = exact(w, wtype, act, rows, k, m, o, &mag) + (accumulate ? 0.25 : 0.0);
+
+						if (fabs(y[m * n_out + o] - want) > 1e-5 * (mag + 1.0))
+							fail_msg("tile %s rows %lld k %lld n_out %lld (m %lld, o %lld, acc %d): %.9g, exact %.9g",
+									 mms_tensor_type_name(wtype), (long long) rows, (long long) k,
+									 (long long) n_out, (long long) m, (long long) o, accumulate,
+									 y[m * n_out + o], want);
+					}
+			}
+			for (int64_t m = 0; m < rows; m++)
+			{
+				mms_quantize_act_u8(x + m * k, 1, k, one);
+				mms_qtile_gemm(y1, n_out, one, w, wtype, 1, k, 0, n_out, 0, tile);
+				mms_qtile_gemm(y, n_out, actu, w, wtype, rows, k, 0, n_out, 0, tile);
+				assert_memory_equal(y1, y + m * n_out, (size_t) n_out * sizeof(float));
+			}
+			free(x);
+			free(act);
+			free(actu);
+			free(one);
+			free(tile);
+			free(w);
+			free(y);
+			free(y1);
+		}
+}
+
 /* A row's outputs are bit-identical alone and among 37 rows, on the path in use. */
 static void
 test_batch_independent(void **state)
@@ -283,7 +357,7 @@ test_linear_quantized(void **state)
 			{
 				double		err2 = 0,
 							ref2 = 0,
-							lim = wide ? 1e-6 : 0.01;
+							lim = wide && !mms_qtile_available() ? 1e-6 : 0.01;
 
 				mms_linear(y, x, qw, rows, K, OUT, 0, &ls);
 				mms_linear(yf, x, fw, rows, K, OUT, 0, NULL);
@@ -313,6 +387,7 @@ main(void)
 		{"path_avx_vnni", test_path, NULL, NULL, (void *) (intptr_t) MMS_QPATH_AVX_VNNI},
 		{"path_avx512bw", test_path, NULL, NULL, (void *) (intptr_t) MMS_QPATH_AVX512BW},
 		{"path_avx512_vnni", test_path, NULL, NULL, (void *) (intptr_t) MMS_QPATH_AVX512_VNNI},
+		cmocka_unit_test(test_tile),
 		cmocka_unit_test(test_batch_independent),
 		cmocka_unit_test(test_quantize_act),
 		cmocka_unit_test(test_hostile_weights),

@@ -381,6 +381,15 @@ linear_task(void *arg, int task, int thread)
 		mms_qgemm(j->y, j->n_out, j->scratch, j->w.data, j->w.type, j->rows, j->n_in, o0, o1, j->accumulate);
 		return;
 	}
+	if (j->w.type != MMS_T_F32 && mms_qtile_available())
+	{
+		uint8_t    *tile = (uint8_t *) j->scratch + mms_qact_bytes(j->rows, j->n_in) +
+			(size_t) thread * mms_qtile_bytes(j->n_in);
+
+		mms_qtile_gemm(j->y, j->n_out, j->scratch, j->w.data, j->w.type, j->rows, j->n_in, o0, o1,
+					   j->accumulate, tile);
+		return;
+	}
 	if (j->w.type != MMS_T_F32)
 	{
 		/* the weight rows [o0, o1) as floats, in this thread's tile; valid by construction */
@@ -404,6 +413,8 @@ mms_linear_scratch_bytes(int type, int wide, int64_t rows, int64_t n_in)
 {
 	if (type == MMS_T_F32)
 		return 0;
+	if (wide && mms_qtile_available())
+		return mms_qact_bytes(rows, n_in) + (size_t) mms_threads() * mms_qtile_bytes(n_in);
 	if (wide)
 		return (size_t) mms_threads() * MMS_WIDE_TILE * (size_t) n_in * sizeof(float);
 	return mms_qact_bytes(rows, n_in);
@@ -425,7 +436,9 @@ mms_linear(float *y, const float *x, MmsWeight w, int64_t rows, int64_t n_in, in
 	 */
 	if (w.type != MMS_T_F32 && !wide)
 		mms_quantize_act(x, rows, n_in, j.scratch);
-	if (rows <= MMS_SMALL_ROWS || (w.type != MMS_T_F32 && !wide))
+	else if (w.type != MMS_T_F32 && mms_qtile_available())
+		mms_quantize_act_u8(x, rows, n_in, j.scratch);
+	if (rows <= MMS_SMALL_ROWS || (w.type != MMS_T_F32 && (!wide || mms_qtile_available())))
 		j.chunk = 64;
 	else
 		j.chunk = ((n_out + threads - 1) / threads + 15) / 16 * 16;

@@ -51,10 +51,11 @@ typedef struct MmsWeight
  * result never depends on how many rows share the call:
  *   step  (decoder steps, a few rows): activations quantized to int8, the int8
  *         kernels on the blocks in place (qgemm.h) — reads 1.06 bytes a weight;
- *   wide  (encoder, cross-attention keys/values, many rows): tiles of weight
- *         rows dequantized per call next to f32 activations for sgemm — the
- *         work is in the FLOPs, which sgemm does best, and the result is
- *         transformers' on the dequantized weights.
+ *   wide  (encoder, cross-attention keys/values, many rows): the work is in
+ *         the products, not the bytes: with AVX-512 VNNI the wide int8
+ *         kernel on weights repacked per call (mms_qtile_gemm); elsewhere
+ *         tiles of weight rows dequantized per call for sgemm on f32
+ *         activations (transformers' arithmetic on the dequantized weights).
  * buf holds mms_linear_scratch_bytes; f32 weights need none.
  */
 typedef struct MmsLinearScratch

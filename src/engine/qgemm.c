@@ -44,44 +44,132 @@ mms_qact_bytes(int64_t rows, int64_t k)
 	return (size_t) rows * (size_t) k + (size_t) rows * (size_t) (k / MMS_QK) * sizeof(float);
 }
 
-void
-mms_quantize_act(const float *x, int64_t rows, int64_t k, void *scratch)
+/*
+ * One block of 32 values, portable: scale max|x| / 127, values rounded
+ * half away from zero (roundf, as ggml's reference quantizer). offset 0
+ * stores int8 values, 128 stores them + 128 as uint8.
+ */
+static void
+quantize_block_c(const float *xb, uint8_t *q, float *d, int offset)
 {
-	int8_t	   *q = scratch;
-	float	   *d = (float *) (q + rows * k);
+	float		amax = 0.0f;
 
-	for (int64_t i = 0; i < rows * k; i += MMS_QK)
+	for (int j = 0; j < MMS_QK; j++)
 	{
-		const float *xb = x + i;
-		float		amax = 0.0f;
+		float		a = fabsf(xb[j]);
+
+		/* written so that a NaN makes amax NaN rather than being skipped */
+		amax = a > amax || a != a ? a : amax;
+	}
+	if (!isfinite(amax))
+	{
+		for (int j = 0; j < MMS_QK; j++)
+			q[j] = (uint8_t) offset;
+		*d = NAN;
+		return;
+	}
+	{
+		float		db = amax / 127.0f;
+		float		id = db != 0.0f ? 1.0f / db : 0.0f;
 
 		for (int j = 0; j < MMS_QK; j++)
 		{
-			float		a = fabsf(xb[j]);
+			float		v = roundf(xb[j] * id);
+			int			iv = (int) (v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
 
-			/* written so that a NaN makes amax NaN rather than being skipped */
-			amax = a > amax || a != a ? a : amax;
+			q[j] = (uint8_t) (iv + offset);
 		}
-		if (!isfinite(amax))
+		*d = db;
+	}
+}
+
+#ifdef MMS_QGEMM_X86
+/*
+ * The same with AVX2, rounding half to even (_mm256_round_ps, as ggml's
+ * SIMD quantizers): the two differ only on exact halves, and a machine
+ * always uses the same one. Non-finite blocks go to the portable code.
+ */
+__attribute__((target("avx2,fma")))
+static void
+quantize_rows_avx2(const float *x, int64_t n_blocks, uint8_t *q, float *d, int offset)
+{
+	const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+	const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+
+	for (int64_t i = 0; i < n_blocks; i++)
+	{
+		const float *xb = x + i * MMS_QK;
+		__m256		v0 = _mm256_loadu_ps(xb),
+					v1 = _mm256_loadu_ps(xb + 8),
+					v2 = _mm256_loadu_ps(xb + 16),
+					v3 = _mm256_loadu_ps(xb + 24);
+		__m256		mx = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
+									   _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
+		__m128		m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+		float		amax;
+
+		m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+		m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+		amax = _mm_cvtss_f32(m4);
+		/* max_ps drops NaNs: an infinite max, or any NaN, goes the portable way */
+		if (!isfinite(amax) ||
+			_mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(v0, v0, _CMP_UNORD_Q),
+														 _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q)),
+											_mm256_or_ps(_mm256_cmp_ps(v2, v2, _CMP_UNORD_Q),
+														 _mm256_cmp_ps(v3, v3, _CMP_UNORD_Q)))) != 0)
 		{
-			for (int j = 0; j < MMS_QK; j++)
-				q[i + j] = 0;
-			d[i / MMS_QK] = NAN;
+			quantize_block_c(xb, q + i * MMS_QK, d + i, offset);
 			continue;
 		}
 		{
 			float		db = amax / 127.0f;
-			float		id = db != 0.0f ? 1.0f / db : 0.0f;
+			__m256		id = _mm256_set1_ps(db != 0.0f ? 1.0f / db : 0.0f);
+			__m256i		i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+			__m256i		i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+			__m256i		i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+			__m256i		i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+			/* packs saturate to [-128, 127]; |x| * 127 / max|x| never passes 127 by more than rounding */
+			__m256i		p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
 
-			for (int j = 0; j < MMS_QK; j++)
-			{
-				float		v = roundf(xb[j] * id);
-
-				q[i + j] = (int8_t) (v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
-			}
-			d[i / MMS_QK] = db;
+			p = _mm256_max_epi8(p, _mm256_set1_epi8(-127));
+			p = _mm256_permutevar8x32_epi32(p, order);
+			if (offset)
+				p = _mm256_xor_si256(p, _mm256_set1_epi8((char) 0x80));
+			_mm256_storeu_si256((__m256i *) (q + i * MMS_QK), p);
+			d[i] = db;
 		}
 	}
+}
+#endif
+
+/* Every block of rows x k values (k a multiple of 32) into scratch: values, then scales. */
+static void
+quantize_rows(const float *x, int64_t rows, int64_t k, void *scratch, int offset)
+{
+	uint8_t    *q = scratch;
+	float	   *d = (float *) (q + rows * k);
+
+#ifdef MMS_QGEMM_X86
+	if (mms_qpath_available(MMS_QPATH_AVX2))
+	{
+		quantize_rows_avx2(x, rows * k / MMS_QK, q, d, offset);
+		return;
+	}
+#endif
+	for (int64_t i = 0; i < rows * k; i += MMS_QK)
+		quantize_block_c(x + i, q + i, d + i / MMS_QK, offset);
+}
+
+void
+mms_quantize_act(const float *x, int64_t rows, int64_t k, void *scratch)
+{
+	quantize_rows(x, rows, k, scratch, 0);
+}
+
+void
+mms_quantize_act_u8(const float *x, int64_t rows, int64_t k, void *scratch)
+{
+	quantize_rows(x, rows, k, scratch, 128);
 }
 
 /* ---------------------------------------------------------------- portable path */

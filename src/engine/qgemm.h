@@ -44,6 +44,9 @@ size_t		mms_qact_bytes(int64_t rows, int64_t k);
  */
 void		mms_quantize_act(const float *x, int64_t rows, int64_t k, void *scratch);
 
+/* The same with every value stored + 128 as uint8 (the layout mms_qtile_gemm reads). */
+void		mms_quantize_act_u8(const float *x, int64_t rows, int64_t k, void *scratch);
+
 /*
  * y[m, o] (+)= sum over blocks b of dw[o,b] * dx[m,b] * (wq[o,b] . xq[m,b])
  * for m < rows, o in [o0, o1); w holds n_out rows of k / 32 blocks of wtype;
@@ -61,5 +64,21 @@ const char *mms_qpath_name(MmsQPath path);
 int			mms_qpath_available(MmsQPath path);
 /* The path mms_qgemm uses. */
 MmsQPath	mms_qpath_best(void);
+
+/*
+ * Wide layers (the encoder's many rows): the same arithmetic with the
+ * outputs across vector lanes. Each task repacks 16 weight rows at a time
+ * into a tile (per-thread scratch of mms_qtile_bytes(k)): four-value groups
+ * of 16 outputs side by side, their block scales, and -128 x their block
+ * sums (the inputs are stored + 128, as vpdpbusd needs unsigned values).
+ * Then one vpdpbusd does 64 products for 16 outputs, and a block's scales
+ * cost three instructions per 512 products. AVX-512 VNNI only
+ * (mms_qtile_available); act from mms_quantize_act_u8.
+ * A row's result is the same whatever rows share the call, as above.
+ */
+int			mms_qtile_available(void);
+size_t		mms_qtile_bytes(int64_t k);
+void		mms_qtile_gemm(float *y, int64_t ldy, const void *act, const uint8_t *w, int wtype,
+						   int64_t rows, int64_t k, int64_t o0, int64_t o1, int accumulate, void *tile);
 
 #endif
