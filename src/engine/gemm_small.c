@@ -257,63 +257,105 @@ small_gemm_avx2(float *y, int64_t ldy, const float *x, const float *w, int64_t r
 }
 
 /*
- * AVX-512: four weight rows x six input rows (24 accumulators of 16 floats)
- * per pass; k a multiple of 16. About twice the AVX2 kernel where the CPU
- * has it.
+ * Sums of four accumulators (one per weight row) as four floats: a
+ * transpose-and-add, a third of the work of four separate reductions.
  */
-__attribute__((target("avx512f")))
+__attribute__((target("avx512f,avx512dq")))
+static inline __m128
+reduce4_512(__m512 c0, __m512 c1, __m512 c2, __m512 c3)
+{
+	__m512		t0 = _mm512_add_ps(_mm512_unpacklo_ps(c0, c1), _mm512_unpackhi_ps(c0, c1));
+	__m512		t1 = _mm512_add_ps(_mm512_unpacklo_ps(c2, c3), _mm512_unpackhi_ps(c2, c3));
+	__m512		u = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1))),
+								  _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t0), _mm512_castps_pd(t1))));
+	__m256		h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));
+
+	return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/*
+ * Four weight rows (w0's first, the others absent past o1 are w0 again)
+ * against NM (1..6, a constant where inlined) input rows from row m. Each
+ * (row, output) sees the same operations whatever NM, so a row's result does
+ * not depend on the rows sharing the call.
+ */
+__attribute__((target("avx512f,avx512dq")))
+static inline __attribute__((always_inline)) void
+pass_512(float *y, int64_t ldy, const float *x, const float *const *wr, int nw, int64_t k, int64_t o,
+		 int64_t m, int accumulate, int prefetch, const int NM)
+{
+	__m512		c[4][6];
+
+	for (int a = 0; a < 4; a++)
+		for (int b = 0; b < NM; b++)
+			c[a][b] = _mm512_setzero_ps();
+	for (int64_t i = 0; i < k; i += 16)
+	{
+		__m512		wa[4];
+
+		/* the next four weight rows, while these are in use: memory stays busy */
+		if (prefetch)
+			for (int a = 0; a < 4; a++)
+				_mm_prefetch((const char *) (wr[a] + 4 * k + i), _MM_HINT_T0);
+		for (int a = 0; a < 4; a++)
+			wa[a] = _mm512_loadu_ps(wr[a] + i);
+		for (int b = 0; b < NM; b++)
+		{
+			__m512		xv = _mm512_loadu_ps(x + (m + b) * k + i);
+
+			for (int a = 0; a < 4; a++)
+				c[a][b] = _mm512_fmadd_ps(xv, wa[a], c[a][b]);
+		}
+	}
+	for (int b = 0; b < NM; b++)
+	{
+		float		r[4];
+		float	   *dst = y + (m + b) * ldy + o;
+
+		_mm_storeu_ps(r, reduce4_512(c[0][b], c[1][b], c[2][b], c[3][b]));
+		for (int a = 0; a < nw; a++)
+			dst[a] = accumulate ? dst[a] + r[a] : r[a];
+	}
+}
+
+/*
+ * AVX-512: four weight rows x up to six input rows (24 accumulators of 16
+ * floats) per pass; k a multiple of 16. About twice the AVX2 kernel where
+ * the CPU has it.
+ */
+__attribute__((target("avx512f,avx512dq")))
 static void
 small_gemm_avx512(float *y, int64_t ldy, const float *x, const float *w, int64_t rows, int64_t k,
 				  int64_t o0, int64_t o1, int accumulate)
 {
-	int64_t		o = o0;
-
-	for (; o < o1; o += 4)
+	for (int64_t o = o0; o < o1; o += 4)
 	{
 		int			nw = o1 - o < 4 ? (int) (o1 - o) : 4;
+		int			pf = o + 8 <= o1;
 		const float *wr[4];
 		int64_t		m = 0;
 
 		for (int a = 0; a < 4; a++)
 			wr[a] = w + (o + (a < nw ? a : 0)) * k;
-		while (m < rows)
+		for (; m + 6 <= rows; m += 6)
+			pass_512(y, ldy, x, wr, nw, k, o, m, accumulate, pf && m == 0, 6);
+		switch (rows - m)
 		{
-			int			nm = rows - m < 6 ? (int) (rows - m) : 6;
-			const float *xr[6];
-			__m512		c[4][6];
-
-			for (int b = 0; b < 6; b++)
-				xr[b] = x + (m + (b < nm ? b : 0)) * k;
-			for (int a = 0; a < 4; a++)
-				for (int b = 0; b < 6; b++)
-					c[a][b] = _mm512_setzero_ps();
-			for (int64_t i = 0; i < k; i += 16)
-			{
-				__m512		wa[4];
-
-				/* the next four weight rows, while these are in use: memory stays busy */
-				if (m == 0 && o + 8 <= o1)
-					for (int a = 0; a < 4; a++)
-						_mm_prefetch((const char *) (wr[a] + 4 * k + i), _MM_HINT_T0);
-				for (int a = 0; a < 4; a++)
-					wa[a] = _mm512_loadu_ps(wr[a] + i);
-				for (int b = 0; b < 6; b++)
-				{
-					__m512		xv = _mm512_loadu_ps(xr[b] + i);
-
-					for (int a = 0; a < 4; a++)
-						c[a][b] = _mm512_fmadd_ps(xv, wa[a], c[a][b]);
-				}
-			}
-			for (int b = 0; b < nm; b++)
-				for (int a = 0; a < nw; a++)
-				{
-					float	   *dst = y + (m + b) * ldy + o + a;
-					float		r = _mm512_reduce_add_ps(c[a][b]);
-
-					*dst = accumulate ? *dst + r : r;
-				}
-			m += nm;
+			case 5:
+				pass_512(y, ldy, x, wr, nw, k, o, m, accumulate, pf && m == 0, 5);
+				break;
+			case 4:
+				pass_512(y, ldy, x, wr, nw, k, o, m, accumulate, pf && m == 0, 4);
+				break;
+			case 3:
+				pass_512(y, ldy, x, wr, nw, k, o, m, accumulate, pf && m == 0, 3);
+				break;
+			case 2:
+				pass_512(y, ldy, x, wr, nw, k, o, m, accumulate, pf && m == 0, 2);
+				break;
+			case 1:
+				pass_512(y, ldy, x, wr, nw, k, o, m, accumulate, pf && m == 0, 1);
+				break;
 		}
 	}
 }
@@ -343,7 +385,8 @@ cpu_avx512(void)
 	static int	cached = -1;
 
 	if (cached < 0)
-		cached = mms_cpu_avx2() && __builtin_cpu_supports("avx512f") && getenv("MMS_NO_AVX512") == NULL;
+		cached = mms_cpu_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+			getenv("MMS_NO_AVX512") == NULL;
 	return cached;
 #else
 	return 0;
