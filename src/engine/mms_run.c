@@ -21,6 +21,7 @@
 #include "scheduler.h"
 #include "gguf.h"
 #include "ops.h"
+#include "qgemm.h"
 #include "t5.h"
 #include "t5_meta.h"
 #include "tokenizer.h"
@@ -31,9 +32,33 @@ static const char usage[] =
 "               [--temperature T] [--top-k K] [--top-p P] [--seed S] [--sample]\n"
 "               [--repetition-penalty R] [--threads N] [--ids] [--input-ids \"i j k\"]\n"
 "               [--tokenize] [--score TARGET] [--latency N] INPUT...\n"
+"       mms-run --model FILE --info\n"
 "Prints one line per INPUT: the generated text (--ids: token ids; --tokenize:\n"
 "the input's token ids; --score: log P(TARGET | INPUT)). Sampling is on when\n"
-"--sample, --temperature, --top-k or --top-p is given (temperature 0 = greedy).\n";
+"--sample, --temperature, --top-k or --top-p is given (temperature 0 = greedy).\n"
+"--info prints the model's shape, how its weights are computed on this CPU\n"
+"(f32, or Q8_0/Q4_0 in place with which int8 kernel) and the memory they take.\n";
+
+/* --info: shape, weight type and kernels, memory. */
+static void
+print_info(const MmsT5 *model, size_t file_bytes)
+{
+	const MmsT5Config *c = mms_t5_config(model);
+	int			wt = mms_t5_weight_type(model);
+
+	printf("shape: d_model %lld, d_ff %lld (%s), %lld + %lld layers, %lld heads x %lld, vocabulary %lld, %s head\n",
+		   (long long) c->d_model, (long long) c->d_ff, c->gated ? "gated-GELU" : "ReLU",
+		   (long long) c->n_enc_layer, (long long) c->n_dec_layer, (long long) c->n_head,
+		   (long long) c->d_kv, (long long) c->vocab, c->tied ? "tied" : "untied");
+	if (wt == MMS_T_F32)
+		printf("weights: f32 (F16/BF16 converted at load)\n");
+	else
+		printf("weights: %s computed in place; decoder steps: int8 kernel %s; encoder: %s\n",
+			   mms_tensor_type_name(wt), mms_qpath_name(mms_qpath_best()),
+			   mms_qtile_available() ? "int8 tile kernel (AVX-512 VNNI)" : "sgemm on tiles dequantized per call");
+	printf("memory: file %.1f MB, converted to f32 at load %.1f MB, decoder reads %.1f MB a step\n",
+		   file_bytes / 1e6, mms_t5_owned_bytes(model) / 1e6, mms_t5_decoder_weight_bytes(model) / 1e6);
+}
 
 static void
 die(int code, const char *fmt,...)
@@ -153,7 +178,7 @@ main(int argc, char **argv)
 	enum
 	{
 		O_MAXNEW = 256, O_MINNEW, O_BEAMS, O_LP, O_ES, O_TEMP, O_TOPK, O_TOPP, O_SEED, O_SAMPLE,
-		O_REP, O_THREADS, O_IDS, O_INIDS, O_TOK, O_SCORE, O_LATENCY, O_HELP
+		O_REP, O_THREADS, O_IDS, O_INIDS, O_TOK, O_SCORE, O_LATENCY, O_HELP, O_INFO
 	};
 	static const struct option longopts[] = {
 		{"model", required_argument, NULL, 'm'},
@@ -175,6 +200,7 @@ main(int argc, char **argv)
 		{"score", required_argument, NULL, O_SCORE},
 		{"latency", required_argument, NULL, O_LATENCY},
 		{"help", no_argument, NULL, O_HELP},
+		{"info", no_argument, NULL, O_INFO},
 		{NULL, 0, NULL, 0}
 	};
 	const char *model_path = NULL,
@@ -182,6 +208,7 @@ main(int argc, char **argv)
 			   *score_target = NULL;
 	int			want_ids = 0,
 				want_tok = 0,
+				want_info = 0,
 				threads = 0,
 				opt,
 				n_inputs;
@@ -271,6 +298,9 @@ main(int argc, char **argv)
 			case O_LATENCY:
 				latency_runs = (int) parse_int("--latency", optarg, 1, 1000000);
 				break;
+			case O_INFO:
+				want_info = 1;
+				break;
 			case 'h':
 			case O_HELP:
 				fputs(usage, stdout);
@@ -285,7 +315,7 @@ main(int argc, char **argv)
 	n_inputs = input_ids ? 1 : argc - optind;
 	if (input_ids && argc - optind > 0)
 		die(2, "give either --input-ids or INPUT arguments, not both");
-	if (n_inputs == 0)
+	if (n_inputs == 0 && !want_info)
 		die(2, "no INPUT given (see --help)");
 	/* temperature 0 means greedy, as most serving APIs read it */
 	gopt.do_sample = sample_requested && temperature > 0.0;
@@ -328,6 +358,11 @@ main(int argc, char **argv)
 
 	if (mms_t5_load(&g, &model, &err) != MMS_OK)
 		die(1, "model \"%s\": %s", model_path, err.msg);
+	if (want_info)
+	{
+		print_info(model, (size_t) sb.st_size);
+		return 0;
+	}
 	mms_blas_set_threads(threads > 0 ? threads : (int) sysconf(_SC_NPROCESSORS_ONLN));
 	work = mms_t5_work_create();
 	if (latency_runs > 0)

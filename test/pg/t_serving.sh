@@ -161,6 +161,10 @@ cbytes=$(sql -c "SELECT bytes FROM mms.cache WHERE current_database() || '/datef
 [ -n "$cbytes" ] && [ "$cbytes" -le $((fbytes * 11 / 10)) ] &&
 	ok "a Q8_0 model takes $cbytes bytes of cache for its $fbytes-byte file (at most 1.1x)" ||
 	bad "Q8_0 cache bytes '$cbytes' for a $fbytes-byte file"
+info=$("$root/build/mms-run" --model "$root/models/datefix-q8_0.gguf" --info)
+grep -q '^weights: q8_0 computed in place; decoder steps: int8 kernel ' <<<"$info" &&
+	grep -q 'converted to f32 at load 0.0 MB' <<<"$info" &&
+	ok "mms-run --info: Q8_0 weights computed in place, nothing converted" || bad "mms-run --info: $info"
 sql -c "SELECT mms_unregister('datefix_q8')" >/dev/null
 
 # --- cache budget smaller than two models ------------------------------------------------
