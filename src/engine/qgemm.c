@@ -249,11 +249,11 @@ qgemm_c(float *y, int64_t ldy, const int8_t *xq, const float *xd, const uint8_t 
 
 #define QNAME qgemm_avx512_vnni
 #define QTARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
-#define QDOT(u, s) _mm512_dpbusd_epi32(_mm512_setzero_si512(), (u), (s))
+#define QU8 1
 #include "qgemm_512.h"
 #undef QNAME
 #undef QTARGET
-#undef QDOT
+#undef QU8
 
 #endif
 

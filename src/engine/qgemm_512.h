@@ -3,6 +3,10 @@
  * instruction set with QNAME, QTARGET and QDOT(u, s) (sixteen int32 sums of
  * four u8 x s8 products each) defined.
  *
+ * With QU8 defined (VNNI), x is made unsigned by adding 128 (one xor per
+ * row) and each lane's dot product starts from -128 x its sum of w, computed
+ * once per weight pair: no sign juggling per (row, weight row) pair.
+ *
  * As qgemm_256.h, but a vector holds two consecutive blocks (lanes 0-7 the
  * first, 8-15 the second), scaled by a vector of their two scales; an odd
  * last block runs with a zero second half. Signs move from w to x with a
@@ -83,10 +87,16 @@ QCAT(QNAME, _pass) (float *y, int64_t ldy, const int8_t *xq, const float *xd, co
 				   *bw = w1 + b * bb;
 		__m512i		wa = QCAT(QNAME, _wpair) (ba, bb, two, wtype);
 		__m512i		wb = QCAT(QNAME, _wpair) (bw, bb, two, wtype);
+#ifdef QU8
+		/* -128 x each lane's sum of w: what x + 128 adds to the dot products */
+		const __m512i nca = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8((char) 0x80), wa));
+		const __m512i ncb = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, _mm512_set1_epi8((char) 0x80), wb));
+#else
 		__m512i		ua = _mm512_abs_epi8(wa);
 		__m512i		ub = _mm512_abs_epi8(wb);
 		__mmask64	na = _mm512_movepi8_mask(wa);
 		__mmask64	nbm = _mm512_movepi8_mask(wb);
+#endif
 
 		/* the four block scales at once: [a b, a b+1, w1's b, w1's b+1] */
 		uint32_t	ha = mms_load_u16(ba) | (two ? (uint32_t) mms_load_u16(ba + bb) << 16 : 0);
@@ -109,8 +119,15 @@ QCAT(QNAME, _pass) (float *y, int64_t ldy, const int8_t *xq, const float *xd, co
 			__m128		dx4 = two ? QCAT(QNAME, _dup2) (dr[r] + b)
 				: _mm_set_ps(0.0f, dr[r][b], 0.0f, dr[r][b]);
 			__m512		s4 = _mm512_castps128_ps512(_mm_mul_ps(dw4, dx4));
+#ifdef QU8
+			/* x + 128 as unsigned against w as it is: the sums come out exact after nca, ncb */
+			__m512i		xu = _mm512_xor_si512(xv, _mm512_set1_epi8((char) 0x80));
+			__m512		sa = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(nca, xu, wa));
+			__m512		sb = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(ncb, xu, wb));
+#else
 			__m512		sa = _mm512_cvtepi32_ps(QDOT(ua, _mm512_mask_sub_epi8(xv, na, zero, xv)));
 			__m512		sb = _mm512_cvtepi32_ps(QDOT(ub, _mm512_mask_sub_epi8(xv, nbm, zero, xv)));
+#endif
 			__m512		da = _mm512_permutexvar_ps(pick_a, s4);
 			__m512		db = _mm512_permutexvar_ps(pick_b, s4);
 
