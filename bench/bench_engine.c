@@ -4,6 +4,17 @@
  * measured in the same process with the same thread count (streaming-read
  * and GEMV bandwidth, sgemm GFLOP/s). Prints one JSON object per line.
  * Never used by tests: speed is measured here, behaviour in test/.
+ *
+ *   mms-bench --model F.gguf --inputs F.txt [--name MODEL] [--engine NAME]
+ *             [--threads N] [--quick] [--no-limits] [--reps N] [--mixed N]
+ *             [--workloads decode_b1,decode_b8,decode_b32,encode_b32,mixed_1000]
+ *             [--ids OUT.json]
+ *
+ * --engine names the engine in the JSON lines (default "mms"; bench/run.sh
+ * gives "mms-f32" and "mms-q8_0"); --reps: timed repetitions per workload, the
+ * best kept (default 3, --quick 1; mixed always 1); --mixed: how many of the
+ * mixed inputs (default all, --quick 200); --ids: the greedy ids of the decode
+ * workloads (last repetition) as one JSON object, to compare with the peers'.
  */
 #include <cblas.h>
 #include <fcntl.h>
@@ -209,23 +220,88 @@ read_inputs(const char *path, Inputs *in)
 
 static MmsT5 *model;
 static const char *model_name = "small";
+static const char *engine_name = "mms";
 static int n_threads = 2;
+
+static const char *const all_workloads[] = {"decode_b1", "decode_b8", "decode_b32", "encode_b32", "mixed_1000"};
+#define N_WORKLOADS ((int) (sizeof(all_workloads) / sizeof(all_workloads[0])))
+static int	wanted[N_WORKLOADS];
+
+/* --workloads: a comma list of names from all_workloads; 0 on an unknown one */
+static int
+parse_workloads(const char *list)
+{
+	char	   *copy = strdup(list),
+			   *save = NULL;
+
+	memset(wanted, 0, sizeof(wanted));
+	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+	{
+		int			k;
+
+		for (k = 0; k < N_WORKLOADS && strcmp(t, all_workloads[k]) != 0; k++)
+			;
+		if (k == N_WORKLOADS)
+		{
+			fprintf(stderr, "mms-bench: unknown workload \"%s\"\n", t);
+			free(copy);
+			return 0;
+		}
+		wanted[k] = 1;
+	}
+	free(copy);
+	return 1;
+}
+
+static int
+want(const char *w)
+{
+	for (int k = 0; k < N_WORKLOADS; k++)
+		if (strcmp(w, all_workloads[k]) == 0)
+			return wanted[k];
+	return 0;
+}
+
+/* the decode workloads' ids, for --ids */
+static FILE *ids_file;
+static int	ids_first = 1;
+
+static void
+write_ids(const char *workload, const int32_t *ids, int count, int new_tokens)
+{
+	if (ids_file == NULL)
+		return;
+	fprintf(ids_file, "%s\"%s\": ", ids_first ? "{" : ", ", workload);
+	ids_first = 0;
+	if (count > 1)
+		fputc('[', ids_file);
+	for (int i = 0; i < count; i++)
+	{
+		fprintf(ids_file, "%s[", i ? ", " : "");
+		for (int j = 0; j < new_tokens; j++)
+			fprintf(ids_file, "%s%d", j ? ", " : "", ids[(size_t) i * new_tokens + j]);
+		fputc(']', ids_file);
+	}
+	if (count > 1)
+		fputc(']', ids_file);
+}
 
 static void
 emit(const char *workload, double secs, long in_tok, long out_tok, int inputs, const char *extra)
 {
-	printf("{\"engine\": \"mms\", \"model\": \"%s\", \"workload\": \"%s\", \"seconds\": %.6f, "
+	printf("{\"engine\": \"%s\", \"model\": \"%s\", \"workload\": \"%s\", \"seconds\": %.6f, "
 		   "\"in_tokens\": %ld, \"out_tokens\": %ld, \"inputs\": %d, \"threads\": %d, "
 		   "\"peak_rss_mb\": %.1f%s%s}\n",
-		   model_name, workload, secs, in_tok, out_tok, inputs, n_threads, peak_rss_mb(),
+		   engine_name, model_name, workload, secs, in_tok, out_tok, inputs, n_threads, peak_rss_mb(),
 		   extra ? ", " : "", extra ? extra : "");
 	fflush(stdout);
 }
 
-/* Greedy, forced length, through the scheduler; returns seconds. */
+/* Greedy, forced length, through the scheduler; returns seconds. ids_out
+ * (count x new_tokens), if not NULL, receives the generated ids. */
 static double
 run_generate(Inputs *in, int first, int count, int new_tokens, int max_running, long *in_tok,
-			 size_t *peak_cache)
+			 size_t *peak_cache, int32_t *ids_out)
 {
 	MmsSchedConfig cfg = {0};
 	MmsSched   *s;
@@ -279,6 +355,8 @@ run_generate(Inputs *in, int first, int count, int new_tokens, int max_running, 
 			fprintf(stderr, "bench: request %d did not produce %d tokens\n", i, new_tokens);
 			exit(1);
 		}
+		if (ids_out)
+			memcpy(ids_out + (size_t) i * new_tokens, r->ids, (size_t) new_tokens * sizeof(int32_t));
 		mms_gen_request_free(reqs[i]);
 	}
 	mms_sched_free(s);
@@ -287,13 +365,32 @@ run_generate(Inputs *in, int first, int count, int new_tokens, int max_running, 
 }
 
 static double
-best_of(int reps, Inputs *in, int first, int count, int new_tokens, long *in_tok)
+best_of(int reps, Inputs *in, int first, int count, int new_tokens, long *in_tok, int32_t *ids_out)
 {
 	double		best = 1e30;
 
 	for (int r = 0; r < reps; r++)
-		best = fmin(best, run_generate(in, first, count, new_tokens, 0, in_tok, NULL));
+		best = fmin(best, run_generate(in, first, count, new_tokens, 0, in_tok, NULL, ids_out));
 	return best;
+}
+
+/* decode_bN: lines 0..count-1, 64 new tokens each */
+static void
+decode_workload(const char *name, int reps, Inputs *in, int count)
+{
+	long		in_tok;
+	int32_t    *ids = malloc((size_t) count * 64 * sizeof(int32_t));
+	double		secs;
+
+	if (!want(name))
+	{
+		free(ids);
+		return;
+	}
+	secs = best_of(reps, in, 0, count, 64, &in_tok, ids);
+	emit(name, secs, in_tok, (long) count * 64, count, NULL);
+	write_ids(name, ids, count, 64);
+	free(ids);
 }
 
 int
@@ -303,7 +400,10 @@ main(int argc, char **argv)
 			   *inputs_path = NULL;
 	int			quick = 0,
 				limits = 1,
+				reps = -1,
+				mixed_max = -1,
 				opt;
+	const char *ids_path = NULL;
 	static const struct option longopts[] = {
 		{"model", required_argument, NULL, 'm'},
 		{"name", required_argument, NULL, 'n'},
@@ -311,6 +411,11 @@ main(int argc, char **argv)
 		{"threads", required_argument, NULL, 't'},
 		{"quick", no_argument, NULL, 'q'},
 		{"no-limits", no_argument, NULL, 'L'},
+		{"engine", required_argument, NULL, 'e'},
+		{"workloads", required_argument, NULL, 'w'},
+		{"reps", required_argument, NULL, 'r'},
+		{"mixed", required_argument, NULL, 'x'},
+		{"ids", required_argument, NULL, 'I'},
 		{NULL, 0, NULL, 0}
 	};
 	int			fd;
@@ -322,6 +427,7 @@ main(int argc, char **argv)
 	long		in_tok;
 	double		secs;
 	char		extra[512];
+	double		n_params = 0;
 	const MmsT5Config *c;
 	int			n_mixed;
 	size_t		peak_cache;
@@ -348,8 +454,25 @@ main(int argc, char **argv)
 			case 'L':
 				limits = 0;
 				break;
+			case 'e':
+				engine_name = optarg;
+				break;
+			case 'w':
+				if (!parse_workloads(optarg))
+					return 2;
+				break;
+			case 'r':
+				reps = atoi(optarg);
+				break;
+			case 'x':
+				mixed_max = atoi(optarg);
+				break;
+			case 'I':
+				ids_path = optarg;
+				break;
 			default:
-				fprintf(stderr, "usage: mms-bench --model F --inputs F [--name N] [--threads N] [--quick] [--no-limits]\n");
+				fprintf(stderr, "usage: mms-bench --model F --inputs F [--name N] [--engine NAME] [--threads N] [--quick]\n"
+						"       [--no-limits] [--reps N] [--mixed N] [--workloads W,W,...] [--ids OUT.json]\n");
 				return 2;
 		}
 	}
@@ -357,6 +480,22 @@ main(int argc, char **argv)
 	{
 		fprintf(stderr, "mms-bench: need --model and --inputs with at least 64 lines\n");
 		return 2;
+	}
+	{
+		int			any = 0;
+
+		for (int k = 0; k < N_WORKLOADS; k++)
+			any |= wanted[k];
+		if (!any)				/* no --workloads: all of them */
+			for (int k = 0; k < N_WORKLOADS; k++)
+				wanted[k] = 1;
+	}
+	if (reps < 1)
+		reps = quick ? 1 : 3;
+	if (ids_path && (ids_file = fopen(ids_path, "w")) == NULL)
+	{
+		perror(ids_path);
+		return 1;
 	}
 	mms_blas_set_threads(n_threads);
 
@@ -374,31 +513,35 @@ main(int argc, char **argv)
 		return 1;
 	}
 	c = mms_t5_config(model);
+	for (uint64_t i = 0; i < g.n_tensors; i++)
+		n_params += (double) g.tensors[i].n_elems;
 	{
 		/* FLOPs per token: 2 x linear parameters (+ attention, reported separately) */
 		double		enc_lin = (double) c->n_enc_layer * (4.0 * c->d_model * c->inner + (c->gated ? 3.0 : 2.0) * c->d_model * c->d_ff);
 		double		dec_lin = (double) c->n_dec_layer * (6.0 * c->d_model * c->inner + (c->gated ? 3.0 : 2.0) * c->d_model * c->d_ff)
 			+ (double) c->vocab * c->d_model;
 
-		printf("{\"engine\": \"mms\", \"model\": \"%s\", \"workload\": \"model\", \"file_bytes\": %lld, "
+		printf("{\"engine\": \"%s\", \"model\": \"%s\", \"workload\": \"model\", \"file_bytes\": %lld, "
 			   "\"decoder_bytes_per_step\": %zu, \"enc_linear_params\": %.0f, \"dec_linear_params\": %.0f, "
-			   "\"d_model\": %lld, \"inner\": %lld, \"n_dec_layer\": %lld, \"owned_bytes\": %zu}\n",
-			   model_name, (long long) sb.st_size, mms_t5_decoder_weight_bytes(model), enc_lin, dec_lin,
+			   "\"d_model\": %lld, \"inner\": %lld, \"n_dec_layer\": %lld, \"owned_bytes\": %zu, "
+			   "\"n_enc_layer\": %lld, \"d_ff\": %lld, \"vocab\": %lld, \"gated\": %d, \"params\": %.0f, "
+			   "\"load_rss_mb\": %.1f}\n",
+			   engine_name, model_name, (long long) sb.st_size, mms_t5_decoder_weight_bytes(model), enc_lin, dec_lin,
 			   (long long) c->d_model, (long long) c->inner, (long long) c->n_dec_layer,
-			   mms_t5_owned_bytes(model));
+			   mms_t5_owned_bytes(model), (long long) c->n_enc_layer, (long long) c->d_ff,
+			   (long long) c->vocab, c->gated, n_params, peak_rss_mb());
+		fflush(stdout);
 	}
 
 	/* warm-up */
-	run_generate(&in, 0, 1, 4, 0, &in_tok, NULL);
+	run_generate(&in, 0, 1, 4, 0, &in_tok, NULL, NULL);
 
-	secs = best_of(quick ? 1 : 3, &in, 0, 1, 64, &in_tok);
-	emit("decode_b1", secs, in_tok, 64, 1, NULL);
-	secs = best_of(quick ? 1 : 3, &in, 0, 8, 64, &in_tok);
-	emit("decode_b8", secs, in_tok, 8 * 64, 8, NULL);
-	secs = best_of(quick ? 1 : 3, &in, 0, 32, 64, &in_tok);
-	emit("decode_b32", secs, in_tok, 32 * 64, 32, NULL);
+	decode_workload("decode_b1", reps, &in, 1);
+	decode_workload("decode_b8", reps, &in, 8);
+	decode_workload("decode_b32", reps, &in, 32);
 
 	/* encoder only: 32 inputs of 128 tokens, one batch */
+	if (want("encode_b32"))
 	{
 		const int32_t *ids[32];
 		int32_t		lens[32];
@@ -414,7 +557,7 @@ main(int argc, char **argv)
 			T += lens[i];
 		}
 		out = malloc((size_t) T * (size_t) c->d_model * sizeof(float));
-		for (int r = 0; r < (quick ? 1 : 3); r++)
+		for (int r = 0; r < reps; r++)
 		{
 			double		t0 = now();
 
@@ -427,12 +570,23 @@ main(int argc, char **argv)
 	}
 
 	/* 1,000 mixed inputs through continuous batching */
-	n_mixed = in.n - 64;
-	if (quick && n_mixed > 200)
-		n_mixed = 200;
-	secs = run_generate(&in, 64, n_mixed, 32, 64, &in_tok, &peak_cache);
-	snprintf(extra, sizeof(extra), "\"peak_cache_bytes\": %zu, \"max_running\": 64", peak_cache);
-	emit("mixed_1000", secs, in_tok, (long) n_mixed * 32, n_mixed, extra);
+	if (want("mixed_1000"))
+	{
+		n_mixed = in.n - 64;
+		if (mixed_max < 0 && quick)
+			mixed_max = 200;
+		if (mixed_max > 0 && n_mixed > mixed_max)
+			n_mixed = mixed_max;
+		secs = run_generate(&in, 64, n_mixed, 32, 64, &in_tok, &peak_cache, NULL);
+		snprintf(extra, sizeof(extra), "\"peak_cache_bytes\": %zu, \"max_running\": 64, \"new_tokens_each\": 32",
+				 peak_cache);
+		emit("mixed_1000", secs, in_tok, (long) n_mixed * 32, n_mixed, extra);
+	}
+	if (ids_file)
+	{
+		fputs(ids_first ? "{}\n" : "}\n", ids_file);
+		fclose(ids_file);
+	}
 
 	mms_t5_free(model);
 	mms_gguf_free(&g);
@@ -451,7 +605,8 @@ main(int argc, char **argv)
 		gv = gemv_gbs();
 		gf = sgemm_gflops();
 		printf("{\"engine\": \"machine\", \"workload\": \"limits\", \"threads\": %d, \"stream_read_gbs\": %.2f, "
-			   "\"gemv_gbs\": %.2f, \"sgemm_gflops\": %.2f}\n", n_threads, bw, gv, gf);
+			   "\"gemv_gbs\": %.2f, \"sgemm_gflops\": %.2f, \"measured_by\": \"%s\", \"after_model\": \"%s\"}\n",
+			   n_threads, bw, gv, gf, engine_name, model_name);
 	}
 	return 0;
 }

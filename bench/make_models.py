@@ -2,25 +2,33 @@
 """Builds the models and inputs the benchmark (make bench) compares engines on.
 Everything goes to bench/out/ (gitignored, never committed).
 
-  small  a random-weight model shaped like flan-t5-small (d_model 512, d_ff 1024
-         gated-GELU, 8+8 layers, 6 heads, d_kv 64, vocab 32128, untied), seeded:
-           bench/out/small-hf/       transformers directory (+ T5Tokenizer)
-           bench/out/small.gguf      the engine's file (F32, tools/gguf_writer.py)
+  small  random-weight models shaped like flan-t5-small / -base / -large (SHAPES:
+  base   gated-GELU, d_kv 64, vocab 32128, untied; 77M / 248M / 783M parameters),
+  large  seeded, drawn as build_random() says:
+           bench/out/<m>-hf/         transformers directory (+ T5Tokenizer)
+           bench/out/<m>.gguf        the engine's file, F32 (tools/gguf_writer.py)
+           bench/out/<m>-q8_0.gguf   the same weights as Q8_0 (norms, rel. bias F32)
   demo   models/datefix.gguf (the project's trained model), rebuilt as an HF model
          from the GGUF tensors, with models/datefix.spm.model as tokenizer:
            bench/out/demo-hf/
+           bench/out/demo-q8_0.gguf  those weights as Q8_0 (the F32 file is
+                                     models/datefix.gguf itself)
 and, for each model <m>, the peers' exports:
            bench/out/<m>-onnx/       optimum ONNX export, fp32, with KV cache
+           bench/out/<m>-onnx-int8/  the same quantized by ONNX Runtime's dynamic
+                                     quantization (quantize_dynamic, QInt8 weights)
            bench/out/<m>-ct2-f32/    CTranslate2, float32
            bench/out/<m>-ct2-int8/   CTranslate2, int8
            bench/out/inputs-<m>.txt  benchmark inputs (see write_inputs)
+large needs about 20 GB of disk and 8 GB of memory while it is built.
 
 Steps whose outputs exist are skipped (a .done stamp per directory) unless
 --force; the demo ones are redone when models/datefix.gguf is newer.
 
-    .venv/bin/python bench/make_models.py            # small only
-    .venv/bin/python bench/make_models.py --demo     # small and demo
-    .venv/bin/python bench/make_models.py --models demo
+    .venv-bench/bin/python bench/make_models.py            # small only
+    .venv-bench/bin/python bench/make_models.py --demo     # small and demo
+    .venv-bench/bin/python bench/make_models.py --models small,base,large,demo
+    .venv-bench/bin/python bench/make_models.py --describe base   # JSON line: sizes
 
 Needs torch, transformers, sentencepiece, gguf, optimum[onnxruntime] (optimum-onnx)
 and ctranslate2 in the venv.
@@ -48,9 +56,16 @@ SMALL_SP = ROOT / "test" / "fixtures" / "tok_nfkc.model"
 DEMO_GGUF = ROOT / "models" / "datefix.gguf"
 DEMO_SP = ROOT / "models" / "datefix.spm.model"
 
-SMALL_SHAPE = dict(d_model=512, d_ff=1024, feed_forward_proj="gated-gelu", num_layers=8,
-                   num_decoder_layers=8, num_heads=6, d_kv=64, vocab_size=32128,
-                   tie_word_embeddings=False, dropout_rate=0.0)
+_FLAN = dict(feed_forward_proj="gated-gelu", d_kv=64, vocab_size=32128,
+             tie_word_embeddings=False, dropout_rate=0.0)
+SHAPES = {  # flan-t5-small / -base / -large (their config.json)
+    "small": dict(d_model=512, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6, **_FLAN),
+    "base": dict(d_model=768, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12, **_FLAN),
+    "large": dict(d_model=1024, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16, **_FLAN),
+}
+SMALL_SHAPE = SHAPES["small"]
+RANDOM = list(SHAPES)
+MODELS = RANDOM + ["demo"]
 SEED = 0
 
 # Inputs: ids drawn from [3, min(vocab, 1000)), each line ends with eos (1); the
@@ -104,8 +119,8 @@ def untie(model):
     assert gw.t5_is_tied(model) == bool(model.config.tie_word_embeddings)
 
 
-def build_small():
-    """flan-t5-small's shape, every weight drawn from one seeded generator in
+def build_random(name):
+    """The shape SHAPES[name], every weight drawn from one seeded generator in
     named_parameters() order (independent of transformers' own init): Linear
     [out, in] ~ N(0, 1/in), embeddings and lm_head ~ N(0, 1), the relative bias
     ~ N(0, 1), norms ~ U(0.5, 1.5). The logits then spread widely (std ~20), so
@@ -113,25 +128,31 @@ def build_small():
     agree on the ids."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
-    cfg = T5Config(decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS, **SMALL_SHAPE)
+    shape = SHAPES[name]
+    cfg = T5Config(decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS, **shape)
     torch.manual_seed(SEED)
     model = T5ForConditionalGeneration(cfg)
     # transformers 5.x's T5Config sets tie_word_embeddings back to True whatever
     # it is given (and keeps "untied" as scale_decoder_outputs = False)
-    model.config.tie_word_embeddings = SMALL_SHAPE["tie_word_embeddings"]
+    model.config.tie_word_embeddings = shape["tie_word_embeddings"]
     untie(model)
     g = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("layer_norm.weight"):
+        for pname, p in model.named_parameters():
+            if pname.endswith("layer_norm.weight"):
                 p.copy_(0.5 + torch.rand(p.shape, generator=g))
-            elif name in ("shared.weight", "lm_head.weight") or \
-                    name.endswith("relative_attention_bias.weight"):
+            elif pname in ("shared.weight", "lm_head.weight") or \
+                    pname.endswith("relative_attention_bias.weight"):
                 p.copy_(torch.randn(p.shape, generator=g))
             else:
-                assert p.ndim == 2, name
+                assert p.ndim == 2, pname
                 p.copy_(torch.randn(p.shape, generator=g) * p.shape[1] ** -0.5)
     return model.eval()
+
+
+def build_small():
+    """flan-t5-small's shape (build_random("small"))."""
+    return build_random("small")
 
 
 def gguf_kv(reader, key, default=None):
@@ -251,6 +272,91 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def load_hf(hf_dir):
+    """The model save_hf wrote, with its own (untied) lm_head."""
+    import torch
+    from transformers import T5ForConditionalGeneration
+    from safetensors.torch import load_file
+    model = T5ForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    if not model.config.tie_word_embeddings:
+        untie(model)
+        sd = load_file(str(Path(hf_dir) / "model.safetensors"))
+        with torch.no_grad():
+            model.lm_head.weight.copy_(sd["lm_head.weight"])
+        del sd
+    return model
+
+
+# ---------------------------------------------------------------------------
+# GGUF files: tools/gguf_writer.py's write_t5_gguf, with a writer that streams
+# the tensors to the file instead of building it as one bytes object, and
+# keeps no second copy of F32 tensors (large: ~9 GB less memory). The layout
+# is GGUFFile.to_bytes()'s, and the file is checked by gw.verify() all the same.
+# ---------------------------------------------------------------------------
+
+import gguf_writer as gw  # noqa: E402  (numpy only; tools/ is on sys.path above)
+
+
+class LeanGGUF(gw.GGUFFile):
+    def add_tensor(self, name, x, ggml_type):
+        x = gw._f32(x)
+        raw = gw.encode(x, ggml_type)
+        assert len(raw) == gw.nbytes(ggml_type, x.size)
+        if ggml_type == gw.F32:
+            deq = x  # verify() checks F32 tensors by their bytes
+        else:
+            self.originals[name] = x
+            deq = gw.decode(raw, ggml_type, x.shape)
+        self.tensors.append((name, list(reversed(x.shape)), ggml_type, raw, deq))
+        return deq
+
+    def write(self, path):
+        import struct
+        out = bytearray()
+        out += b"GGUF" + struct.pack("<IQQ", 3, len(self.tensors), len(self.kv))
+        for key, vtype, value, etype in self.kv:
+            out += gw._str(key) + struct.pack("<I", vtype)
+            if vtype == gw.GGUF_ARR:
+                out += struct.pack("<IQ", etype, len(value))
+                if etype == gw.GGUF_U8 and isinstance(value, (bytes, bytearray)):
+                    out += value
+                else:
+                    for v in value:
+                        out += gw._val(etype, v)
+            else:
+                out += gw._val(vtype, value)
+        offset = 0
+        for name, ne, ggml_type, raw, _ in self.tensors:
+            out += gw._str(name) + struct.pack("<I", len(ne))
+            out += b"".join(struct.pack("<Q", d) for d in ne)
+            out += struct.pack("<IQ", ggml_type, offset)
+            offset += len(raw) + self._pad(len(raw))
+        out += b"\0" * self._pad(len(out))
+        with open(path, "wb") as f:
+            f.write(out)
+            for _, _, _, raw, _ in self.tensors:
+                f.write(raw)
+                f.write(b"\0" * self._pad(len(raw)))
+        gw.verify(path, self)
+        return os.path.getsize(path)
+
+
+def write_gguf(path, model, sp_path, ttype, name):
+    """write_t5_gguf(model, ttype in "f32"/"q8_0") to path (via path.tmp)."""
+    extra = model.config.vocab_size - sp_size(sp_path)
+    tmp = Path(str(path) + ".tmp")
+    t = time.time()
+    orig, gw.GGUFFile = gw.GGUFFile, LeanGGUF
+    try:
+        size, _ = gw.write_t5_gguf(str(tmp), model, str(sp_path), ttype,
+                                   extra_pad_tokens=extra, name=name)
+    finally:
+        gw.GGUFFile = orig
+    os.replace(tmp, path)
+    log(f"{Path(path).name}: {size / 1e6:.1f} MB ({ttype}) in {time.time() - t:.0f}s")
+    return size
+
+
 # ---------------------------------------------------------------------------
 # Peers
 # ---------------------------------------------------------------------------
@@ -268,6 +374,28 @@ def export_onnx(hf_dir, out_dir):
                 library_name="transformers", no_post_process=True)
     log(f"onnx export {out_dir.name}: {time.time() - t:.0f}s,",
         sorted(p.name for p in out_dir.glob("*.onnx")))
+    return out_dir
+
+
+def quantize_onnx(onnx_dir, out_dir):
+    """ONNX Runtime's dynamic quantization of the optimum export, as its docs
+    give it for transformer models on CPU: quantize_dynamic(weight_type=QInt8),
+    defaults otherwise (per-tensor weight scales; MatMul with constant weights
+    and Gather (the embeddings) quantized, activations quantized to uint8 at run
+    time). The other files of the directory (config, tokenizer) are copied."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    onnx_dir = Path(onnx_dir)
+    out_dir = fresh_dir(out_dir)
+    t = time.time()
+    for f in sorted(onnx_dir.iterdir()):
+        if f.suffix == ".onnx":
+            t1 = time.time()
+            quantize_dynamic(str(f), str(out_dir / f.name), weight_type=QuantType.QInt8)
+            log(f"onnx int8 {out_dir.name}/{f.name}: {(out_dir / f.name).stat().st_size / 1e6:.0f} MB"
+                f" in {time.time() - t1:.0f}s")
+        elif f.is_file() and f.suffix in (".json", ".model", ".txt"):
+            shutil.copy2(f, out_dir / f.name)
+    log(f"onnx int8 {out_dir.name}: {time.time() - t:.0f}s")
     return out_dir
 
 
@@ -320,47 +448,73 @@ def write_inputs(path, vocab_size):
 
 # ---------------------------------------------------------------------------
 
+def gguf_paths(name):
+    """(F32 file, Q8_0 file) the engine runs for model `name`."""
+    f32 = DEMO_GGUF if name == "demo" else OUT / f"{name}.gguf"
+    return f32, OUT / f"{name}-q8_0.gguf"
+
+
 def build(name, force):
     hf_dir = OUT / f"{name}-hf"
     t0 = time.time()
-    if name == "small":
+    if name in SHAPES:
         sp_path, source = SMALL_SP, None
     else:
         if not DEMO_GGUF.exists() or not DEMO_SP.exists():
             sys.exit(f"make_models: {DEMO_GGUF} / {DEMO_SP} missing (train it first)")
         sp_path, source = DEMO_SP, DEMO_GGUF
     redo = force or not stamp_ok(hf_dir, source)
-    if not redo and name == "small":
-        redo = not (OUT / "small.gguf").exists()
+    if not redo and name in SHAPES:
+        redo = json.loads((hf_dir / ".done").read_text()).get("shape") != SHAPES[name]
     if not redo and source is not None:
         redo = json.loads((hf_dir / ".done").read_text()).get("gguf") != str(source)
+    import torch
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    model = None
     if redo:
-        import gguf_writer as gw
-        import torch
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-        if name == "small":
-            log("building small (random flan-t5-small shape)")
-            model = build_small()
-            extra = model.config.vocab_size - sp_size(sp_path)
-            size, _ = gw.write_t5_gguf(str(OUT / "small.gguf"), model, str(sp_path), "f32",
-                                       extra_pad_tokens=extra, name="bench-small-random")
-            log(f"small.gguf: {size / 1e6:.1f} MB")
+        if name in SHAPES:
+            log(f"building {name} (random flan-t5-{name} shape)")
+            model = build_random(name)
         else:
             log(f"rebuilding demo from {DEMO_GGUF}")
             model, tokens = build_from_gguf(DEMO_GGUF)
             check_tokens(tokens, sp_path)
         save_hf(model, sp_path, hf_dir)
-        stamp(hf_dir, {"params": n_params(model), "vocab_size": model.config.vocab_size,
-                       "sp_model": str(sp_path),
-                       "gguf": str((OUT / "small.gguf") if name == "small" else DEMO_GGUF)})
-        del model
+        info = {"params": n_params(model), "vocab_size": model.config.vocab_size,
+                "sp_model": str(sp_path), "gguf": str(gguf_paths(name)[0])}
+        if name in SHAPES:
+            info["shape"] = SHAPES[name]
+        stamp(hf_dir, info)
+        log(f"{name}-hf: {info['params'] / 1e6:.1f}M params, {time.time() - t0:.0f}s")
     info = json.loads((hf_dir / ".done").read_text())
     vocab_size = info["vocab_size"]
+
+    # The engine's files, both from the one model: F32 (the demo's is
+    # models/datefix.gguf itself) and Q8_0.
+    f32, q8 = gguf_paths(name)
+    todo = [(q8, "q8_0")] + ([(f32, "f32")] if name in SHAPES else [])
+    done_t = (hf_dir / ".done").stat().st_mtime
+    todo = [(p, t) for p, t in todo if redo or not p.exists() or p.stat().st_mtime < done_t]
+    if todo:
+        if model is None:
+            model = load_hf(hf_dir) if name in SHAPES else build_from_gguf(DEMO_GGUF)[0]
+        for p, t in sorted(todo, key=lambda x: x[1]):
+            write_gguf(p, model, sp_path, t, "datefix" if name == "demo" else f"bench-{name}-random")
+        if name == "demo" and (DEMO_GGUF.parent / "datefix-q8_0.gguf").exists():
+            same = (DEMO_GGUF.parent / "datefix-q8_0.gguf").read_bytes() == q8.read_bytes()
+            log(f"{q8.name} {'is byte-identical to' if same else 'differs from'} models/datefix-q8_0.gguf")
+    del model
+    import gc
+    gc.collect()
 
     onnx_dir = OUT / f"{name}-onnx"
     if redo or not stamp_ok(onnx_dir, hf_dir / ".done"):
         export_onnx(hf_dir, onnx_dir)
         stamp(onnx_dir)
+    onnx8_dir = OUT / f"{name}-onnx-int8"
+    if redo or not stamp_ok(onnx8_dir, onnx_dir / ".done"):
+        quantize_onnx(onnx_dir, onnx8_dir)
+        stamp(onnx8_dir, {"quantize_dynamic": {"weight_type": "QInt8", "per_channel": False}})
     for q, sub in (("float32", "ct2-f32"), ("int8", "ct2-int8")):
         d = OUT / f"{name}-{sub}"
         if redo or not stamp_ok(d, hf_dir / ".done"):
@@ -373,12 +527,37 @@ def build(name, force):
         f" vocab {vocab_size})")
 
 
+def dir_bytes(d):
+    return sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file() and f.name != ".done")
+
+
+def describe(name):
+    """One JSON line for the report: parameters, shape and the bytes on disk of
+    each engine's files (what each loads)."""
+    hf_dir = OUT / f"{name}-hf"
+    info = json.loads((hf_dir / ".done").read_text())
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    f32, q8 = gguf_paths(name)
+    files = {"mms-f32": f32, "mms-q8_0": q8, "transformers": hf_dir / "model.safetensors",
+             "onnxruntime": OUT / f"{name}-onnx", "onnxruntime-int8": OUT / f"{name}-onnx-int8",
+             "ctranslate2-f32": OUT / f"{name}-ct2-f32", "ctranslate2-int8": OUT / f"{name}-ct2-int8"}
+    sizes = {k: (dir_bytes(p) if p.is_dir() else p.stat().st_size) for k, p in files.items()
+             if p.exists()}
+    keys = ["d_model", "d_ff", "d_kv", "num_heads", "num_layers", "num_decoder_layers",
+            "vocab_size", "feed_forward_proj", "tie_word_embeddings"]
+    print(json.dumps({"engine": "files", "model": name, "workload": "files",
+                      "params": info["params"], "shape": {k: cfg.get(k) for k in keys},
+                      "file_bytes": sizes}), flush=True)
+
+
 def main():
     global DEMO_GGUF, DEMO_SP
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", action="store_true", help="also build the demo model")
-    ap.add_argument("--models", help="comma list of small,demo (overrides --demo)")
+    ap.add_argument("--models", help="comma list of " + ",".join(MODELS) + " (overrides --demo)")
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    ap.add_argument("--describe", metavar="MODEL",
+                    help="print a JSON line of its sizes (built already) and exit")
     ap.add_argument("--demo-gguf", help=f"demo source (default {DEMO_GGUF.relative_to(ROOT)})")
     ap.add_argument("--demo-spm", help=f"demo tokenizer (default {DEMO_SP.relative_to(ROOT)})")
     a = ap.parse_args()
@@ -386,10 +565,12 @@ def main():
         DEMO_GGUF = Path(a.demo_gguf).resolve()
     if a.demo_spm:
         DEMO_SP = Path(a.demo_spm).resolve()
+    if a.describe:
+        return describe(a.describe)
     models = a.models.split(",") if a.models else (["small", "demo"] if a.demo else ["small"])
     for m in models:
-        if m not in ("small", "demo"):
-            sys.exit(f"make_models: unknown model {m}")
+        if m not in MODELS:
+            sys.exit(f"make_models: unknown model {m} (known: {', '.join(MODELS)})")
     OUT.mkdir(parents=True, exist_ok=True)
     for m in models:
         build(m, a.force)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The peers' side of `make bench`: transformers' generate() on PyTorch, ONNX
-Runtime (optimum's ORTModelForSeq2SeqLM, KV cache) and CTranslate2 (float32 and
-int8) on the models and inputs bench/make_models.py wrote to bench/out/.
+Runtime (optimum's ORTModelForSeq2SeqLM, KV cache; fp32 and dynamically
+quantized to int8) and CTranslate2 (float32 and int8) on the models and inputs
+bench/make_models.py wrote to bench/out/.
 
 Prints one JSON object per line on stdout (logs go to stderr):
   {"engine", "model", "workload", "seconds", "in_tokens", "out_tokens", "inputs",
@@ -20,14 +21,25 @@ bench/out/inputs-<m>.txt are token ids ending with eos):
               ORT: padded batches of 32 in input order; CT2: one translate_batch
               with max_batch_size=32 (which sorts by length to cut padding)
 Each engine runs in its own subprocess (so peak RSS is its own), is warmed up
-once, and each workload is timed with time.perf_counter: best of 3 (mixed: 1).
+once, and each workload is timed with time.perf_counter: best of --reps
+(default 3; mixed: 1).
 
-    .venv/bin/python bench/peers.py --model small --threads 2 [--quick]
-        [--engines transformers,onnxruntime,ctranslate2-f32,ctranslate2-int8]
+    .venv-bench/bin/python bench/peers.py --model small --threads 2 [--quick]
+        [--engines transformers,onnxruntime,onnxruntime-int8,ctranslate2-f32,ctranslate2-int8]
+        [--workloads decode_b1,decode_b32,...] [--reps N] [--mixed N]
+        [--limit ENGINE:WORKLOAD=N,...]
+    .venv-bench/bin/python bench/peers.py --model small --make-ref [--workloads ...]
+    .venv-bench/bin/python bench/peers.py --model small --check-ids FILE --engines mms-f32
 
---quick: one repetition, mixed workload on 200 inputs. The transformers worker
-writes its decode ids to bench/out/ref-<m>.json (the reference the others are
-compared with, also usable to check the engine's own greedy output).
+--quick: one repetition, mixed workload on 200 inputs; --mixed N: the first N
+mixed inputs. --limit: fewer inputs for one engine's workload (e.g.
+transformers:decode_b32=8 on a model where it is too slow); such records say so
+in "note" and "limited_from". The decode ids of transformers are the reference,
+bench/out/ref-<m>.json: written by --make-ref (or by the transformers worker
+when there is none for the current model), and each engine's decode ids are
+compared with it ("match", "match_seqs", "match_prefix_tokens").
+--check-ids compares another engine's ids (mms-bench --ids) the same way and
+prints one record per decode workload ("check": "ids").
 """
 
 import argparse
@@ -41,7 +53,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-ENGINES = ["transformers", "onnxruntime", "ctranslate2-f32", "ctranslate2-int8"]
+ENGINES = ["transformers", "onnxruntime", "onnxruntime-int8", "ctranslate2-f32", "ctranslate2-int8"]
+WORKLOADS = ["decode_b1", "decode_b8", "decode_b32", "encode_b32", "mixed_1000"]
+MODELS = ["small", "base", "large", "demo"]
 
 DECODE_NEW, MIXED_NEW = 64, 32
 ENC = (32, 64)      # encoder workload lines
@@ -123,7 +137,7 @@ class Transformers(TorchGenerate):
 
 
 class OnnxRuntime(TorchGenerate):
-    def __init__(self, model, threads):
+    def __init__(self, model, threads, sub="onnx"):
         import numpy as np  # noqa: F401
         import onnxruntime as ort
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
@@ -133,12 +147,12 @@ class OnnxRuntime(TorchGenerate):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.model = ORTModelForSeq2SeqLM.from_pretrained(
-            str(OUT / f"{model}-onnx"), session_options=so, use_cache=True, use_merged=False,
+            str(OUT / f"{model}-{sub}"), session_options=so, use_cache=True, use_merged=False,
             provider="CPUExecutionProvider")
         sess = self.model.encoder.session
         self.enc_session = sess
         self.enc_inputs = [i.name for i in sess.get_inputs()]
-        log("onnxruntime", ort.__version__, "encoder inputs", self.enc_inputs)
+        log("onnxruntime", ort.__version__, sub, "encoder inputs", self.enc_inputs)
 
     def encode(self, batch):
         ids, mask = _pad(batch)
@@ -196,6 +210,8 @@ def make_engine(name, model, threads):
         return Transformers(model, threads)
     if name == "onnxruntime":
         return OnnxRuntime(model, threads)
+    if name == "onnxruntime-int8":
+        return OnnxRuntime(model, threads, "onnx-int8")
     if name == "ctranslate2-f32":
         return CTranslate2(model, threads, "f32")
     if name == "ctranslate2-int8":
@@ -214,8 +230,64 @@ def prefix(x, y):
     return n
 
 
-def ref_path(model):
-    return OUT / f"ref-{model}.json"
+def ref_path(model, kind="f32"):
+    """kind "f32": transformers' ids, the reference; "q8_0": transformers' ids
+    with the weights the engine's Q8_0 file holds (quantized and dequantized as
+    tools/gguf_writer.py does), the reference an exact Q8_0 engine would meet."""
+    return OUT / (f"ref-{model}.json" if kind == "f32" else f"ref-{model}-{kind}.json")
+
+
+def fake_q8_0(model):
+    """Every weight the Q8_0 GGUF stores as Q8_0 (2-D, rows a multiple of 32, not
+    the relative bias: gguf_writer.tensor_type_for) replaced by its Q8_0 value."""
+    import torch
+    sys.path.insert(0, str(ROOT / "tools"))
+    import gguf_writer as gw
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and not name.endswith("relative_attention_bias.weight") \
+                    and p.shape[-1] % gw.QK == 0:
+                x = p.detach().numpy()
+                p.copy_(torch.from_numpy(gw.decode(gw.encode(x, gw.Q8_0), gw.Q8_0, x.shape)))
+                n += p.numel()
+    log(f"weights quantized to Q8_0 and back: {n / 1e6:.1f}M")
+
+
+def load_ref(model, need=(), kind="f32"):
+    """The reference ids if they postdate the model and hold every workload in
+    `need`, else None."""
+    rp = ref_path(model, kind)
+    stamp = OUT / f"{model}-hf" / ".done"
+    if not rp.exists() or (stamp.exists() and rp.stat().st_mtime < stamp.stat().st_mtime):
+        return None
+    ref = json.loads(rp.read_text())
+    return ref if all(w in ref for w in need) else None
+
+
+def compare(out, want, wname):
+    """match / match_seqs / match_prefix_tokens of ids `out` against `want`."""
+    rec = {"match": out == want}
+    if wname != "decode_b1":
+        rec["match_seqs"] = sum(x == y for x, y in zip(out, want))
+        seqs, wants = out, want
+    else:
+        seqs, wants = [out], [want]
+    # tokens equal before the first difference, over all sequences
+    rec["match_prefix_tokens"] = sum(prefix(x, y) for x, y in zip(seqs, wants))
+    rec["tokens"] = sum(len(y) for y in wants)
+    return rec
+
+
+def parse_limits(spec):
+    """"engine:workload=N,..." -> {(engine, workload): N}"""
+    lim = {}
+    for item in filter(None, (spec or "").split(",")):
+        key, n = item.split("=")
+        e, w = key.split(":")
+        assert w in WORKLOADS and w != "encode_b32", f"--limit: cannot limit {w}"
+        lim[(e, w)] = int(n)
+    return lim
 
 
 def worker(a):
@@ -226,16 +298,23 @@ def worker(a):
         torch.set_num_threads(threads)
         torch.set_num_interop_threads(1)
     inputs = read_inputs(a.model)
+    wanted = [w for w in a.workloads.split(",") if w]
     t = time.perf_counter()
     eng = make_engine(name, a.model, threads)
     log(f"{name}: loaded in {time.perf_counter() - t:.1f}s")
 
     dec = inputs[:32]
+    sizes = {"decode_b1": 1, "decode_b8": 8, "decode_b32": 32}
     if a.ref_only:
-        ref = {"decode_b1": eng.generate(dec[:1], DECODE_NEW)[0],
-               "decode_b8": eng.generate(dec[:8], DECODE_NEW),
-               "decode_b32": eng.generate(dec[:32], DECODE_NEW)}
-        ref_path(a.model).write_text(json.dumps(ref) + "\n")
+        kind = "q8_0" if a.fake_q8 else "f32"
+        if a.fake_q8:
+            fake_q8_0(eng.model)
+        ref = {w: eng.generate(dec[:n], DECODE_NEW) for w, n in sizes.items() if w in wanted}
+        if "decode_b1" in ref:
+            ref["decode_b1"] = ref["decode_b1"][0]
+        old = load_ref(a.model, kind=kind) or {}
+        old.update(ref)
+        ref_path(a.model, kind).write_text(json.dumps(old) + "\n")
         return
 
     # Warm-up: one batch through each path.
@@ -244,22 +323,30 @@ def worker(a):
     eng.encode(inputs[ENC[0]:ENC[0] + 8])
     log(f"{name}: warm-up {time.perf_counter() - t:.1f}s")
 
-    ref = None
-    if name != "transformers" and ref_path(a.model).exists():
-        ref = json.loads(ref_path(a.model).read_text())
-    reps = 1 if a.quick else 3
-    mixed = inputs[MIXED_START:MIXED_START + (200 if a.quick else 1000)]
+    ref = load_ref(a.model)
+    reps = 1 if a.quick else a.reps
+    n_mixed = a.mixed or (200 if a.quick else 1000)
+    mixed = inputs[MIXED_START:MIXED_START + n_mixed]
     enc = inputs[ENC[0]:ENC[1]]
     assert all(len(x) == 128 for x in enc)
-    workloads = [
-        ("decode_b1", lambda: eng.generate(dec[:1], DECODE_NEW), dec[:1], DECODE_NEW, reps),
-        ("decode_b8", lambda: eng.generate(dec[:8], DECODE_NEW), dec[:8], DECODE_NEW, reps),
-        ("decode_b32", lambda: eng.generate(dec[:32], DECODE_NEW), dec[:32], DECODE_NEW, reps),
-        ("encode_b32", lambda: eng.encode(enc), enc, 0, reps),
-        ("mixed_1000", lambda: eng.mixed(mixed, MIXED_NEW), mixed, MIXED_NEW, 1),
-    ]
+    limits = parse_limits(a.limit)
+    workloads = []
+    for wname in wanted:
+        if wname in sizes:
+            n = sizes[wname]
+            n_lim = min(n, limits.get((name, wname), n))
+            batch = dec[:n_lim]
+            workloads.append((wname, (lambda b: lambda: eng.generate(b, DECODE_NEW))(batch),
+                              batch, DECODE_NEW, reps, n))
+        elif wname == "encode_b32":
+            workloads.append((wname, lambda: eng.encode(enc), enc, 0, reps, len(enc)))
+        elif wname == "mixed_1000":
+            n_lim = min(len(mixed), limits.get((name, wname), len(mixed)))
+            batch = mixed[:n_lim]
+            workloads.append((wname, (lambda b: lambda: eng.mixed(b, MIXED_NEW))(batch),
+                              batch, MIXED_NEW, 1, len(mixed)))
     records, ids = [], {}
-    for wname, fn, batch, n_new, nrep in workloads:
+    for wname, fn, batch, n_new, nrep, n_full in workloads:
         best, out = None, None
         for _ in range(nrep):
             t = time.perf_counter()
@@ -269,46 +356,76 @@ def worker(a):
         rec = {"engine": name, "model": a.model, "workload": wname, "seconds": round(best, 6),
                "in_tokens": sum(len(x) for x in batch), "out_tokens": n_new * len(batch),
                "inputs": len(batch), "threads": threads, "reps": nrep}
-        if wname == "encode_b32":
-            rec["note"] = eng.note_encode or "encoder only"
-            if eng.note_encode:
-                rec["out_tokens"] = len(batch)  # the one decoder step CT2 cannot skip
+        notes = []
+        if len(batch) < n_full:
+            rec["limited_from"] = n_full
+            notes.append(f"{len(batch)} of the workload's {n_full} inputs (--limit: too slow)")
+        if wname == "encode_b32" and eng.note_encode:
+            notes.append(eng.note_encode)
+            rec["out_tokens"] = len(batch)  # the one decoder step CT2 cannot skip
+        elif wname == "encode_b32":
+            notes.append("encoder only")
         if wname == "mixed_1000":
             rec["new_tokens_each"] = n_new
             if eng.note_mixed:
-                rec["note"] = eng.note_mixed
-        if wname.startswith("decode"):
-            ids[wname] = out[0] if wname == "decode_b1" else out
-            if name == "transformers":
-                rec["match"] = True
-            elif ref is not None:
-                rec["match"] = ids[wname] == ref[wname]
-                if wname != "decode_b1":
-                    rec["match_seqs"] = sum(x == y for x, y in zip(out, ref[wname]))
-                # tokens equal before the first difference, over all sequences
-                want = [ref[wname]] if wname == "decode_b1" else ref[wname]
-                rec["match_prefix_tokens"] = sum(prefix(x, y) for x, y in zip(out, want))
+                notes.append(eng.note_mixed)
+        if notes:
+            rec["note"] = "; ".join(notes)
+        if wname in sizes:
+            got = out[0] if wname == "decode_b1" else out
+            ids[wname] = got
+            if ref is not None and wname in ref:
+                want = ref[wname] if wname == "decode_b1" else ref[wname][:len(out)]
+                rec.update(compare(got, want, wname))
+            elif name == "transformers":
+                rec["match"] = True  # it is the reference
             else:
                 rec["match"] = None
         records.append(rec)
         log(f"{name} {wname}: {best:.3f}s")
-    if name == "transformers":
-        ref_path(a.model).write_text(json.dumps(ids) + "\n")
-    else:
-        (OUT / f"ids-{a.model}-{name}.json").write_text(json.dumps(ids) + "\n")
+    if name == "transformers" and ref is None:
+        full = {w: v for w, v in ids.items()
+                if not any(r["workload"] == w and "limited_from" in r for r in records)}
+        if full:
+            ref_path(a.model).write_text(json.dumps(full) + "\n")
+    (OUT / f"ids-{a.model}-{name}.json").write_text(json.dumps(ids) + "\n")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     for r in records:
         r["peak_rss_mb"] = round(peak, 1)
         print(json.dumps(r), flush=True)
 
 
+def check_ids(a, ids=None, kinds=("f32",)):
+    """Prints, for each decode workload in the ids file of another engine (e.g.
+    mms-bench --ids), how its ids compare with the reference(s): one record per
+    workload and reference, "against": "f32" (transformers) or "q8_0"
+    (transformers on the Q8_0 weights; for Q8_0 engines)."""
+    if ids is None:
+        ids = json.loads(Path(a.check_ids).read_text())
+    for kind in kinds:
+        ref = load_ref(a.model, kind=kind)
+        for w in WORKLOADS:
+            if w not in ids:
+                continue
+            rec = {"engine": a.engines, "model": a.model, "workload": w, "check": "ids",
+                   "against": kind}
+            if ref is None or w not in ref:
+                rec["match"] = None
+            else:
+                rec.update(compare(ids[w], ref[w], w))
+            print(json.dumps(rec), flush=True)
+
+
 # ---------------------------------------------------------------------------
 # Parent: one subprocess per engine
 # ---------------------------------------------------------------------------
 
-def run_worker(a, engine, ref_only=False):
+def run_worker(a, engine, ref_only=False, fake_q8=False):
     cmd = [sys.executable, __file__, "--worker", "--model", a.model, "--threads", str(a.threads),
-           "--engines", engine] + (["--quick"] if a.quick else []) + (["--ref-only"] if ref_only else [])
+           "--engines", engine, "--workloads", a.workloads, "--reps", str(a.reps),
+           "--mixed", str(a.mixed), "--limit", a.limit or ""] + \
+        (["--quick"] if a.quick else []) + (["--ref-only"] if ref_only else []) + \
+        (["--fake-q8"] if fake_q8 else [])
     env = dict(os.environ)
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[k] = str(a.threads)
@@ -321,40 +438,64 @@ def run_worker(a, engine, ref_only=False):
             print(line, flush=True)
         elif line.strip():
             log(f"{engine} stdout: {line}")
-    log(f"{engine}: {'reference ' if ref_only else ''}done in {time.time() - t:.0f}s, rc {p.returncode}")
+    what = ("Q8_0 reference " if fake_q8 else "reference ") if ref_only else ""
+    log(f"{engine}: {what}done in {time.time() - t:.0f}s, rc {p.returncode}")
     return p.returncode
 
 
 def main():
     ap = argparse.ArgumentParser(description="peers' side of make bench")
-    ap.add_argument("--model", default="small", choices=["small", "demo"])
+    ap.add_argument("--model", default="small", choices=MODELS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="1 repetition, 200 mixed inputs")
     ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list of " + ",".join(WORKLOADS))
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per workload, best kept")
+    ap.add_argument("--mixed", type=int, default=0, help="mixed inputs (default 1000, --quick 200)")
+    ap.add_argument("--limit", default="", help="ENGINE:WORKLOAD=N,...: fewer inputs there")
+    ap.add_argument("--make-ref", action="store_true",
+                    help="only make bench/out/ref-<m>.json (transformers' ids) and ref-<m>-q8_0.json "
+                    "(the same on the Q8_0 weights) if missing or stale, and print how the two agree")
+    ap.add_argument("--check-ids", metavar="FILE", help="compare FILE's decode ids with the reference")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ref-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--fake-q8", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    for w in a.workloads.split(","):
+        if w and w not in WORKLOADS:
+            sys.exit(f"peers: unknown workload {w} (known: {', '.join(WORKLOADS)})")
     if a.worker:
         # Before torch/onnxruntime/ctranslate2 start their thread pools.
         for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             os.environ[k] = str(a.threads)
         return worker(a)
+    if a.check_ids:
+        kinds = ("f32", "q8_0") if "q8_0" in a.engines else ("f32",)
+        return check_ids(a, kinds=kinds)
 
+    for d in [f"inputs-{a.model}.txt", f"{a.model}-hf"]:
+        if not (OUT / d).exists():
+            sys.exit(f"peers: bench/out/{d} missing; run bench/make_models.py first")
+    need = [w for w in a.workloads.split(",") if w.startswith("decode_")]
+    if a.make_ref:
+        rc = 0
+        if need and load_ref(a.model, need) is None:
+            rc |= run_worker(a, "transformers", ref_only=True)
+        if need and load_ref(a.model, need, kind="q8_0") is None:
+            rc |= run_worker(a, "transformers", ref_only=True, fake_q8=True)
+        q8 = load_ref(a.model, kind="q8_0")
+        if q8 is not None:  # how far Q8_0 weights alone move transformers' ids
+            a.engines = "transformers-q8_0"
+            check_ids(a, ids=q8)
+        sys.exit(1 if rc else 0)
     engines = [e for e in a.engines.split(",") if e]
     for e in engines:
         if e not in ENGINES:
             sys.exit(f"peers: unknown engine {e} (known: {', '.join(ENGINES)})")
-    for d in [f"inputs-{a.model}.txt", f"{a.model}-hf"]:
-        if not (OUT / d).exists():
-            sys.exit(f"peers: bench/out/{d} missing; run bench/make_models.py first")
     # The reference (transformers' ids) first; it must postdate the model.
     engines.sort(key=lambda e: e != "transformers")
-    stamp = OUT / f"{a.model}-hf" / ".done"
-    rp = ref_path(a.model)
-    if "transformers" not in engines and (not rp.exists() or rp.stat().st_mtime < stamp.stat().st_mtime):
+    if "transformers" not in engines and need and load_ref(a.model, need) is None:
         run_worker(a, "transformers", ref_only=True)
-    elif "transformers" in engines and rp.exists():
-        rp.unlink()
     rc = 0
     for e in engines:
         rc |= run_worker(a, e)
