@@ -156,7 +156,7 @@ static void
 test_tile(void **state)
 {
 	static const int64_t shapes[][3] = {{1, 32, 5}, {3, 96, 16}, {4, 512, 17}, {5, 160, 33},
-	{37, 288, 70}, {9, 1024, 64}};
+	{37, 288, 70}, {9, 1024, 64}, {6, 64, 48}};
 
 	if (!mms_qtile_available())
 	{
@@ -256,10 +256,10 @@ test_batch_independent(void **state)
 static void
 test_quantize_act(void **state)
 {
-	float		x[96];
-	uint8_t		buf[96 + 3 * sizeof(float)];
+	float		x[128];
+	_Alignas(float) uint8_t buf[128 + 4 * sizeof(float)];
 	int8_t	   *q = (int8_t *) buf;
-	float	   *d = (float *) (buf + 96);
+	float	   *d = (float *) (buf + 128);
 
 	for (int i = 0; i < 32; i++)
 		x[i] = (float) (i - 16) * 0.25f;	/* max |x| = 4 at i = 0 */
@@ -268,7 +268,9 @@ test_quantize_act(void **state)
 	for (int i = 64; i < 96; i++)
 		x[i] = 1.0f;
 	x[70] = NAN;
-	mms_quantize_act(x, 1, 96, buf);
+	for (int i = 96; i < 128; i++)
+		x[i] = (i % 2 ? 1e-38f : -2e-38f);	/* 1 / scale would overflow */
+	mms_quantize_act(x, 1, 128, buf);
 	assert_true(fabsf(d[0] - 4.0f / 127.0f) < 1e-9f);
 	assert_int_equal(q[0], -127);
 	assert_int_equal(q[16], 0);
@@ -277,6 +279,9 @@ test_quantize_act(void **state)
 	for (int i = 32; i < 64; i++)
 		assert_int_equal(q[i], 0);
 	assert_true(isnan(d[2]));
+	assert_true(d[3] == 0.0f);
+	for (int i = 96; i < 128; i++)
+		assert_int_equal(q[i], 0);
 }
 
 /* -128 values, infinite and NaN block scales: the paths agree and nothing traps. */
@@ -337,6 +342,8 @@ test_linear_quantized(void **state)
 	};
 	int			types[] = {MMS_T_Q8_0, MMS_T_Q4_0};
 
+	/* two threads: tasks on the pool thread use their own tile */
+	mms_blas_set_threads(2);
 	for (int ti = 0; ti < 2; ti++)
 		for (int wide = 0; wide <= 1; wide++)
 		{
@@ -376,6 +383,7 @@ test_linear_quantized(void **state)
 			free(x);
 			free(ls.buf);
 		}
+	mms_blas_set_threads(1);
 }
 
 int

@@ -351,8 +351,20 @@ mms_t5_rel_bucket(int64_t rel, int bidirectional, int n_buckets, int max_distanc
 /* Rows at or below this use the weight-streaming kernel; above, OpenBLAS sgemm. */
 #define MMS_SMALL_ROWS 32
 
-/* most weight rows a wide task dequantizes at a time (sgemm wants wide slices) */
+/*
+ * Most weight rows a wide task dequantizes at a time (sgemm wants wide
+ * slices), and at most 1 MB of floats per thread.
+ */
 #define MMS_WIDE_TILE 1024
+#define MMS_WIDE_TILE_FLOATS (256 * 1024)
+
+static int64_t
+wide_tile_rows(int64_t n_in)
+{
+	int64_t		r = MMS_WIDE_TILE_FLOATS / (n_in > 0 ? n_in : 1) / 16 * 16;
+
+	return r < 16 ? 16 : r > MMS_WIDE_TILE ? MMS_WIDE_TILE : r;
+}
 
 typedef struct LinearJob
 {
@@ -393,7 +405,7 @@ linear_task(void *arg, int task, int thread)
 	if (j->w.type != MMS_T_F32)
 	{
 		/* the weight rows [o0, o1) as floats, in this thread's tile; valid by construction */
-		float	   *tile = (float *) j->scratch + (size_t) thread * MMS_WIDE_TILE * (size_t) j->n_in;
+		float	   *tile = (float *) j->scratch + (size_t) thread * (size_t) (wide_tile_rows(j->n_in) * j->n_in);
 		size_t		row = mms_tensor_type_bytes(j->w.type, (uint64_t) j->n_in);
 
 		(void) mms_dequantize(j->w.type, (const uint8_t *) j->w.data + (size_t) o0 * row,
@@ -416,7 +428,7 @@ mms_linear_scratch_bytes(int type, int wide, int64_t rows, int64_t n_in)
 	if (wide && mms_qtile_available())
 		return mms_qact_bytes(rows, n_in) + (size_t) mms_threads() * mms_qtile_bytes(n_in);
 	if (wide)
-		return (size_t) mms_threads() * MMS_WIDE_TILE * (size_t) n_in * sizeof(float);
+		return (size_t) mms_threads() * (size_t) (wide_tile_rows(n_in) * n_in) * sizeof(float);
 	return mms_qact_bytes(rows, n_in);
 }
 
@@ -442,8 +454,10 @@ mms_linear(float *y, const float *x, MmsWeight w, int64_t rows, int64_t n_in, in
 		j.chunk = 64;
 	else
 		j.chunk = ((n_out + threads - 1) / threads + 15) / 16 * 16;
-	if (w.type != MMS_T_F32 && wide && j.chunk > MMS_WIDE_TILE)
-		j.chunk = MMS_WIDE_TILE;
+	if (w.type != MMS_T_F32 && wide && j.chunk > wide_tile_rows(n_in))
+		j.chunk = wide_tile_rows(n_in);
+	if (j.chunk < 1)
+		j.chunk = 1;
 	mms_parallel((int) ((n_out + j.chunk - 1) / j.chunk), linear_task, &j);
 }
 

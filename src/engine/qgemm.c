@@ -6,7 +6,9 @@
  */
 #include "qgemm.h"
 
+#include <float.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,9 +70,17 @@ quantize_block_c(const float *xb, uint8_t *q, float *d, int offset)
 		*d = NAN;
 		return;
 	}
+	if (!(amax / 127.0f >= FLT_MIN))
+	{
+		/* all zeros, or so small that 1 / scale overflows: a zero block */
+		for (int j = 0; j < MMS_QK; j++)
+			q[j] = (uint8_t) offset;
+		*d = 0.0f;
+		return;
+	}
 	{
 		float		db = amax / 127.0f;
-		float		id = db != 0.0f ? 1.0f / db : 0.0f;
+		float		id = 1.0f / db;
 
 		for (int j = 0; j < MMS_QK; j++)
 		{
@@ -111,8 +121,8 @@ quantize_rows_avx2(const float *x, int64_t n_blocks, uint8_t *q, float *d, int o
 		m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
 		m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
 		amax = _mm_cvtss_f32(m4);
-		/* max_ps drops NaNs: an infinite max, or any NaN, goes the portable way */
-		if (!isfinite(amax) ||
+		/* max_ps drops NaNs: an infinite max, any NaN, or a scale too small to invert goes the portable way */
+		if (!isfinite(amax) || !(amax / 127.0f >= FLT_MIN) ||
 			_mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(v0, v0, _CMP_UNORD_Q),
 														 _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q)),
 											_mm256_or_ps(_mm256_cmp_ps(v2, v2, _CMP_UNORD_Q),
@@ -123,7 +133,7 @@ quantize_rows_avx2(const float *x, int64_t n_blocks, uint8_t *q, float *d, int o
 		}
 		{
 			float		db = amax / 127.0f;
-			__m256		id = _mm256_set1_ps(db != 0.0f ? 1.0f / db : 0.0f);
+			__m256		id = _mm256_set1_ps(1.0f / db);
 			__m256i		i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 			__m256i		i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 			__m256i		i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -334,9 +344,10 @@ mms_qpath_available(MmsQPath path)
 MmsQPath
 mms_qpath_best(void)
 {
-	static int	best = -1;
+	/* worker threads may ask first, at once: they all compute the same answer */
+	static _Atomic int best = -1;
 
-	if (best < 0)
+	if (atomic_load_explicit(&best, memory_order_relaxed) < 0)
 	{
 		/* fastest first: VNNI fuses the u8 x s8 products and their sum */
 		static const MmsQPath order[] = {MMS_QPATH_AVX512_VNNI, MMS_QPATH_AVX_VNNI,
@@ -349,9 +360,9 @@ mms_qpath_best(void)
 				b = order[i];
 				break;
 			}
-		best = b;
+		atomic_store_explicit(&best, b, memory_order_relaxed);
 	}
-	return (MmsQPath) best;
+	return (MmsQPath) atomic_load_explicit(&best, memory_order_relaxed);
 }
 
 void

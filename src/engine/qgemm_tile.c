@@ -7,6 +7,7 @@
  */
 #include "qgemm.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -28,7 +29,16 @@ int
 mms_qtile_available(void)
 {
 #ifdef MMS_QTILE_X86
-	return mms_qpath_available(MMS_QPATH_AVX512_VNNI);
+	/* asked per layer and per task: decided once (threads racing here compute the same answer) */
+	static _Atomic int avail = -1;
+	int			a = atomic_load_explicit(&avail, memory_order_relaxed);
+
+	if (a < 0)
+	{
+		a = mms_qpath_available(MMS_QPATH_AVX512_VNNI);
+		atomic_store_explicit(&avail, a, memory_order_relaxed);
+	}
+	return a;
 #else
 	return 0;
 #endif
