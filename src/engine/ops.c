@@ -366,13 +366,32 @@ wide_tile_rows(int64_t n_in)
 	return r < 16 ? 16 : r > MMS_WIDE_TILE ? MMS_WIDE_TILE : r;
 }
 
+/* How a layer computes (see MmsLinearScratch), decided once per call. */
+typedef enum LinKernel
+{
+	LIN_F32,					/* f32 weights: weight-streaming kernel or sgemm */
+	LIN_INT8_STEP,				/* quantized, decoder step: int8 pair kernel */
+	LIN_INT8_TILE,				/* quantized, wide, AVX-512 VNNI: int8 tile kernel */
+	LIN_DEQUANT					/* quantized, wide, elsewhere: dequantized tiles, then as f32 */
+} LinKernel;
+
+static LinKernel
+linear_kernel(int type, int wide)
+{
+	if (type == MMS_T_F32)
+		return LIN_F32;
+	if (!wide)
+		return LIN_INT8_STEP;
+	return mms_qtile_available() ? LIN_INT8_TILE : LIN_DEQUANT;
+}
+
 typedef struct LinearJob
 {
 	float	   *y;
 	const float *x;
 	MmsWeight	w;
-	void	   *scratch;		/* int8 x (step) or per-thread weight tiles (wide) */
-	int			wide;
+	void	   *scratch;		/* quantized x, and per-thread tiles when wide */
+	LinKernel	kernel;
 	int64_t		rows,
 				n_in,
 				n_out,
@@ -388,29 +407,30 @@ linear_task(void *arg, int task, int thread)
 	int64_t		o1 = o0 + j->chunk < j->n_out ? o0 + j->chunk : j->n_out;
 	const float *w = j->w.data;
 
-	if (j->w.type != MMS_T_F32 && !j->wide)
+	switch (j->kernel)
 	{
-		mms_qgemm(j->y, j->n_out, j->scratch, j->w.data, j->w.type, j->rows, j->n_in, o0, o1, j->accumulate);
-		return;
-	}
-	if (j->w.type != MMS_T_F32 && mms_qtile_available())
-	{
-		uint8_t    *tile = (uint8_t *) j->scratch + mms_qact_bytes(j->rows, j->n_in) +
-			(size_t) thread * mms_qtile_bytes(j->n_in);
+		case LIN_INT8_STEP:
+			mms_qgemm(j->y, j->n_out, j->scratch, j->w.data, j->w.type, j->rows, j->n_in, o0, o1,
+					  j->accumulate);
+			return;
+		case LIN_INT8_TILE:
+			mms_qtile_gemm(j->y, j->n_out, j->scratch, j->w.data, j->w.type, j->rows, j->n_in, o0, o1,
+						   j->accumulate, (uint8_t *) j->scratch + mms_qact_bytes(j->rows, j->n_in) +
+						   (size_t) thread * mms_qtile_bytes(j->n_in));
+			return;
+		case LIN_DEQUANT:
+			{
+				/* the weight rows [o0, o1) as floats, in this thread's tile; valid by construction */
+				float	   *tile = (float *) j->scratch + (size_t) thread * (size_t) (wide_tile_rows(j->n_in) * j->n_in);
+				size_t		row = mms_tensor_type_bytes(j->w.type, (uint64_t) j->n_in);
 
-		mms_qtile_gemm(j->y, j->n_out, j->scratch, j->w.data, j->w.type, j->rows, j->n_in, o0, o1,
-					   j->accumulate, tile);
-		return;
-	}
-	if (j->w.type != MMS_T_F32)
-	{
-		/* the weight rows [o0, o1) as floats, in this thread's tile; valid by construction */
-		float	   *tile = (float *) j->scratch + (size_t) thread * (size_t) (wide_tile_rows(j->n_in) * j->n_in);
-		size_t		row = mms_tensor_type_bytes(j->w.type, (uint64_t) j->n_in);
-
-		(void) mms_dequantize(j->w.type, (const uint8_t *) j->w.data + (size_t) o0 * row,
-							  (uint64_t) ((o1 - o0) * j->n_in), tile, NULL);
-		w = tile - o0 * j->n_in;
+				(void) mms_dequantize(j->w.type, (const uint8_t *) j->w.data + (size_t) o0 * row,
+									  (uint64_t) ((o1 - o0) * j->n_in), tile, NULL);
+				w = tile - o0 * j->n_in;
+			}
+			break;
+		case LIN_F32:
+			break;
 	}
 	if (j->rows <= MMS_SMALL_ROWS)
 		mms_small_gemm(j->y, j->n_out, j->x, w, j->rows, j->n_in, o0, o1, j->accumulate);
@@ -423,22 +443,32 @@ linear_task(void *arg, int task, int thread)
 size_t
 mms_linear_scratch_bytes(int type, int wide, int64_t rows, int64_t n_in)
 {
-	if (type == MMS_T_F32)
-		return 0;
-	if (wide && mms_qtile_available())
-		return mms_qact_bytes(rows, n_in) + (size_t) mms_threads() * mms_qtile_bytes(n_in);
-	if (wide)
-		return (size_t) mms_threads() * (size_t) (wide_tile_rows(n_in) * n_in) * sizeof(float);
-	return mms_qact_bytes(rows, n_in);
+	switch (linear_kernel(type, wide))
+	{
+		case LIN_INT8_STEP:
+			return mms_qact_bytes(rows, n_in);
+		case LIN_INT8_TILE:
+			return mms_qact_bytes(rows, n_in) + (size_t) mms_threads() * mms_qtile_bytes(n_in);
+		case LIN_DEQUANT:
+			return (size_t) mms_threads() * (size_t) (wide_tile_rows(n_in) * n_in) * sizeof(float);
+		case LIN_F32:
+			break;
+	}
+	return 0;
 }
 
 void
 mms_linear(float *y, const float *x, MmsWeight w, int64_t rows, int64_t n_in, int64_t n_out,
 		   int accumulate, const MmsLinearScratch *scratch)
 {
-	int			wide = scratch && scratch->wide;
-	LinearJob	j = {y, x, w, scratch ? scratch->buf : NULL, wide, rows, n_in, n_out, 0, accumulate};
+	LinKernel	kernel = linear_kernel(w.type, scratch && scratch->wide);
+	LinearJob	j = {y, x, w, scratch ? scratch->buf : NULL, kernel, rows, n_in, n_out, 0, accumulate};
 	int			threads = mms_threads();
+
+	if (kernel == LIN_INT8_STEP)
+		mms_quantize_act(x, rows, n_in, j.scratch);
+	else if (kernel == LIN_INT8_TILE)
+		mms_quantize_act_u8(x, rows, n_in, j.scratch);
 
 	/*
 	 * Split the output columns: every task reads its own slice of W once.
@@ -446,15 +476,11 @@ mms_linear(float *y, const float *x, MmsWeight w, int64_t rows, int64_t n_in, in
 	 * big ones one slice per thread (sgemm is most efficient on wide
 	 * slices), at most a tile when dequantized.
 	 */
-	if (w.type != MMS_T_F32 && !wide)
-		mms_quantize_act(x, rows, n_in, j.scratch);
-	else if (w.type != MMS_T_F32 && mms_qtile_available())
-		mms_quantize_act_u8(x, rows, n_in, j.scratch);
-	if (rows <= MMS_SMALL_ROWS || (w.type != MMS_T_F32 && (!wide || mms_qtile_available())))
+	if (rows <= MMS_SMALL_ROWS || kernel == LIN_INT8_STEP || kernel == LIN_INT8_TILE)
 		j.chunk = 64;
 	else
 		j.chunk = ((n_out + threads - 1) / threads + 15) / 16 * 16;
-	if (w.type != MMS_T_F32 && wide && j.chunk > wide_tile_rows(n_in))
+	if (kernel == LIN_DEQUANT && j.chunk > wide_tile_rows(n_in))
 		j.chunk = wide_tile_rows(n_in);
 	if (j.chunk < 1)
 		j.chunk = 1;

@@ -160,7 +160,8 @@ quantize_rows(const float *x, int64_t rows, int64_t k, void *scratch, int offset
 	float	   *d = (float *) (q + rows * k);
 
 #ifdef MMS_QGEMM_X86
-	if (mms_qpath_available(MMS_QPATH_AVX2))
+	/* every SIMD path needs AVX2; the choice is made once */
+	if (mms_qpath_best() != MMS_QPATH_C)
 	{
 		quantize_rows_avx2(x, rows * k / MMS_QK, q, d, offset);
 		return;
